@@ -1,0 +1,77 @@
+//! Ctrl-C during a remote command interrupts the remote command, not just the local client.
+//!
+//! The terminal turns Ctrl-C into SIGINT for the client. While a command runs, the handler sends
+//! a `signal` frame instead, and the server delivers SIGINT to the command's process group, as
+//! if Ctrl-C had been pressed at a local shell. A command that ignores SIGINT gets SIGKILL on
+//! the third press. With no command running, Ctrl-C ends the client with status 130 (128 +
+//! SIGINT), as it would a local program.
+
+use std::sync::Mutex;
+
+use log::debug;
+
+use super::SharedSender;
+use crate::protocol::{Message, SignalName};
+
+/// Presses of Ctrl-C after which the command is killed rather than interrupted.
+const PRESSES_BEFORE_KILL: u32 = 3;
+
+struct Target {
+    sender: SharedSender,
+    id: u32,
+    presses: u32,
+}
+
+static CURRENT: Mutex<Option<Target>> = Mutex::new(None);
+
+/// Installs the process-wide Ctrl-C handler. Call once, from `main`, before running commands.
+///
+/// # Errors
+/// The handler could not be installed (another one already was).
+pub fn install() -> Result<(), ctrlc::Error> {
+    ctrlc::set_handler(|| {
+        let mut current = CURRENT
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(target) = current.as_mut() else {
+            std::process::exit(130);
+        };
+        target.presses += 1;
+        let signal = if target.presses >= PRESSES_BEFORE_KILL {
+            SignalName::Kill
+        } else {
+            SignalName::Int
+        };
+        debug!("Ctrl-C: sending {signal:?} to command {}", target.id);
+        let message = Message::Signal {
+            id: target.id,
+            signal,
+        };
+        if let Ok(mut sender) = target.sender.lock() {
+            let _ = sender.send(&message, b"");
+        }
+    })
+}
+
+/// Routes Ctrl-C to command `id` until the returned guard is dropped.
+pub fn forward_to(sender: SharedSender, id: u32) -> ForwardGuard {
+    *CURRENT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Target {
+        sender,
+        id,
+        presses: 0,
+    });
+    ForwardGuard
+}
+
+/// Stops forwarding Ctrl-C when dropped.
+pub struct ForwardGuard;
+
+impl Drop for ForwardGuard {
+    fn drop(&mut self) {
+        *CURRENT
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+    }
+}

@@ -1,0 +1,510 @@
+//! The thin client: a blocking connection that authenticates, runs commands and hands their
+//! output to a sink as it arrives.
+//!
+//! A client needs no event loop: it does one thing at a time (wait for the next frame), so plain
+//! blocking `std::net` is the clearest tool. The only concurrency is stdin forwarding and Ctrl-C,
+//! which send frames from other threads; they share the sending half through a mutex, because
+//! every frame's tag depends on the count of frames sent before it.
+
+pub mod interrupt;
+pub mod prompt;
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use log::debug;
+
+use crate::auth::{self, FrameMac, Role, SessionKeys};
+use crate::protocol::frame::MAX_CHUNK;
+use crate::protocol::message::{Bytes32, PROTOCOL_NAME};
+use crate::protocol::{
+    ErrorCode, ExitStatus, Frame, FrameDecoder, FrameEncoder, FrameError, Message, PROTOCOL_VERSION,
+};
+
+/// Port used when an address names only a host.
+pub const DEFAULT_PORT: u16 = 9999;
+/// Address used when none is given: the local machine.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9999";
+/// How long connecting and authenticating may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything that can stop the client. Each is reported on one line and exits 255.
+#[derive(Debug)]
+pub enum ClientError {
+    /// The address does not resolve.
+    BadAddress(String, String),
+    /// No TCP connection could be made.
+    Connect(String, io::Error),
+    /// The peer did not speak rcmd.
+    NotRcmd(String),
+    /// The server speaks another protocol version.
+    VersionMismatch { server: u32 },
+    /// The server rejected our proof: we do not have its secret.
+    AuthFailed,
+    /// The server's proof did not verify: it does not have our secret (or is an impostor).
+    ServerNotAuthenticated,
+    /// A frame from the server failed its integrity check.
+    Integrity,
+    /// The server sent a fatal error.
+    Server { code: ErrorCode, message: String },
+    /// The server refused a command but the connection is still usable.
+    Refused { code: ErrorCode, message: String },
+    /// The server sent something the protocol does not allow here.
+    Protocol(String),
+    /// The connection closed unexpectedly.
+    Disconnected,
+    /// Our own stdout or stderr failed (a closed pipe, a full disk).
+    LocalOutput(io::Error),
+    /// Any other network error.
+    Io(io::Error),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::BadAddress(addr, why) => write!(f, "cannot resolve {addr}: {why}"),
+            ClientError::Connect(addr, e) => write!(f, "cannot connect to {addr}: {e}"),
+            ClientError::NotRcmd(why) => {
+                write!(f, "the server does not speak the rcmd protocol: {why}")
+            }
+            ClientError::VersionMismatch { server } => write!(
+                f,
+                "protocol version mismatch: the server speaks version {server}, this client version {PROTOCOL_VERSION}"
+            ),
+            ClientError::AuthFailed => {
+                write!(f, "authentication failed: the server rejected our secret")
+            }
+            ClientError::ServerNotAuthenticated => write!(
+                f,
+                "authentication failed: the server could not prove it knows the secret (wrong server or different secret)"
+            ),
+            ClientError::Integrity => write!(
+                f,
+                "integrity error: a frame from the server was altered in transit; connection dropped"
+            ),
+            ClientError::Server { code, message } => {
+                write!(f, "server error ({}): {message}", code.as_str())
+            }
+            ClientError::Refused { message, .. } => write!(f, "{message}"),
+            ClientError::Protocol(why) => write!(f, "protocol error: {why}"),
+            ClientError::Disconnected => write!(f, "connection closed by the server"),
+            ClientError::LocalOutput(e) => write!(f, "cannot write output: {e}"),
+            ClientError::Io(e) => write!(f, "network error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<FrameError> for ClientError {
+    fn from(error: FrameError) -> ClientError {
+        match error {
+            FrameError::Integrity => ClientError::Integrity,
+            other => ClientError::Protocol(other.to_string()),
+        }
+    }
+}
+
+/// Resolves `host`, `host:port`, `ip`, `ip:port` or `[ipv6]:port`; a missing port is 9999.
+///
+/// # Errors
+/// [`ClientError::BadAddress`] when the name does not resolve.
+pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>, ClientError> {
+    if let Ok(ip) = addr.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, DEFAULT_PORT)]);
+    }
+    let with_port = if addr.contains(':') {
+        addr.to_owned()
+    } else {
+        format!("{addr}:{DEFAULT_PORT}")
+    };
+    let resolved: Vec<SocketAddr> = with_port
+        .to_socket_addrs()
+        .map_err(|e| ClientError::BadAddress(addr.to_owned(), e.to_string()))?
+        .collect();
+    if resolved.is_empty() {
+        return Err(ClientError::BadAddress(
+            addr.to_owned(),
+            "no addresses".into(),
+        ));
+    }
+    Ok(resolved)
+}
+
+/// The sending half of a session, shared by the threads that send frames.
+pub type SharedSender = Arc<Mutex<FrameSender>>;
+
+/// Encodes and writes frames; one frame per `write_all`, so no frame is ever split by Nagle.
+pub struct FrameSender {
+    stream: TcpStream,
+    encoder: FrameEncoder,
+    buf: Vec<u8>,
+}
+
+impl FrameSender {
+    /// Sends one frame.
+    ///
+    /// # Errors
+    /// The connection failed.
+    pub fn send(&mut self, message: &Message, body: &[u8]) -> io::Result<()> {
+        debug!("-> {}", message.type_name());
+        self.buf.clear();
+        self.encoder.encode(message, body, &mut self.buf);
+        self.stream.write_all(&self.buf)
+    }
+}
+
+/// Where a command's output goes.
+pub trait OutputSink {
+    /// # Errors
+    /// Writing failed; the command is abandoned (which kills it on the server).
+    fn stdout(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// # Errors
+    /// As for `stdout`.
+    fn stderr(&mut self, bytes: &[u8]) -> io::Result<()>;
+}
+
+/// The process's own stdout and stderr, flushed after every frame so output appears as the
+/// remote command produces it.
+pub struct TerminalSink;
+
+impl OutputSink for TerminalSink {
+    fn stdout(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        out.write_all(bytes)?;
+        out.flush()
+    }
+
+    fn stderr(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut err = io::stderr().lock();
+        err.write_all(bytes)?;
+        err.flush()
+    }
+}
+
+/// How a command's stdin is fed.
+pub enum CommandInput {
+    /// The command reads an empty stdin.
+    None,
+    /// Forward everything readable from this source, then end of file.
+    Forward(Box<dyn Read + Send>),
+}
+
+/// An authenticated connection to a server.
+pub struct Session {
+    stream: TcpStream,
+    decoder: FrameDecoder,
+    sender: SharedSender,
+    next_id: u32,
+    read_buf: Vec<u8>,
+    peer: SocketAddr,
+}
+
+impl Session {
+    /// Connects to `addr` and runs the mutual handshake with `secret`.
+    ///
+    /// # Errors
+    /// Any [`ClientError`] from resolving to authenticating.
+    pub fn connect(addr: &str, secret: &[u8]) -> Result<Session, ClientError> {
+        let mut last_error = None;
+        for candidate in resolve(addr)? {
+            match TcpStream::connect_timeout(&candidate, HANDSHAKE_TIMEOUT) {
+                Ok(stream) => return Session::handshake(stream, candidate, secret),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(ClientError::Connect(
+            addr.to_owned(),
+            last_error.expect("resolve returns at least one address"),
+        ))
+    }
+
+    fn handshake(
+        stream: TcpStream,
+        peer: SocketAddr,
+        secret: &[u8],
+    ) -> Result<Session, ClientError> {
+        stream.set_nodelay(true).map_err(ClientError::Io)?;
+        stream
+            .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+            .map_err(ClientError::Io)?;
+        let writer = stream.try_clone().map_err(ClientError::Io)?;
+        let mut session = Session {
+            stream,
+            decoder: FrameDecoder::default(),
+            sender: Arc::new(Mutex::new(FrameSender {
+                stream: writer,
+                encoder: FrameEncoder::new(),
+                buf: Vec::new(),
+            })),
+            next_id: 1,
+            read_buf: vec![0; MAX_CHUNK],
+            peer,
+        };
+        let server_nonce = match session.read_frame() {
+            Ok(Frame {
+                message:
+                    Message::Hello {
+                        protocol,
+                        version,
+                        nonce,
+                    },
+                ..
+            }) => {
+                if protocol != PROTOCOL_NAME {
+                    return Err(ClientError::NotRcmd(format!(
+                        "it calls its protocol {protocol:?}"
+                    )));
+                }
+                if version != PROTOCOL_VERSION {
+                    let why = format!("this client speaks protocol version {PROTOCOL_VERSION}");
+                    let _ = session.send(&Message::fatal(ErrorCode::VersionMismatch, why), b"");
+                    return Err(ClientError::VersionMismatch { server: version });
+                }
+                nonce.0
+            }
+            Ok(Frame {
+                message: Message::Error { code, message, .. },
+                ..
+            }) => {
+                return Err(ClientError::Server { code, message });
+            }
+            Ok(other) => {
+                return Err(ClientError::NotRcmd(format!(
+                    "it opened with {}",
+                    other.message.type_name()
+                )));
+            }
+            Err(ClientError::Protocol(why)) => return Err(ClientError::NotRcmd(why)),
+            Err(e) => return Err(e),
+        };
+        let client_nonce = auth::new_nonce();
+        let proof = auth::proof(secret, Role::Client, &server_nonce, &client_nonce);
+        let auth = Message::Auth {
+            version: PROTOCOL_VERSION,
+            nonce: Bytes32(client_nonce),
+            proof: Bytes32(proof),
+        };
+        session.send(&auth, b"")?;
+        match session.read_frame()?.message {
+            Message::Welcome { proof } => {
+                if !auth::verify_proof(secret, Role::Server, &server_nonce, &client_nonce, &proof.0)
+                {
+                    return Err(ClientError::ServerNotAuthenticated);
+                }
+            }
+            Message::Error {
+                code: ErrorCode::AuthFailed,
+                ..
+            } => return Err(ClientError::AuthFailed),
+            Message::Error {
+                code: ErrorCode::VersionMismatch,
+                message,
+                ..
+            } => {
+                debug!("server: {message}");
+                return Err(ClientError::VersionMismatch { server: 0 });
+            }
+            Message::Error { code, message, .. } => {
+                return Err(ClientError::Server { code, message });
+            }
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "expected welcome, got {}",
+                    other.type_name()
+                )));
+            }
+        }
+        let keys = SessionKeys::derive(secret, &server_nonce, &client_nonce);
+        session
+            .sender
+            .lock()
+            .expect("sender lock")
+            .encoder
+            .start_tagging(FrameMac::new(&keys.client_to_server));
+        session
+            .decoder
+            .start_verifying(FrameMac::new(&keys.server_to_client));
+        session
+            .stream
+            .set_read_timeout(None)
+            .map_err(ClientError::Io)?;
+        debug!("authenticated to {peer}");
+        Ok(session)
+    }
+
+    /// The server's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    fn send(&self, message: &Message, body: &[u8]) -> Result<(), ClientError> {
+        self.sender
+            .lock()
+            .expect("sender lock")
+            .send(message, body)
+            .map_err(ClientError::Io)
+    }
+
+    fn read_frame(&mut self) -> Result<Frame, ClientError> {
+        loop {
+            if let Some(frame) = self.decoder.next_frame()? {
+                debug!("<- {}", frame.message.type_name());
+                return Ok(frame);
+            }
+            match self.stream.read(&mut self.read_buf) {
+                Ok(0) => return Err(ClientError::Disconnected),
+                Ok(n) => self.decoder.feed(&self.read_buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(ClientError::Protocol(
+                        "the server did not answer the handshake in time".into(),
+                    ));
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    return Err(ClientError::Disconnected);
+                }
+                Err(e) => return Err(ClientError::Io(e)),
+            }
+        }
+    }
+
+    /// Runs `command` on the server, passing its output to `sink` as it arrives, and returns
+    /// how it ended. While it runs, Ctrl-C is forwarded to it (see [`interrupt`]).
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] if the server refused this command (the session stays
+    /// usable); any other error ends the session.
+    pub fn run(
+        &mut self,
+        command: &str,
+        input: CommandInput,
+        timeout_secs: Option<u64>,
+        sink: &mut dyn OutputSink,
+    ) -> Result<ExitStatus, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let with_stdin = matches!(input, CommandInput::Forward(_));
+        self.send(
+            &Message::Exec {
+                id,
+                stdin: with_stdin,
+                timeout_secs,
+            },
+            command.as_bytes(),
+        )?;
+        if let CommandInput::Forward(source) = input {
+            forward_stdin(source, self.sender.clone(), id);
+        }
+        let _interrupt_guard = interrupt::forward_to(self.sender.clone(), id);
+        loop {
+            let frame = self.read_frame()?;
+            match frame.message {
+                Message::Stdout { id: of } if of == id => {
+                    sink.stdout(&frame.body).map_err(ClientError::LocalOutput)?
+                }
+                Message::Stderr { id: of } if of == id => {
+                    sink.stderr(&frame.body).map_err(ClientError::LocalOutput)?
+                }
+                Message::Exit { id: of, status, .. } if of == id => return Ok(status),
+                Message::Error {
+                    fatal: true,
+                    code,
+                    message,
+                    ..
+                } => return Err(ClientError::Server { code, message }),
+                Message::Error {
+                    id: Some(of),
+                    code,
+                    message,
+                    ..
+                } if of == id => {
+                    return Err(ClientError::Refused { code, message });
+                }
+                // Leftovers of an earlier command are not ours to print.
+                Message::Stdout { .. }
+                | Message::Stderr { .. }
+                | Message::Exit { .. }
+                | Message::Error { .. } => {}
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "unexpected {} from the server",
+                        other.type_name()
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// Copies `source` to the command's stdin on a thread of its own, then signals end of file.
+/// A thread because reading a pipe or file without blocking is not portable; it blocks only
+/// itself. If the command ends first the thread is abandoned; the server ignores stale stdin.
+fn forward_stdin(mut source: Box<dyn Read + Send>, sender: SharedSender, id: u32) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0; MAX_CHUNK];
+        loop {
+            let n = match source.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!("reading stdin: {e}");
+                    break;
+                }
+            };
+            if sender
+                .lock()
+                .expect("sender lock")
+                .send(&Message::Stdin { id }, &buf[..n])
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = sender
+            .lock()
+            .expect("sender lock")
+            .send(&Message::StdinClose { id }, b"");
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_get_the_default_port() {
+        assert_eq!(
+            resolve("127.0.0.1").unwrap(),
+            vec!["127.0.0.1:9999".parse().unwrap()]
+        );
+        assert_eq!(resolve("::1").unwrap(), vec!["[::1]:9999".parse().unwrap()]);
+        assert_eq!(
+            resolve("[::1]:80").unwrap(),
+            vec!["[::1]:80".parse().unwrap()]
+        );
+        assert_eq!(
+            resolve("127.0.0.1:7").unwrap(),
+            vec!["127.0.0.1:7".parse().unwrap()]
+        );
+        assert!(
+            resolve("localhost")
+                .unwrap()
+                .iter()
+                .all(|a| a.port() == DEFAULT_PORT)
+        );
+        assert!(matches!(
+            resolve("bad host name:x"),
+            Err(ClientError::BadAddress(..))
+        ));
+    }
+}

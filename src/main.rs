@@ -1,0 +1,347 @@
+//! The `rcmd` command line: parse arguments, call the library, map failures to exit codes.
+//!
+//! Exit codes: `run` exits with the remote command's status (128+N if a signal killed it, 124 if
+//! it timed out); every subcommand exits 255 when the client itself fails (cannot connect,
+//! authentication failed, connection lost), as ssh does; `serve` and `keygen` exit 1 when they
+//! cannot do their job; 2 is a usage error.
+
+use std::io::{self, IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use log::info;
+
+use rcmd::client::{self, ClientError, CommandInput, Session, TerminalSink, interrupt, prompt};
+use rcmd::output::OutputEncoding;
+use rcmd::secret;
+use rcmd::server::{Limits, Server, ServerConfig};
+
+/// The client could not do its job (like ssh's 255).
+const EXIT_CLIENT_FAILURE: u8 = 255;
+/// The server or keygen could not do its job.
+const EXIT_FAILURE: u8 = 1;
+/// Bad arguments.
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "rcmd",
+    version,
+    about = "Run commands on another machine: real output, errors and exit codes."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve clients: run their commands and stream the output back.
+    Serve(ServeArgs),
+    /// Open an interactive prompt on a server.
+    Connect(ConnectArgs),
+    /// Run one command on a server, like `ssh host cmd`: its stdout, stderr and exit status
+    /// become ours; our stdin is forwarded when it is not a terminal.
+    Run(RunArgs),
+    /// Write a new random shared secret (mode 0600).
+    Keygen(KeygenArgs),
+    /// Start a server on loopback and a prompt connected to it: rcmd in one command.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct SecretArg {
+    /// The shared secret file [default: $RCMD_SECRET_FILE, else ~/.config/rcmd/secret].
+    #[arg(long, value_name = "PATH")]
+    secret_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (IPv4 or IPv6); port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9999")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    secret: SecretArg,
+    /// Encoding of command output: auto, utf-8, or a label such as gbk, big5, shift_jis.
+    #[arg(long, value_name = "LABEL", default_value = "auto")]
+    encoding: String,
+    /// Directory commands start in [default: the server's current directory].
+    #[arg(long, value_name = "DIR")]
+    workdir: Option<PathBuf>,
+    /// Seconds a connection has to authenticate.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    handshake_timeout: u64,
+    /// Seconds an authenticated connection may sit idle (0: forever).
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    idle_timeout: u64,
+    /// Longest a command may run, in seconds (0: no limit); clients may ask for less.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    command_timeout: u64,
+    /// Connections served at once.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    max_connections: usize,
+    /// Connections allowed to be in the handshake at once.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    max_handshakes: usize,
+    /// Longest command accepted, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    max_command_len: usize,
+}
+
+#[derive(Args)]
+struct ConnectArgs {
+    /// Server address: host, host:port or [ipv6]:port.
+    #[arg(default_value = client::DEFAULT_ADDR)]
+    addr: String,
+    #[command(flatten)]
+    secret: SecretArg,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Server address: host, host:port or [ipv6]:port.
+    #[arg(default_value = client::DEFAULT_ADDR)]
+    addr: String,
+    #[command(flatten)]
+    secret: SecretArg,
+    /// Ask the server to kill the command after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
+    /// The command, run by the server's shell (`sh -c` / `cmd /C`).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+#[derive(Args)]
+struct KeygenArgs {
+    #[command(flatten)]
+    secret: SecretArg,
+    /// Replace an existing secret file.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    secret: SecretArg,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Connect(args) => connect(args),
+        Command::Run(args) => run(args),
+        Command::Keygen(args) => keygen(args),
+        Command::Demo(args) => demo(args),
+    };
+    ExitCode::from(code)
+}
+
+fn init_logging(default_level: &str) {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+        .format_timestamp_millis()
+        .init();
+}
+
+fn fail(code: u8, message: impl std::fmt::Display) -> u8 {
+    eprintln!("rcmd: {message}");
+    code
+}
+
+fn serve(args: ServeArgs) -> u8 {
+    init_logging("info");
+    let encoding = match OutputEncoding::from_label(&args.encoding) {
+        Ok(encoding) => encoding,
+        Err(why) => return fail(EXIT_USAGE, why),
+    };
+    let secret = match load_or_create_secret(args.secret.secret_file.as_deref()) {
+        Ok(secret) => secret,
+        Err(why) => return fail(EXIT_FAILURE, why),
+    };
+    let workdir = match args.workdir.map_or_else(std::env::current_dir, Ok) {
+        Ok(dir) if dir.is_dir() => dir,
+        Ok(dir) => {
+            return fail(
+                EXIT_USAGE,
+                format!("--workdir {}: not a directory", dir.display()),
+            );
+        }
+        Err(e) => {
+            return fail(
+                EXIT_FAILURE,
+                format!("cannot determine the working directory: {e}"),
+            );
+        }
+    };
+    let seconds = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
+    let limits = Limits {
+        handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
+        idle_timeout: seconds(args.idle_timeout),
+        command_timeout: seconds(args.command_timeout),
+        max_connections: args.max_connections.max(1),
+        max_handshakes: args.max_handshakes.max(1),
+        max_command_len: args.max_command_len,
+        ..Limits::default()
+    };
+    let config = ServerConfig {
+        secret,
+        encoding,
+        workdir,
+        limits,
+        handle_shutdown_signals: true,
+    };
+    #[cfg(unix)]
+    rcmd::server::raise_fd_limit();
+    let server = match Server::bind(args.listen, config) {
+        Ok(server) => server,
+        Err(e) => {
+            return fail(
+                EXIT_FAILURE,
+                format!("cannot listen on {}: {e}", args.listen),
+            );
+        }
+    };
+    // The first line of output is the real address, so scripts and tests can use port 0.
+    println!("listening on {}", server.local_addr());
+    let _ = io::stdout().flush();
+    match server.run() {
+        Ok(()) => 0,
+        Err(e) => fail(EXIT_FAILURE, format!("server failed: {e}")),
+    }
+}
+
+fn load_or_create_secret(flag: Option<&Path>) -> Result<Vec<u8>, secret::SecretError> {
+    let path = secret::resolve_path(flag)?;
+    let (secret, created) = secret::load_or_create(&path)?;
+    if created {
+        info!(
+            "created a new secret in {}; copy this file to clients",
+            path.display()
+        );
+    }
+    Ok(secret)
+}
+
+fn load_secret(flag: Option<&Path>) -> Result<Vec<u8>, u8> {
+    secret::resolve_path(flag)
+        .and_then(|path| secret::load(&path))
+        .map_err(|e| fail(EXIT_CLIENT_FAILURE, e))
+}
+
+fn start_session(addr: &str, secret_flag: Option<&Path>) -> Result<Session, u8> {
+    let secret = load_secret(secret_flag)?;
+    if let Err(e) = interrupt::install() {
+        return Err(fail(
+            EXIT_CLIENT_FAILURE,
+            format!("cannot handle Ctrl-C: {e}"),
+        ));
+    }
+    Session::connect(addr, &secret).map_err(|e| fail(EXIT_CLIENT_FAILURE, e))
+}
+
+fn connect(args: ConnectArgs) -> u8 {
+    init_logging("warn");
+    match start_session(&args.addr, args.secret.secret_file.as_deref()) {
+        Ok(mut session) => prompt_exit_code(prompt::run_prompt(&mut session, history_path())),
+        Err(code) => code,
+    }
+}
+
+fn prompt_exit_code(outcome: Result<i32, ClientError>) -> u8 {
+    match outcome {
+        Ok(code) => local_exit_code(code),
+        Err(ClientError::LocalOutput(e)) if e.kind() == io::ErrorKind::BrokenPipe => 0,
+        Err(e) => fail(EXIT_CLIENT_FAILURE, e),
+    }
+}
+
+fn history_path() -> Option<PathBuf> {
+    secret::default_path().and_then(|path| path.parent().map(|dir| dir.join("history")))
+}
+
+/// A remote status as our own exit code. Unix statuses are 0–255 already; a Windows status
+/// outside that range becomes 1 rather than wrapping to something that could read as success.
+fn local_exit_code(code: i32) -> u8 {
+    u8::try_from(code).unwrap_or(1)
+}
+
+fn run(args: RunArgs) -> u8 {
+    init_logging("warn");
+    let mut session = match start_session(&args.addr, args.secret.secret_file.as_deref()) {
+        Ok(session) => session,
+        Err(code) => return code,
+    };
+    let command = args.command.join(" ");
+    let input = if io::stdin().is_terminal() {
+        CommandInput::None
+    } else {
+        CommandInput::Forward(Box::new(io::stdin()))
+    };
+    match session.run(&command, input, args.timeout, &mut TerminalSink) {
+        Ok(status) => {
+            if status == rcmd::protocol::ExitStatus::TimedOut {
+                eprintln!("rcmd: command timed out");
+            }
+            local_exit_code(status.shell_code())
+        }
+        // `rcmd run -- yes | head -n 1`: the reader has what it wanted. Leaving closes the
+        // connection, and the server kills the command.
+        Err(ClientError::LocalOutput(e)) if e.kind() == io::ErrorKind::BrokenPipe => 0,
+        Err(e) => fail(EXIT_CLIENT_FAILURE, e),
+    }
+}
+
+fn keygen(args: KeygenArgs) -> u8 {
+    let path = match secret::resolve_path(args.secret.secret_file.as_deref()) {
+        Ok(path) => path,
+        Err(e) => return fail(EXIT_FAILURE, e),
+    };
+    match secret::generate(&path, args.force) {
+        Ok(()) => {
+            println!("wrote a new secret to {}", path.display());
+            0
+        }
+        Err(e) => fail(EXIT_FAILURE, e),
+    }
+}
+
+fn demo(args: DemoArgs) -> u8 {
+    init_logging("warn");
+    let secret_flag = args.secret.secret_file.as_deref();
+    let secret = match load_or_create_secret(secret_flag) {
+        Ok(secret) => secret,
+        Err(e) => return fail(EXIT_FAILURE, e),
+    };
+    let workdir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let config = ServerConfig {
+        secret,
+        encoding: OutputEncoding::auto(),
+        workdir,
+        limits: Limits::default(),
+        handle_shutdown_signals: false,
+    };
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let server = match Server::bind(loopback, config) {
+        Ok(server) => server,
+        Err(e) => return fail(EXIT_FAILURE, format!("cannot start the demo server: {e}")),
+    };
+    let addr = server.local_addr();
+    std::thread::spawn(move || {
+        if let Err(e) = server.run() {
+            eprintln!("rcmd: demo server failed: {e}");
+        }
+    });
+    eprintln!(
+        "rcmd demo: a server on {addr} runs your commands; `rcmd connect {addr}` reaches it from another terminal."
+    );
+    match start_session(&addr.to_string(), secret_flag) {
+        Ok(mut session) => prompt_exit_code(prompt::run_prompt(&mut session, history_path())),
+        Err(code) => code,
+    }
+}

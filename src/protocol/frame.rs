@@ -1,0 +1,492 @@
+//! Framing: turning messages into bytes and a byte stream back into messages. No I/O here.
+//!
+//! TCP delivers a stream of bytes with no message boundaries, so every frame says how long it is
+//! before it says anything else:
+//!
+//! ```text
+//! +----------------------+------------------------+------------------+----------------------+
+//! | header_len: u32 (BE) | header: header_len     | body: `len`      | tag: 32 bytes        |
+//! |                      | bytes of UTF-8 JSON    | bytes, raw       | (after the handshake)|
+//! +----------------------+------------------------+------------------+----------------------+
+//! ```
+//!
+//! The header is a JSON object: a [`Message`] plus `len`, the body length. Both lengths are
+//! checked against named maxima before anything is allocated for them, so a peer announcing
+//! 4 GiB costs us nothing but an error frame. After the handshake a 32-byte HMAC tag
+//! ([`FrameMac`]) follows every frame.
+//!
+//! The decoder is incremental: [`FrameDecoder::feed`] whatever bytes arrived, then take complete
+//! frames with [`FrameDecoder::next_frame`] until it says `Ok(None)` ("not enough bytes yet").
+
+use crate::auth::{FrameMac, TAG_LEN};
+use crate::protocol::message::{ErrorCode, Message};
+use serde::Serialize;
+
+/// Size of the big-endian header length prefix.
+pub const LEN_PREFIX: usize = 4;
+/// Largest header a peer may announce. Real headers are under 300 bytes.
+pub const MAX_HEADER_LEN: usize = 16 * 1024;
+/// Largest body a peer may announce. Senders in this crate use at most [`MAX_CHUNK`].
+pub const MAX_BODY_LEN: usize = 1024 * 1024;
+/// Body size senders in this crate use for output and stdin chunks.
+pub const MAX_CHUNK: usize = 64 * 1024;
+
+/// One decoded frame: the message and its body (empty for bodiless types).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub message: Message,
+    pub body: Vec<u8>,
+}
+
+/// Why a byte stream could not be decoded. Each is fatal for the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// The length prefix announces a header over [`MAX_HEADER_LEN`] (or zero bytes).
+    HeaderTooLarge { len: usize },
+    /// The header announces a body over the decoder's maximum.
+    BodyTooLarge { len: u64 },
+    /// The header is not a JSON object of a known message's shape.
+    BadHeader(String),
+    /// The header's `type` is not one this protocol version defines.
+    UnknownType(String),
+    /// The frame's tag does not verify.
+    Integrity,
+}
+
+impl FrameError {
+    /// The wire error code a peer is sent for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            FrameError::HeaderTooLarge { .. } => ErrorCode::HeaderTooLarge,
+            FrameError::BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
+            FrameError::BadHeader(_) => ErrorCode::BadHeader,
+            FrameError::UnknownType(_) => ErrorCode::UnknownType,
+            FrameError::Integrity => ErrorCode::Integrity,
+        }
+    }
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::HeaderTooLarge { len } => {
+                write!(
+                    f,
+                    "frame header of {len} bytes is over the limit of {MAX_HEADER_LEN} (or empty)"
+                )
+            }
+            FrameError::BodyTooLarge { len } => {
+                write!(f, "frame body of {len} bytes is over the limit")
+            }
+            FrameError::BadHeader(why) => write!(f, "malformed frame header: {why}"),
+            FrameError::UnknownType(name) => write!(f, "unknown message type {name:?}"),
+            FrameError::Integrity => {
+                write!(
+                    f,
+                    "integrity check failed: a frame was altered, replayed, dropped or reordered"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// The header as written: the message's own fields plus the body length.
+#[derive(Serialize)]
+struct WireHeader<'a> {
+    #[serde(flatten)]
+    message: &'a Message,
+    len: usize,
+}
+
+/// Writes frames, tagging them once [`FrameEncoder::start_tagging`] has been called.
+#[derive(Default)]
+pub struct FrameEncoder {
+    mac: Option<FrameMac>,
+}
+
+impl FrameEncoder {
+    pub fn new() -> FrameEncoder {
+        FrameEncoder { mac: None }
+    }
+
+    /// From now on every frame gets a tag from `mac` (called when the handshake completes).
+    pub fn start_tagging(&mut self, mac: FrameMac) {
+        self.mac = Some(mac);
+    }
+
+    /// Appends one complete frame to `out`: the prefix, header, body and (if tagging) the tag.
+    ///
+    /// Everything lands in one buffer so that it leaves in one `write`: a header and a body
+    /// sent as two small writes are what makes Nagle's algorithm wait for a delayed ACK.
+    pub fn encode(&mut self, message: &Message, body: &[u8], out: &mut Vec<u8>) {
+        debug_assert!(
+            body.is_empty() || message.carries_body(),
+            "{} carries no body",
+            message.type_name()
+        );
+        let start = out.len();
+        out.extend_from_slice(&[0; LEN_PREFIX]);
+        serde_json::to_writer(
+            &mut *out,
+            &WireHeader {
+                message,
+                len: body.len(),
+            },
+        )
+        .expect("serializing a message to a Vec cannot fail");
+        let header_len = (out.len() - start - LEN_PREFIX) as u32;
+        out[start..start + LEN_PREFIX].copy_from_slice(&header_len.to_be_bytes());
+        out.extend_from_slice(body);
+        if let Some(mac) = &mut self.mac {
+            let tag = mac.tag(&out[start..]);
+            out.extend_from_slice(&tag);
+        }
+    }
+}
+
+/// A header that has been parsed while its body is still arriving.
+struct PendingHeader {
+    message: Message,
+    header_len: usize,
+    body_len: usize,
+}
+
+/// Reassembles frames from a byte stream that arrives in arbitrary pieces.
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    pending: Option<PendingHeader>,
+    mac: Option<FrameMac>,
+    max_body: usize,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        FrameDecoder::new(MAX_BODY_LEN)
+    }
+}
+
+impl FrameDecoder {
+    /// A decoder refusing bodies over `max_body` bytes (at most [`MAX_BODY_LEN`]).
+    pub fn new(max_body: usize) -> FrameDecoder {
+        FrameDecoder {
+            buf: Vec::new(),
+            pending: None,
+            mac: None,
+            max_body: max_body.min(MAX_BODY_LEN),
+        }
+    }
+
+    /// From now on every frame must carry a valid tag from `mac`.
+    pub fn start_verifying(&mut self, mac: FrameMac) {
+        self.mac = Some(mac);
+    }
+
+    /// Adds bytes received from the peer.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes received but not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next complete frame, `Ok(None)` if more bytes are needed.
+    ///
+    /// # Errors
+    /// Any [`FrameError`]; the stream cannot be resynchronised after one, so the connection
+    /// should be closed.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        let tagged = self.mac.is_some();
+        self.take_frame().map_err(|error| match error {
+            // An authenticated peer only ever sends well-formed frames, so after the handshake
+            // a malformed one means the bytes were changed on the way: say so.
+            FrameError::Integrity => FrameError::Integrity,
+            _ if tagged => FrameError::Integrity,
+            other => other,
+        })
+    }
+
+    fn take_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        if self.pending.is_none() {
+            match self.parse_header()? {
+                Some(header) => self.pending = Some(header),
+                None => return Ok(None),
+            }
+        }
+        let PendingHeader {
+            header_len,
+            body_len,
+            ..
+        } = *self.pending.as_ref().expect("set above");
+        let tag_len = if self.mac.is_some() { TAG_LEN } else { 0 };
+        let covered = LEN_PREFIX + header_len + body_len;
+        if self.buf.len() < covered + tag_len {
+            return Ok(None);
+        }
+        if let Some(mac) = &mut self.mac
+            && !mac.verify(&self.buf[..covered], &self.buf[covered..covered + tag_len])
+        {
+            return Err(FrameError::Integrity);
+        }
+        let body = self.buf[LEN_PREFIX + header_len..covered].to_vec();
+        self.buf.drain(..covered + tag_len);
+        if self.buf.is_empty() && self.buf.capacity() > 2 * MAX_CHUNK {
+            // Give back the memory a large frame needed; idle connections should cost little.
+            self.buf = Vec::new();
+        }
+        let message = self.pending.take().expect("set above").message;
+        Ok(Some(Frame { message, body }))
+    }
+
+    fn parse_header(&self) -> Result<Option<PendingHeader>, FrameError> {
+        let Some(prefix) = self.buf.get(..LEN_PREFIX) else {
+            return Ok(None);
+        };
+        let header_len = u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
+        if header_len == 0 || header_len > MAX_HEADER_LEN {
+            return Err(FrameError::HeaderTooLarge { len: header_len });
+        }
+        let Some(header) = self.buf.get(LEN_PREFIX..LEN_PREFIX + header_len) else {
+            check_partial_header(&self.buf[LEN_PREFIX..])?;
+            return Ok(None);
+        };
+        let (message, body_len) = parse_header_json(header, self.max_body)?;
+        Ok(Some(PendingHeader {
+            message,
+            header_len,
+            body_len,
+        }))
+    }
+}
+
+/// Fails early if the part of a header received so far is already wrong: not JSON, or a
+/// complete JSON object followed by more bytes inside the announced length. Without this, a
+/// length prefix that claims more than was sent (by accident or tampering) would leave the
+/// receiver waiting for bytes that never come.
+fn check_partial_header(partial: &[u8]) -> Result<(), FrameError> {
+    let mut values =
+        serde_json::Deserializer::from_slice(partial).into_iter::<serde::de::IgnoredAny>();
+    match values.next() {
+        None => Ok(()),
+        Some(Err(e)) if e.is_eof() => Ok(()),
+        Some(Err(e)) => Err(FrameError::BadHeader(format!("not JSON: {e}"))),
+        Some(Ok(_)) => Err(FrameError::BadHeader(
+            "the header is shorter than its length prefix says".into(),
+        )),
+    }
+}
+
+/// Parses a header: checks `type` is known and `len` is within `max_body` before building the
+/// typed message, so each failure gets its own error code.
+fn parse_header_json(header: &[u8], max_body: usize) -> Result<(Message, usize), FrameError> {
+    let value: serde_json::Value = serde_json::from_slice(header)
+        .map_err(|e| FrameError::BadHeader(format!("not JSON: {e}")))?;
+    let serde_json::Value::Object(mut fields) = value else {
+        return Err(FrameError::BadHeader("not a JSON object".into()));
+    };
+    let type_name = match fields.get("type") {
+        Some(serde_json::Value::String(name)) => name.clone(),
+        _ => return Err(FrameError::BadHeader("no \"type\" string".into())),
+    };
+    if !Message::TYPE_NAMES.contains(&type_name.as_str()) {
+        return Err(FrameError::UnknownType(type_name));
+    }
+    let body_len = match fields.remove("len") {
+        None => 0,
+        Some(len) => len
+            .as_u64()
+            .ok_or_else(|| FrameError::BadHeader("\"len\" is not a non-negative integer".into()))?,
+    };
+    if body_len > max_body as u64 {
+        return Err(FrameError::BodyTooLarge { len: body_len });
+    }
+    let message: Message = serde_json::from_value(serde_json::Value::Object(fields))
+        .map_err(|e| FrameError::BadHeader(format!("{type_name}: {e}")))?;
+    if body_len > 0 && !message.carries_body() {
+        return Err(FrameError::BadHeader(format!(
+            "{type_name} frames carry no body"
+        )));
+    }
+    Ok((message, body_len as usize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::message::{Bytes32, ExitStatus};
+
+    fn encode(message: &Message, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        FrameEncoder::new().encode(message, body, &mut out);
+        out
+    }
+
+    fn raw_frame(header: &str) -> Vec<u8> {
+        let mut out = (header.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(header.as_bytes());
+        out
+    }
+
+    fn decode_all(bytes: &[u8]) -> Result<Option<Frame>, FrameError> {
+        let mut decoder = FrameDecoder::default();
+        decoder.feed(bytes);
+        decoder.next_frame()
+    }
+
+    #[test]
+    fn encodes_the_documented_bytes() {
+        let bytes = encode(&Message::Stdout { id: 3 }, b"hi\n");
+        let header = br#"{"type":"stdout","id":3,"len":3}"#;
+        let mut expected = (header.len() as u32).to_be_bytes().to_vec();
+        expected.extend_from_slice(header);
+        expected.extend_from_slice(b"hi\n");
+        assert_eq!(bytes, expected);
+    }
+
+    #[test]
+    fn decodes_a_frame_fed_one_byte_at_a_time() {
+        let message = Message::Exit {
+            id: 9,
+            status: ExitStatus::Exited { code: 44 },
+            duration_ms: 12,
+        };
+        let mut bytes = encode(&message, b"");
+        bytes.extend(encode(&Message::Stderr { id: 9 }, b"oops"));
+        let mut decoder = FrameDecoder::default();
+        let mut frames = Vec::new();
+        for byte in bytes {
+            decoder.feed(&[byte]);
+            while let Some(frame) = decoder.next_frame().unwrap() {
+                frames.push(frame);
+            }
+        }
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0].message, message);
+        assert_eq!(
+            frames[1],
+            Frame {
+                message: Message::Stderr { id: 9 },
+                body: b"oops".to_vec()
+            }
+        );
+        assert_eq!(decoder.buffered(), 0);
+    }
+
+    #[test]
+    fn rejects_huge_lengths_before_allocating() {
+        assert_eq!(
+            decode_all(&[0xff, 0xff, 0xff, 0xff]),
+            Err(FrameError::HeaderTooLarge {
+                len: u32::MAX as usize
+            })
+        );
+        assert_eq!(
+            decode_all(&[0, 0, 0, 0]),
+            Err(FrameError::HeaderTooLarge { len: 0 })
+        );
+        let huge_body = raw_frame(r#"{"type":"stdin","id":1,"len":4294967295}"#);
+        assert_eq!(
+            decode_all(&huge_body),
+            Err(FrameError::BodyTooLarge { len: 4294967295 })
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_headers_with_specific_errors() {
+        assert!(matches!(
+            decode_all(&raw_frame("not json")),
+            Err(FrameError::BadHeader(_))
+        ));
+        assert!(matches!(
+            decode_all(&raw_frame("[1,2]")),
+            Err(FrameError::BadHeader(_))
+        ));
+        assert!(matches!(
+            decode_all(&raw_frame(r#"{"id":1}"#)),
+            Err(FrameError::BadHeader(_))
+        ));
+        assert_eq!(
+            decode_all(&raw_frame(r#"{"type":"teleport"}"#)),
+            Err(FrameError::UnknownType("teleport".into()))
+        );
+        assert!(matches!(
+            decode_all(&raw_frame(r#"{"type":"exec","id":"one","stdin":false}"#)),
+            Err(FrameError::BadHeader(_))
+        ));
+        assert!(matches!(
+            decode_all(&raw_frame(r#"{"type":"stdin_close","id":1,"len":-1}"#)),
+            Err(FrameError::BadHeader(_))
+        ));
+        assert!(matches!(
+            decode_all(&raw_frame(r#"{"type":"welcome","proof":"00","len":2}"#)),
+            Err(FrameError::BadHeader(_))
+        ));
+    }
+
+    #[test]
+    fn a_prefix_longer_than_the_header_is_caught_without_waiting() {
+        let mut bytes = encode(&Message::StdinClose { id: 1 }, b"");
+        bytes.extend(encode(&Message::StdinClose { id: 2 }, b""));
+        bytes[3] += 8;
+        assert!(matches!(decode_all(&bytes), Err(FrameError::BadHeader(_))));
+    }
+
+    #[test]
+    fn waits_for_incomplete_frames() {
+        let bytes = encode(&Message::Stdin { id: 1 }, &[7; 100]);
+        for cut in 0..bytes.len() {
+            assert_eq!(decode_all(&bytes[..cut]), Ok(None), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn tags_are_checked_and_tampering_detected() {
+        let key = [5u8; 32];
+        let mut encoder = FrameEncoder::new();
+        encoder.start_tagging(FrameMac::new(&key));
+        let mut bytes = Vec::new();
+        let hello = Message::Welcome {
+            proof: Bytes32([1; 32]),
+        };
+        encoder.encode(&hello, b"", &mut bytes);
+        encoder.encode(&Message::Stdout { id: 1 }, b"data", &mut bytes);
+
+        let mut decoder = FrameDecoder::default();
+        decoder.start_verifying(FrameMac::new(&key));
+        decoder.feed(&bytes);
+        assert_eq!(decoder.next_frame().unwrap().unwrap().message, hello);
+        assert_eq!(decoder.next_frame().unwrap().unwrap().body, b"data");
+
+        // No flipped bit anywhere yields a frame other than the one sent. Most are caught at
+        // once; a `len` made larger leaves the decoder waiting for bytes that never come (the
+        // connection then ends by timeout), which still accepts nothing.
+        for offset in 0..bytes.len() {
+            for bit in [0x01, 0x10, 0x80] {
+                let mut tampered = bytes.clone();
+                tampered[offset] ^= bit;
+                let mut decoder = FrameDecoder::default();
+                decoder.start_verifying(FrameMac::new(&key));
+                decoder.feed(&tampered);
+                let mut accepted = Vec::new();
+                loop {
+                    match decoder.next_frame() {
+                        Ok(Some(frame)) => accepted.push(frame),
+                        Ok(None) => break,
+                        Err(error) => {
+                            assert_eq!(error, FrameError::Integrity, "flip at {offset}");
+                            break;
+                        }
+                    }
+                }
+                let sent = [hello.clone(), Message::Stdout { id: 1 }];
+                for (frame, original) in accepted.iter().zip(&sent) {
+                    assert_eq!(&frame.message, original, "bit flip at {offset} accepted");
+                }
+                assert!(accepted.len() < 2, "bit flip at {offset} went unnoticed");
+            }
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! The rcmd wire protocol: frames ([`frame`]) carrying typed messages ([`message`]).
+//!
+//! Nothing in here touches a socket, so all of it can be tested on byte literals.
+
+pub mod frame;
+pub mod message;
+
+pub use frame::{Frame, FrameDecoder, FrameEncoder, FrameError};
+pub use message::{ErrorCode, ExitStatus, Message, PROTOCOL_VERSION, SignalName};

@@ -1,0 +1,243 @@
+//! The shared secret: where it lives, how it is made, how it is read.
+//!
+//! The secret is a file, never a command-line argument (every user on the machine can read
+//! other users' command lines in `ps`). By default server and client use the same per-user file,
+//! `$XDG_CONFIG_HOME/rcmd/secret` (or `~/.config/rcmd/secret`; `%APPDATA%\rcmd\secret` on
+//! Windows), which `rcmd serve` creates on first start, so two terminals on one machine work
+//! with no set-up. `--secret-file` or the `RCMD_SECRET_FILE` environment variable points
+//! elsewhere (the flag wins). To use rcmd across machines, copy the file.
+//!
+//! The key is the file's content without surrounding whitespace: `rcmd keygen` writes 32 random
+//! bytes as 64 hex digits, but any text of at least [`MIN_SECRET_LEN`] bytes works.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use rand::RngCore;
+
+use crate::auth::MIN_SECRET_LEN;
+use crate::protocol::message::to_hex;
+
+/// Environment variable naming the secret file.
+pub const SECRET_FILE_ENV: &str = "RCMD_SECRET_FILE";
+
+/// Why the secret could not be had.
+#[derive(Debug)]
+pub enum SecretError {
+    /// No path given and no home or config directory to put the default in.
+    NoDefaultLocation,
+    /// The file does not exist.
+    Missing(PathBuf),
+    /// The file is there but shorter than [`MIN_SECRET_LEN`] bytes.
+    TooShort(PathBuf),
+    /// `keygen` would overwrite an existing file.
+    Exists(PathBuf),
+    /// Reading or writing failed.
+    Io(PathBuf, io::Error),
+}
+
+impl fmt::Display for SecretError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretError::NoDefaultLocation => write!(
+                f,
+                "no secret file location: set HOME or XDG_CONFIG_HOME, or pass --secret-file"
+            ),
+            SecretError::Missing(path) => write!(
+                f,
+                "no secret file at {}: run `rcmd keygen`, or copy the server's secret file there",
+                path.display()
+            ),
+            SecretError::TooShort(path) => {
+                write!(
+                    f,
+                    "the secret in {} is shorter than {MIN_SECRET_LEN} bytes",
+                    path.display()
+                )
+            }
+            SecretError::Exists(path) => {
+                write!(
+                    f,
+                    "{} already exists; use --force to replace it",
+                    path.display()
+                )
+            }
+            SecretError::Io(path, e) => write!(f, "{}: {e}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for SecretError {}
+
+/// The per-user default secret file.
+pub fn default_path() -> Option<PathBuf> {
+    let non_empty = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let config_dir = if cfg!(windows) {
+        non_empty("APPDATA")
+    } else {
+        non_empty("XDG_CONFIG_HOME").or_else(|| non_empty("HOME").map(|home| home.join(".config")))
+    };
+    config_dir.map(|dir| dir.join("rcmd").join("secret"))
+}
+
+/// The secret file to use: the flag, else `RCMD_SECRET_FILE`, else the default.
+///
+/// # Errors
+/// [`SecretError::NoDefaultLocation`] when nothing names a file.
+pub fn resolve_path(flag: Option<&Path>) -> Result<PathBuf, SecretError> {
+    if let Some(path) = flag {
+        return Ok(path.to_path_buf());
+    }
+    if let Some(path) = std::env::var_os(SECRET_FILE_ENV).filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    default_path().ok_or(SecretError::NoDefaultLocation)
+}
+
+/// Reads the secret from `path`.
+///
+/// # Errors
+/// The file is missing, unreadable or too short.
+pub fn load(path: &Path) -> Result<Vec<u8>, SecretError> {
+    let content = fs::read(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => SecretError::Missing(path.to_path_buf()),
+        _ => SecretError::Io(path.to_path_buf(), e),
+    })?;
+    let secret = content.trim_ascii().to_vec();
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(SecretError::TooShort(path.to_path_buf()));
+    }
+    warn_if_readable_by_others(path);
+    Ok(secret)
+}
+
+/// Reads the secret, first creating the file with a new random secret if it does not exist.
+/// Returns the secret and whether the file was created.
+///
+/// # Errors
+/// As [`load`] and [`generate`].
+pub fn load_or_create(path: &Path) -> Result<(Vec<u8>, bool), SecretError> {
+    match load(path) {
+        Err(SecretError::Missing(_)) => match generate(path, false) {
+            Ok(()) => Ok((load(path)?, true)),
+            // Another process created it between our read and our write: use theirs.
+            Err(SecretError::Exists(_)) => Ok((load(path)?, false)),
+            Err(e) => Err(e),
+        },
+        other => other.map(|secret| (secret, false)),
+    }
+}
+
+/// Writes a new random secret (32 bytes from the OS, as hex) to `path`, readable by its owner
+/// only. Creates the parent directory (owner-only) if needed.
+///
+/// # Errors
+/// [`SecretError::Exists`] if the file exists and `overwrite` is false; I/O errors otherwise.
+pub fn generate(path: &Path, overwrite: bool) -> Result<(), SecretError> {
+    let io_error = |e| SecretError::Io(path.to_path_buf(), e);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_private_dir(parent).map_err(io_error)?;
+    }
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let mut options = fs::OpenOptions::new();
+    options.write(true);
+    if overwrite {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::AlreadyExists => SecretError::Exists(path.to_path_buf()),
+        _ => io_error(e),
+    })?;
+    #[cfg(unix)]
+    {
+        // `mode` applies only when the file is created; an overwritten file may have had more.
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(io_error)?;
+    }
+    writeln!(file, "{}", to_hex(&bytes)).map_err(io_error)?;
+    file.sync_all().map_err(io_error)
+}
+
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+fn warn_if_readable_by_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            log::warn!(
+                "secret file {} is accessible to other users; run: chmod 600 {}",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generate_then_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("secret");
+        generate(&path, false).unwrap();
+        let secret = load(&path).unwrap();
+        assert_eq!(secret.len(), 64);
+        assert!(matches!(
+            generate(&path, false),
+            Err(SecretError::Exists(_))
+        ));
+        generate(&path, true).unwrap();
+        assert_ne!(load(&path).unwrap(), secret);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+    }
+
+    #[test]
+    fn load_reports_missing_and_short_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        assert!(matches!(load(&path), Err(SecretError::Missing(_))));
+        fs::write(&path, "short\n").unwrap();
+        assert!(matches!(load(&path), Err(SecretError::TooShort(_))));
+        let (created, was_created) = load_or_create(&dir.path().join("new")).unwrap();
+        assert!(was_created);
+        assert_eq!(created.len(), 64);
+    }
+}

@@ -1,0 +1,753 @@
+//! One client connection: its state machine, its buffers and the command it is running.
+//!
+//! ```text
+//!  accept ──► Handshake ──auth ok──► Ready ◄──exit sent── Running
+//!                │                     │ exec ──────────────▲
+//!                └─ anything else ─► closing (error frame, flush, close)
+//! ```
+//!
+//! The event loop calls [`Connection::drive`] whenever anything of this connection is ready
+//! (its socket or one of its command's pipes). `drive` makes all the progress it can: read and
+//! handle client frames, move command output into frames, feed the command's stdin, write to
+//! the socket. All I/O is non-blocking and the loop's readiness is edge-triggered, so every
+//! source is read or written until it says `WouldBlock` or until backpressure says stop.
+//!
+//! Backpressure: output is read from the command's pipes only while fewer than
+//! [`OUTBOUND_CAP`] bytes wait for the socket. A slow client therefore makes the pipes fill up,
+//! which blocks the command in `write`, and the server's memory stays bounded. Likewise client
+//! frames are read only while less than [`STDIN_CAP`] bytes wait for the command's stdin.
+
+use std::io::{self, Read, Write};
+use std::mem;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::net::TcpStream;
+use mio::{Registry, Token};
+
+use super::ServerConfig;
+use super::builtins;
+use super::deadlines::{DeadlineKind, Deadlines};
+use super::process::{ChildProcess, OutputStream, PipeTokens};
+use crate::auth::{self, FrameMac, Role, SessionKeys};
+use crate::output::StreamDecoder;
+use crate::protocol::message::{Bytes32, PROTOCOL_NAME};
+use crate::protocol::{
+    ErrorCode, ExitStatus, Frame, FrameDecoder, FrameEncoder, Message, PROTOCOL_VERSION,
+};
+
+/// Identifies a connection for its whole life; never reused, so a late event or deadline for a
+/// closed connection cannot hit a new one.
+pub type ConnId = u64;
+
+/// Output bytes that may wait for a slow client before the command's pipes stop being read.
+pub const OUTBOUND_CAP: usize = 256 * 1024;
+/// Stdin bytes that may wait for a slow command before the client's frames stop being read.
+pub const STDIN_CAP: usize = 256 * 1024;
+/// After the command's process exits, how much more output to take from background processes
+/// still holding its pipes before calling the output complete.
+const AFTER_EXIT_LIMIT: usize = 1024 * 1024;
+/// A closing connection's last frames get this long to reach the client.
+const CLOSING_GRACE: Duration = Duration::from_secs(2);
+/// Rounds of progress per call to `drive` before giving other connections a turn.
+const MAX_ROUNDS: usize = 16;
+
+/// What each token of a connection refers to. A token is `conn_id << 2 | slot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    Socket = 0,
+    Stdout = 1,
+    Stderr = 2,
+    Stdin = 3,
+}
+
+/// The token for `slot` of connection `conn`.
+pub fn token(conn: ConnId, slot: Slot) -> Token {
+    Token(((conn as usize) << 2) | slot as usize)
+}
+
+/// The connection a token belongs to.
+pub fn conn_of(token: Token) -> ConnId {
+    (token.0 >> 2) as ConnId
+}
+
+/// What the event loop should do with a connection after [`Connection::drive`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drive {
+    /// Waiting for readiness events.
+    Open,
+    /// Stopped to let others run, with work left: drive again soon, even without an event.
+    MoreWork,
+    /// Finished: deregister and drop it.
+    Closed,
+}
+
+/// What the loop lends a connection while driving it.
+pub struct Context<'a> {
+    pub registry: &'a Registry,
+    pub config: &'a ServerConfig,
+    pub deadlines: &'a mut Deadlines,
+    /// Running children by pid, so the loop can route exits to their connection.
+    pub children: &'a mut std::collections::HashMap<u32, ConnId>,
+    /// Reused read buffer, one chunk long.
+    pub scratch: &'a mut [u8],
+    /// Reused buffer for transcoded output.
+    pub decoded: &'a mut Vec<u8>,
+    pub now: Instant,
+}
+
+enum State {
+    /// Waiting for the client's `auth`; we sent `hello` with this nonce.
+    Handshake { server_nonce: [u8; 32] },
+    /// Authenticated, no command running.
+    Ready,
+    /// Authenticated, running a command.
+    Running(Box<RunningCommand>),
+}
+
+struct RunningCommand {
+    id: u32,
+    command: String,
+    process: ChildProcess,
+    started: Instant,
+    /// Set when the process has been reaped; output may still be draining.
+    exit: Option<ExitStatus>,
+    timed_out: bool,
+    after_exit_bytes: usize,
+    stdin_pending: Vec<u8>,
+    stdin_close_requested: bool,
+    stdout_decoder: StreamDecoder,
+    stderr_decoder: StreamDecoder,
+}
+
+impl Drop for RunningCommand {
+    fn drop(&mut self) {
+        // However the command stops being ours (client gone, error, shutdown), its whole tree
+        // dies with it. Once reaped, the pid is no longer ours to signal.
+        if self.exit.is_none() {
+            self.process.kill_tree();
+        }
+    }
+}
+
+/// One client connection.
+pub struct Connection {
+    id: ConnId,
+    socket: TcpStream,
+    peer: SocketAddr,
+    decoder: FrameDecoder,
+    encoder: FrameEncoder,
+    /// Encoded frames waiting for the socket to accept them.
+    outbound: Vec<u8>,
+    state: State,
+    cwd: PathBuf,
+    previous_cwd: Option<PathBuf>,
+    /// Set after a fatal error: read nothing more, flush what is queued, close.
+    closing: bool,
+    last_activity: Instant,
+}
+
+impl Connection {
+    /// Takes an accepted socket, queues the `hello` challenge and starts the handshake clock.
+    pub fn new(id: ConnId, socket: TcpStream, peer: SocketAddr, ctx: &mut Context) -> Connection {
+        let server_nonce = auth::new_nonce();
+        let mut connection = Connection {
+            id,
+            socket,
+            peer,
+            decoder: FrameDecoder::new(ctx.config.limits.max_body_len),
+            encoder: FrameEncoder::new(),
+            outbound: Vec::new(),
+            state: State::Handshake { server_nonce },
+            cwd: ctx.config.workdir.clone(),
+            previous_cwd: None,
+            closing: false,
+            last_activity: ctx.now,
+        };
+        let hello = Message::Hello {
+            protocol: PROTOCOL_NAME.to_owned(),
+            version: PROTOCOL_VERSION,
+            nonce: Bytes32(server_nonce),
+        };
+        connection.send(&hello, b"");
+        ctx.deadlines.schedule(
+            ctx.now + ctx.config.limits.handshake_timeout,
+            id,
+            DeadlineKind::Handshake,
+        );
+        connection
+    }
+
+    pub fn socket_mut(&mut self) -> &mut TcpStream {
+        &mut self.socket
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Whether the client has not yet proven it knows the secret.
+    pub fn is_handshaking(&self) -> bool {
+        matches!(self.state, State::Handshake { .. })
+    }
+
+    /// Makes all the progress possible without blocking. See the module docs.
+    pub fn drive(&mut self, ctx: &mut Context) -> Drive {
+        for _ in 0..MAX_ROUNDS {
+            let mut progress = match self.read_socket(ctx) {
+                Ok(progress) => progress,
+                Err(e) => {
+                    self.log_disconnect(&e);
+                    return Drive::Closed;
+                }
+            };
+            progress |= self.pump_stdin(ctx);
+            progress |= self.pump_output(ctx);
+            self.finish_command_if_done(ctx);
+            match self.flush() {
+                Ok(wrote) => progress |= wrote,
+                Err(e) => {
+                    self.log_disconnect(&e);
+                    return Drive::Closed;
+                }
+            }
+            if self.closing && self.outbound.is_empty() {
+                return Drive::Closed;
+            }
+            if !progress {
+                return Drive::Open;
+            }
+        }
+        Drive::MoreWork
+    }
+
+    fn log_disconnect(&self, error: &io::Error) {
+        match (&self.state, error.kind()) {
+            (State::Running(command), _) => {
+                info!(
+                    "{}: client left during command {}; killing its process tree",
+                    self.peer, command.id
+                )
+            }
+            (_, io::ErrorKind::UnexpectedEof) => {
+                debug!("{}: client closed the connection", self.peer)
+            }
+            _ => debug!("{}: connection error: {error}", self.peer),
+        }
+    }
+
+    /// Records the exit of the command's process; its output may still be draining.
+    pub fn on_exit(&mut self, pid: u32, status: ExitStatus) {
+        if let State::Running(command) = &mut self.state
+            && command.process.pid() == pid
+        {
+            command.exit = Some(status);
+        }
+    }
+
+    /// Handles a deadline of this connection. Returns true if the connection must close now.
+    pub fn on_deadline(&mut self, kind: DeadlineKind, ctx: &mut Context) -> bool {
+        match kind {
+            DeadlineKind::Handshake if self.is_handshaking() && !self.closing => {
+                warn!(
+                    "{}: no authentication within {:?}; dropping",
+                    self.peer, ctx.config.limits.handshake_timeout
+                );
+                self.fail(
+                    ErrorCode::HandshakeTimeout,
+                    "handshake not completed in time",
+                    ctx,
+                );
+            }
+            DeadlineKind::Idle if !self.closing => self.check_idle(ctx),
+            DeadlineKind::Command(id) => {
+                if let State::Running(command) = &mut self.state
+                    && command.id == id
+                    && command.exit.is_none()
+                    && !command.timed_out
+                {
+                    info!(
+                        "{}: command {id} timed out; killing its process tree",
+                        self.peer
+                    );
+                    command.timed_out = true;
+                    command.process.kill_tree();
+                }
+            }
+            DeadlineKind::Closing => return true,
+            _ => {}
+        }
+        false
+    }
+
+    fn check_idle(&mut self, ctx: &mut Context) {
+        let Some(idle_timeout) = ctx.config.limits.idle_timeout else {
+            return;
+        };
+        match self.state {
+            State::Handshake { .. } => {}
+            State::Running(_) => {
+                ctx.deadlines
+                    .schedule(ctx.now + idle_timeout, self.id, DeadlineKind::Idle)
+            }
+            State::Ready => {
+                let due = self.last_activity + idle_timeout;
+                if due <= ctx.now {
+                    info!("{}: idle for {idle_timeout:?}; closing", self.peer);
+                    self.fail(ErrorCode::IdleTimeout, "connection idle for too long", ctx);
+                } else {
+                    ctx.deadlines.schedule(due, self.id, DeadlineKind::Idle);
+                }
+            }
+        }
+    }
+
+    /// Tells the client the server is going away and kills its command.
+    pub fn shut_down(&mut self, ctx: &mut Context) {
+        if !self.closing {
+            self.fail(ErrorCode::Shutdown, "server is shutting down", ctx);
+        }
+    }
+
+    fn send(&mut self, message: &Message, body: &[u8]) {
+        debug!("{} <- {}", self.peer, message.type_name());
+        self.encoder.encode(message, body, &mut self.outbound);
+    }
+
+    /// Sends a fatal error, kills any command and arranges to close once it is flushed.
+    fn fail(&mut self, code: ErrorCode, message: impl Into<String>, ctx: &mut Context) {
+        let message = message.into();
+        debug!("{}: fatal {}: {message}", self.peer, code.as_str());
+        self.send(&Message::fatal(code, message), b"");
+        self.closing = true;
+        if let State::Running(_) = self.state {
+            self.state = State::Ready; // dropping the command kills its tree
+        }
+        ctx.deadlines
+            .schedule(ctx.now + CLOSING_GRACE, self.id, DeadlineKind::Closing);
+    }
+
+    /// Reads client bytes and handles every complete frame. Ok(true) if anything was read.
+    fn read_socket(&mut self, ctx: &mut Context) -> io::Result<bool> {
+        let mut progress = false;
+        while !self.closing && !self.stdin_backlogged() {
+            match self.socket.read(ctx.scratch) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    progress = true;
+                    self.decoder.feed(&ctx.scratch[..n]);
+                    self.handle_frames(ctx);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(progress)
+    }
+
+    fn stdin_backlogged(&self) -> bool {
+        matches!(&self.state, State::Running(command) if command.stdin_pending.len() >= STDIN_CAP)
+    }
+
+    fn handle_frames(&mut self, ctx: &mut Context) {
+        while !self.closing {
+            match self.decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    self.last_activity = ctx.now;
+                    self.handle_frame(frame, ctx);
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    warn!("{}: {error}", self.peer);
+                    self.fail(error.code(), error.to_string(), ctx);
+                }
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, frame: Frame, ctx: &mut Context) {
+        debug!("{} -> {}", self.peer, frame.message.type_name());
+        match frame.message {
+            Message::Auth {
+                version,
+                nonce,
+                proof,
+            } if self.is_handshaking() => self.authenticate(version, nonce.0, &proof.0, ctx),
+            other if self.is_handshaking() => {
+                warn!(
+                    "{}: {} before authentication; dropping",
+                    self.peer,
+                    other.type_name()
+                );
+                let why = format!(
+                    "only auth is accepted before the handshake completes, got {}",
+                    other.type_name()
+                );
+                self.fail(ErrorCode::UnexpectedMessage, why, ctx);
+            }
+            Message::Exec {
+                id,
+                stdin,
+                timeout_secs,
+            } => self.exec(id, stdin, timeout_secs, frame.body, ctx),
+            Message::Stdin { id } => {
+                if let Some(command) = self.running_mut(id) {
+                    // Without a stdin pipe (exec said stdin:false, or the command closed it) the
+                    // bytes have nowhere to go; keeping them would only grow memory.
+                    if command.process.has_stdin() && !command.stdin_close_requested {
+                        command.stdin_pending.extend_from_slice(&frame.body);
+                    }
+                }
+            }
+            Message::StdinClose { id } => {
+                if let Some(command) = self.running_mut(id) {
+                    command.stdin_close_requested = true;
+                }
+            }
+            Message::Signal { id, signal } => {
+                let peer = self.peer;
+                if let Some(command) = self.running_mut(id)
+                    && command.exit.is_none()
+                {
+                    info!("{peer}: delivering SIG{signal:?} to command {id}");
+                    command.process.signal(signal);
+                }
+            }
+            Message::Error {
+                code,
+                message,
+                fatal,
+                ..
+            } => {
+                warn!("{}: client reports {}: {message}", self.peer, code.as_str());
+                if fatal {
+                    self.closing = true;
+                    self.state = State::Ready;
+                }
+            }
+            other => {
+                let why = format!("a client does not send {}", other.type_name());
+                self.fail(ErrorCode::UnexpectedMessage, why, ctx);
+            }
+        }
+    }
+
+    /// The running command if it has this id. Frames for an earlier command that arrive after
+    /// its exit (stdin still in flight, a late Ctrl-C) are ignored, not errors.
+    fn running_mut(&mut self, id: u32) -> Option<&mut RunningCommand> {
+        match &mut self.state {
+            State::Running(command) if command.id == id => Some(command),
+            _ => None,
+        }
+    }
+
+    fn authenticate(
+        &mut self,
+        version: u32,
+        client_nonce: [u8; 32],
+        proof: &[u8],
+        ctx: &mut Context,
+    ) {
+        let State::Handshake { server_nonce } = self.state else {
+            return;
+        };
+        if version != PROTOCOL_VERSION {
+            warn!("{}: client speaks protocol version {version}", self.peer);
+            let why = format!(
+                "this server speaks protocol version {PROTOCOL_VERSION}, the client {version}"
+            );
+            return self.fail(ErrorCode::VersionMismatch, why, ctx);
+        }
+        let secret = &ctx.config.secret;
+        if !auth::verify_proof(secret, Role::Client, &server_nonce, &client_nonce, proof) {
+            warn!("{}: authentication failed (wrong secret)", self.peer);
+            return self.fail(
+                ErrorCode::AuthFailed,
+                "authentication failed: wrong secret",
+                ctx,
+            );
+        }
+        let server_proof = auth::proof(secret, Role::Server, &server_nonce, &client_nonce);
+        self.send(
+            &Message::Welcome {
+                proof: Bytes32(server_proof),
+            },
+            b"",
+        );
+        // Every frame after `welcome`, both ways, carries a tag.
+        let keys = SessionKeys::derive(secret, &server_nonce, &client_nonce);
+        self.encoder
+            .start_tagging(FrameMac::new(&keys.server_to_client));
+        self.decoder
+            .start_verifying(FrameMac::new(&keys.client_to_server));
+        self.state = State::Ready;
+        info!("{}: authenticated", self.peer);
+        if let Some(idle) = ctx.config.limits.idle_timeout {
+            ctx.deadlines
+                .schedule(ctx.now + idle, self.id, DeadlineKind::Idle);
+        }
+    }
+
+    fn exec(
+        &mut self,
+        id: u32,
+        with_stdin: bool,
+        timeout_secs: Option<u64>,
+        body: Vec<u8>,
+        ctx: &mut Context,
+    ) {
+        if let State::Running(command) = &self.state {
+            let why = format!("command {} is still running", command.id);
+            return self.send(&Message::command_error(id, ErrorCode::Busy, why), b"");
+        }
+        let limits = &ctx.config.limits;
+        let refusal = match String::from_utf8(body) {
+            Err(_) => Err((
+                ErrorCode::BadCommand,
+                "the command is not valid UTF-8".to_owned(),
+            )),
+            Ok(command) if command.len() > limits.max_command_len => Err((
+                ErrorCode::CommandTooLong,
+                format!(
+                    "the command is {} bytes; the limit is {}",
+                    command.len(),
+                    limits.max_command_len
+                ),
+            )),
+            Ok(command) if command.trim().is_empty() => {
+                Err((ErrorCode::EmptyCommand, "the command is empty".to_owned()))
+            }
+            Ok(command) => Ok(command),
+        };
+        let command = match refusal {
+            Ok(command) => command,
+            Err((code, why)) => {
+                info!("{}: refused command {id}: {why}", self.peer);
+                return self.send(&Message::command_error(id, code, why), b"");
+            }
+        };
+        if let Some(target) = builtins::parse_cd(&command) {
+            return self.change_directory(id, &target, ctx.now);
+        }
+        let tokens = PipeTokens {
+            stdout: token(self.id, Slot::Stdout),
+            stderr: token(self.id, Slot::Stderr),
+            stdin: token(self.id, Slot::Stdin),
+        };
+        let process =
+            match ChildProcess::spawn(&command, &self.cwd, with_stdin, ctx.registry, tokens) {
+                Ok(process) => process,
+                Err(e) => {
+                    warn!("{}: cannot start command {id}: {e}", self.peer);
+                    let why = format!("cannot start the command: {e}");
+                    return self.send(
+                        &Message::command_error(id, ErrorCode::SpawnFailed, why),
+                        b"",
+                    );
+                }
+            };
+        info!(
+            "{}: command {id} (pid {}): {command:?}",
+            self.peer,
+            process.pid()
+        );
+        ctx.children.insert(process.pid(), self.id);
+        let requested = timeout_secs
+            .filter(|&secs| secs > 0)
+            .map(Duration::from_secs);
+        let timeout = match (requested, limits.command_timeout) {
+            (Some(asked), Some(max)) => Some(asked.min(max)),
+            (asked, max) => asked.or(max),
+        };
+        if let Some(timeout) = timeout {
+            ctx.deadlines
+                .schedule(ctx.now + timeout, self.id, DeadlineKind::Command(id));
+        }
+        self.state = State::Running(Box::new(RunningCommand {
+            id,
+            command,
+            process,
+            started: ctx.now,
+            exit: None,
+            timed_out: false,
+            after_exit_bytes: 0,
+            stdin_pending: Vec::new(),
+            stdin_close_requested: false,
+            stdout_decoder: StreamDecoder::new(ctx.config.encoding),
+            stderr_decoder: StreamDecoder::new(ctx.config.encoding),
+        }));
+    }
+
+    fn change_directory(&mut self, id: u32, target: &builtins::CdTarget, started: Instant) {
+        let code = match builtins::resolve_cd(target, &self.cwd, self.previous_cwd.as_deref()) {
+            Ok(dir) => {
+                info!("{}: cd {}", self.peer, dir.display());
+                self.previous_cwd = Some(mem::replace(&mut self.cwd, dir));
+                0
+            }
+            Err(why) => {
+                self.send(&Message::Stderr { id }, format!("{why}\n").as_bytes());
+                1
+            }
+        };
+        let duration_ms = started.elapsed().as_millis() as u64;
+        self.send(
+            &Message::Exit {
+                id,
+                status: ExitStatus::Exited { code },
+                duration_ms,
+            },
+            b"",
+        );
+    }
+
+    /// Moves pending stdin bytes into the command's stdin pipe. Ok(true) if any moved.
+    fn pump_stdin(&mut self, ctx: &mut Context) -> bool {
+        let State::Running(command) = &mut self.state else {
+            return false;
+        };
+        let mut progress = false;
+        while !command.stdin_pending.is_empty() && command.process.has_stdin() {
+            match command.process.write_stdin(&command.stdin_pending) {
+                Ok(n) => {
+                    command.stdin_pending.drain(..n);
+                    progress = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // The command closed its stdin or exited: what it did not read is dropped,
+                    // as a local pipe would drop it.
+                    debug!("{}: command {} stdin: {e}", self.peer, command.id);
+                    command.stdin_pending = Vec::new();
+                    command.process.close_stdin(ctx.registry);
+                }
+            }
+        }
+        if command.stdin_pending.is_empty() {
+            command.stdin_pending = Vec::new();
+            if command.stdin_close_requested && command.process.has_stdin() {
+                command.process.close_stdin(ctx.registry);
+                progress = true;
+            }
+        }
+        progress
+    }
+
+    /// Reads command output into frames while the outbound buffer has room. True if any was read.
+    fn pump_output(&mut self, ctx: &mut Context) -> bool {
+        let State::Running(command) = &mut self.state else {
+            return false;
+        };
+        let mut progress = false;
+        loop {
+            let mut round_progress = false;
+            // Alternate between the streams so neither starves the other, and never wait on
+            // one while the other is full: that is how `cmd 2>&1`-less readers deadlock.
+            for stream in [OutputStream::Stdout, OutputStream::Stderr] {
+                if self.outbound.len() >= OUTBOUND_CAP || !command.process.has_output(stream) {
+                    continue;
+                }
+                let (done, read) = match command.process.read_output(stream, ctx.scratch) {
+                    Ok(0) => (true, 0),
+                    Ok(n) => {
+                        if command.exit.is_some() {
+                            command.after_exit_bytes += n;
+                        }
+                        (command.after_exit_bytes > AFTER_EXIT_LIMIT, n)
+                    }
+                    // The process has exited and the pipe is empty: anything later comes from
+                    // a background process (`sleep 30 & echo started`), and the command is
+                    // finished when its process is, not when every holder of the pipe is.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => (command.exit.is_some(), 0),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => (false, 0),
+                    Err(e) => {
+                        debug!("{}: reading command output: {e}", self.peer);
+                        (true, 0)
+                    }
+                };
+                let decoder = match stream {
+                    OutputStream::Stdout => &mut command.stdout_decoder,
+                    OutputStream::Stderr => &mut command.stderr_decoder,
+                };
+                ctx.decoded.clear();
+                decoder.decode(&ctx.scratch[..read], done, ctx.decoded);
+                if !ctx.decoded.is_empty() {
+                    let message = match stream {
+                        OutputStream::Stdout => Message::Stdout { id: command.id },
+                        OutputStream::Stderr => Message::Stderr { id: command.id },
+                    };
+                    self.encoder
+                        .encode(&message, ctx.decoded, &mut self.outbound);
+                }
+                if done {
+                    command.process.close_output(stream, ctx.registry);
+                }
+                round_progress |= read > 0 || done;
+            }
+            if !round_progress {
+                return progress;
+            }
+            progress = true;
+        }
+    }
+
+    fn finish_command_if_done(&mut self, ctx: &mut Context) {
+        let State::Running(command) = &self.state else {
+            return;
+        };
+        let finished = command.exit.is_some()
+            && !command.process.has_output(OutputStream::Stdout)
+            && !command.process.has_output(OutputStream::Stderr);
+        if !finished {
+            return;
+        }
+        let State::Running(mut command) = mem::replace(&mut self.state, State::Ready) else {
+            unreachable!()
+        };
+        command.process.close_stdin(ctx.registry);
+        let status = if command.timed_out {
+            ExitStatus::TimedOut
+        } else {
+            command.exit.expect("checked above")
+        };
+        let duration = ctx.now.saturating_duration_since(command.started);
+        info!(
+            "{}: command {} finished: {status} after {duration:?}: {:?}",
+            self.peer, command.id, command.command
+        );
+        let exit = Message::Exit {
+            id: command.id,
+            status,
+            duration_ms: duration.as_millis() as u64,
+        };
+        self.send(&exit, b"");
+        self.last_activity = ctx.now;
+    }
+
+    /// Writes queued frames until the socket would block. Ok(true) if anything was written.
+    fn flush(&mut self) -> io::Result<bool> {
+        let mut written = 0;
+        while written < self.outbound.len() {
+            match self.socket.write(&self.outbound[written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.outbound.drain(..written);
+        if self.outbound.is_empty()
+            && self.outbound.capacity() > 4096
+            && !matches!(self.state, State::Running(_))
+        {
+            // A connection waiting at the prompt should not keep a streaming-sized buffer.
+            self.outbound = Vec::new();
+        }
+        Ok(written > 0)
+    }
+}

@@ -1,0 +1,495 @@
+//! The server: one `mio` event loop for every client socket and every command pipe.
+//!
+//! One thread does all the network I/O. It sleeps in `Poll::poll` until something is ready (a
+//! new client, bytes from a client, output from a command, a child's exit, a signal) or until
+//! the nearest deadline, handles exactly that, and sleeps again. Nothing in the loop blocks:
+//! sockets and pipes are non-blocking, exits arrive as events, timers are a heap
+//! ([`deadlines`]). So a slow or stuck client never delays another.
+//!
+//! Per-connection behaviour lives in [`connection`]; running commands in [`process`].
+
+pub mod builtins;
+pub mod connection;
+pub mod deadlines;
+pub mod listener;
+pub mod process;
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
+use crate::output::OutputEncoding;
+use crate::protocol::frame::MAX_CHUNK;
+use crate::protocol::{ErrorCode, FrameEncoder, Message};
+use connection::{ConnId, Connection, Context, Drive, Slot};
+use deadlines::Deadlines;
+use process::ExitWatcher;
+
+/// Tokens of the loop's own sources; connection tokens are `conn_id << 2 | slot`, and
+/// connection ids start at 1, so these (at the top of the range) never collide with them.
+const LISTENER: Token = Token(usize::MAX);
+const CHILD_EXITS: Token = Token(usize::MAX - 1);
+const SHUTDOWN_SIGNAL: Token = Token(usize::MAX - 2);
+
+/// How long to stop accepting after running out of file descriptors, so that closing
+/// connections can free some instead of the loop spinning on a failing `accept`.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a shutdown waits for clients to receive their last frames and children to die.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Limits and timeouts that protect the server from slow, idle or hostile clients.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// A connection must authenticate within this (like sshd's LoginGraceTime).
+    pub handshake_timeout: Duration,
+    /// An authenticated connection with no command running is closed after this long silent.
+    pub idle_timeout: Option<Duration>,
+    /// Longest a command may run; a client may ask for less, never more.
+    pub command_timeout: Option<Duration>,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Connections still in the handshake at once (like sshd's MaxStartups).
+    pub max_handshakes: usize,
+    /// Longest command accepted, in bytes.
+    pub max_command_len: usize,
+    /// Largest frame body accepted from a client.
+    pub max_body_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(3600)),
+            command_timeout: None,
+            max_connections: 4096,
+            max_handshakes: 128,
+            max_command_len: 64 * 1024,
+            max_body_len: crate::protocol::frame::MAX_BODY_LEN,
+        }
+    }
+}
+
+/// Everything the server needs to know to run.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The shared secret clients must prove they know.
+    pub secret: Vec<u8>,
+    /// What to do with command output before sending it.
+    pub encoding: OutputEncoding,
+    /// Where each connection's commands start.
+    pub workdir: PathBuf,
+    pub limits: Limits,
+    /// Stop gracefully on SIGINT/SIGTERM. Off when the server runs inside another program
+    /// (the demo), which handles those signals itself.
+    pub handle_shutdown_signals: bool,
+}
+
+/// A bound server, ready to [`run`](Server::run).
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    connections: HashMap<ConnId, Connection>,
+    next_id: ConnId,
+    handshaking: usize,
+    exit_watcher: ExitWatcher,
+    #[cfg(unix)]
+    shutdown_signals: Option<signal_hook_mio::v1_0::Signals>,
+    shared: Shared,
+    /// Connections that stopped with work left, to drive again without waiting for an event.
+    more_work: Vec<ConnId>,
+    accept_paused_until: Option<Instant>,
+    shutdown_started: Option<Instant>,
+}
+
+/// The parts of the server that connections borrow while being driven.
+struct Shared {
+    config: ServerConfig,
+    deadlines: Deadlines,
+    children: HashMap<u32, ConnId>,
+    scratch: Vec<u8>,
+    decoded: Vec<u8>,
+}
+
+impl Server {
+    /// Binds the listening socket and sets up the loop.
+    ///
+    /// # Errors
+    /// The address cannot be bound, or the poll or signal handling cannot be set up.
+    pub fn bind(addr: SocketAddr, config: ServerConfig) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let mut listener = listener::bind(addr)?;
+        let local_addr = listener.local_addr()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let exit_watcher = ExitWatcher::new(poll.registry(), CHILD_EXITS)?;
+        #[cfg(unix)]
+        let shutdown_signals = if config.handle_shutdown_signals {
+            use signal_hook::consts::{SIGINT, SIGTERM};
+            let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
+            poll.registry()
+                .register(&mut signals, SHUTDOWN_SIGNAL, Interest::READABLE)?;
+            Some(signals)
+        } else {
+            None
+        };
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            local_addr,
+            connections: HashMap::new(),
+            next_id: 1,
+            handshaking: 0,
+            exit_watcher,
+            #[cfg(unix)]
+            shutdown_signals,
+            shared: Shared {
+                config,
+                deadlines: Deadlines::default(),
+                children: HashMap::new(),
+                scratch: vec![0; MAX_CHUNK],
+                decoded: Vec::with_capacity(MAX_CHUNK),
+            },
+            more_work: Vec::new(),
+            accept_paused_until: None,
+            shutdown_started: None,
+        })
+    }
+
+    /// The address actually listened on (with the real port if 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves clients until a shutdown signal; then kills running commands, says goodbye to
+    /// clients and returns.
+    ///
+    /// # Errors
+    /// Only if polling itself fails; per-connection errors close that connection.
+    pub fn run(mut self) -> io::Result<()> {
+        let config = &self.shared.config;
+        info!(
+            "serving on {} (output encoding {}, handshake timeout {:?}, max {} connections)",
+            self.local_addr,
+            config.encoding.name(),
+            config.limits.handshake_timeout,
+            config.limits.max_connections
+        );
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            let timeout = self.poll_timeout(now);
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            let mut to_drive = std::mem::take(&mut self.more_work);
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(now, &mut to_drive),
+                    CHILD_EXITS => self.route_exits(&mut to_drive),
+                    SHUTDOWN_SIGNAL => {
+                        #[cfg(unix)]
+                        if let Some(signals) = &mut self.shutdown_signals {
+                            for signal in signals.pending() {
+                                info!("received signal {signal}");
+                            }
+                        }
+                        if self.shutdown_started.is_some() {
+                            warn!("second shutdown signal: exiting now");
+                            return Ok(());
+                        }
+                        self.begin_shutdown(now, &mut to_drive);
+                    }
+                    // Sporadic events for connections already closed are normal; `drive` ignores them.
+                    token => to_drive.push(connection::conn_of(token)),
+                }
+            }
+            self.fire_deadlines(now, &mut to_drive);
+            if self.accept_paused_until.is_some_and(|until| until <= now) {
+                self.accept_paused_until = None;
+                self.accept_all(now, &mut to_drive);
+            }
+            to_drive.sort_unstable();
+            to_drive.dedup();
+            for id in to_drive {
+                self.drive(id, now);
+            }
+            if let Some(started) = self.shutdown_started
+                && (self.connections.is_empty() || started.elapsed() > SHUTDOWN_GRACE)
+            {
+                break;
+            }
+        }
+        self.reap_remaining_children();
+        info!("shut down");
+        Ok(())
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.more_work.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let mut timeout = self.shared.deadlines.time_until_next(now);
+        for until in [
+            self.accept_paused_until,
+            self.shutdown_started.map(|s| s + SHUTDOWN_GRACE),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let wait = until.saturating_duration_since(now);
+            timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
+        }
+        timeout
+    }
+
+    fn context<'a>(
+        registry: &'a mio::Registry,
+        shared: &'a mut Shared,
+        now: Instant,
+    ) -> Context<'a> {
+        Context {
+            registry,
+            config: &shared.config,
+            deadlines: &mut shared.deadlines,
+            children: &mut shared.children,
+            scratch: &mut shared.scratch,
+            decoded: &mut shared.decoded,
+            now,
+        }
+    }
+
+    fn drive(&mut self, id: ConnId, now: Instant) {
+        let Some(connection) = self.connections.get_mut(&id) else {
+            return;
+        };
+        let was_handshaking = connection.is_handshaking();
+        let mut ctx = Self::context(self.poll.registry(), &mut self.shared, now);
+        let outcome = connection.drive(&mut ctx);
+        if was_handshaking && !connection.is_handshaking() {
+            self.handshaking -= 1;
+        }
+        match outcome {
+            Drive::Open => {}
+            Drive::MoreWork => self.more_work.push(id),
+            Drive::Closed => self.close(id),
+        }
+    }
+
+    fn close(&mut self, id: ConnId) {
+        if let Some(mut connection) = self.connections.remove(&id) {
+            if connection.is_handshaking() {
+                self.handshaking -= 1;
+            }
+            let _ = self.poll.registry().deregister(connection.socket_mut());
+            debug!("{}: closed", connection.peer());
+            // Dropping the connection kills its command's process tree, if one is running.
+        }
+    }
+
+    fn accept_all(&mut self, now: Instant, to_drive: &mut Vec<ConnId>) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            let (socket, peer) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_out_of_resources(&e) => {
+                    // EMFILE: the connection stays in the kernel's queue. Pause, let closing
+                    // connections free descriptors, retry; the clients we have keep being served.
+                    warn!("cannot accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?}");
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    return;
+                }
+                Err(e) => {
+                    // A client that reset before we accepted it, and the like: its problem only.
+                    debug!("accept: {e}");
+                    continue;
+                }
+            };
+            let limits = &self.shared.config.limits;
+            if self.connections.len() >= limits.max_connections {
+                warn!(
+                    "{peer}: refused: at the limit of {} connections",
+                    limits.max_connections
+                );
+                let why = format!(
+                    "server is at its limit of {} connections",
+                    limits.max_connections
+                );
+                refuse(socket, &why);
+                continue;
+            }
+            if self.handshaking >= limits.max_handshakes {
+                warn!(
+                    "{peer}: refused: {} connections already waiting to authenticate",
+                    self.handshaking
+                );
+                refuse(
+                    socket,
+                    "too many connections waiting to authenticate; try again",
+                );
+                continue;
+            }
+            if let Err(e) = self.admit(socket, peer, now, to_drive) {
+                warn!("{peer}: cannot set up connection: {e}");
+            }
+        }
+    }
+
+    fn admit(
+        &mut self,
+        mut socket: TcpStream,
+        peer: SocketAddr,
+        now: Instant,
+        to_drive: &mut Vec<ConnId>,
+    ) -> io::Result<()> {
+        // Our frames leave in one write each, but a client's `exec` after a reply would still
+        // meet Nagle's algorithm waiting for a delayed ACK: 40 ms per command. Turn it off.
+        socket.set_nodelay(true)?;
+        let id = self.next_id;
+        self.next_id += 1;
+        // Edge-triggered: registering WRITABLE once costs one event per full→not-full
+        // transition of the send buffer, and saves a reregister syscall around every reply.
+        self.poll.registry().register(
+            &mut socket,
+            connection::token(id, Slot::Socket),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        info!("{peer}: connected");
+        let mut ctx = Self::context(self.poll.registry(), &mut self.shared, now);
+        let connection = Connection::new(id, socket, peer, &mut ctx);
+        self.connections.insert(id, connection);
+        self.handshaking += 1;
+        to_drive.push(id);
+        Ok(())
+    }
+
+    fn route_exits(&mut self, to_drive: &mut Vec<ConnId>) {
+        for (pid, status) in self.exit_watcher.take_exits() {
+            match self.shared.children.remove(&pid) {
+                Some(id) => {
+                    debug!("pid {pid} exited: {status}");
+                    if let Some(connection) = self.connections.get_mut(&id) {
+                        connection.on_exit(pid, status);
+                        to_drive.push(id);
+                    }
+                }
+                None => debug!("reaped pid {pid} ({status}) of a closed connection"),
+            }
+        }
+    }
+
+    fn fire_deadlines(&mut self, now: Instant, to_drive: &mut Vec<ConnId>) {
+        while let Some((id, kind)) = self.shared.deadlines.pop_due(now) {
+            let Some(connection) = self.connections.get_mut(&id) else {
+                continue;
+            };
+            let mut ctx = Self::context(self.poll.registry(), &mut self.shared, now);
+            if connection.on_deadline(kind, &mut ctx) {
+                self.close(id);
+            } else {
+                to_drive.push(id);
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self, now: Instant, to_drive: &mut Vec<ConnId>) {
+        info!(
+            "shutting down: no new connections; stopping {} connection(s)",
+            self.connections.len()
+        );
+        self.shutdown_started = Some(now);
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        for (id, connection) in &mut self.connections {
+            let mut ctx = Self::context(self.poll.registry(), &mut self.shared, now);
+            connection.shut_down(&mut ctx);
+            to_drive.push(*id);
+        }
+    }
+
+    /// Waits briefly for killed children so none is left a zombie when we exit.
+    fn reap_remaining_children(&mut self) {
+        self.connections.clear(); // kills any command still running
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while !self.shared.children.is_empty() && Instant::now() < deadline {
+            for (pid, _) in self.exit_watcher.take_exits() {
+                self.shared.children.remove(&pid);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !self.shared.children.is_empty() {
+            error!(
+                "{} command(s) did not exit after being killed",
+                self.shared.children.len()
+            );
+        }
+    }
+}
+
+/// Sends a refused client a fatal error and closes it. Best effort: the frame is small enough
+/// for an empty socket buffer, and a client that is not reading loses nothing it was owed.
+fn refuse(mut socket: TcpStream, why: &str) {
+    let mut frame = Vec::new();
+    FrameEncoder::new().encode(
+        &Message::fatal(ErrorCode::TooManyConnections, why),
+        b"",
+        &mut frame,
+    );
+    let _ = socket.write(&frame);
+}
+
+fn is_out_of_resources(error: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(
+            error.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        error.kind() == io::ErrorKind::OutOfMemory
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: each connection needs up to four
+/// descriptors (socket and three pipes), and the usual soft limit of 1024 is far too low.
+#[cfg(unix)]
+pub fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                debug!(
+                    "could not raise the open file limit: {}",
+                    io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Unix child processes: `sh -c`, process groups, non-blocking pipes in the `mio` poll, SIGCHLD.
+
+use std::io::{self, Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use mio::unix::pipe::{Receiver, Sender};
+use mio::{Interest, Registry, Token};
+use signal_hook::consts::SIGCHLD;
+use signal_hook_mio::v1_0::Signals;
+
+use super::{OutputStream, PipeTokens};
+use crate::protocol::{ExitStatus, SignalName};
+
+/// One running command and the pipes to its stdin, stdout and stderr.
+pub struct ChildProcess {
+    pid: u32,
+    stdout: Option<Receiver>,
+    stderr: Option<Receiver>,
+    stdin: Option<Sender>,
+}
+
+impl ChildProcess {
+    /// Starts `sh -c command` in `cwd`, in a new process group whose id is the child's pid, and
+    /// registers its pipes under `tokens`. Without `with_stdin` the command reads /dev/null.
+    ///
+    /// # Errors
+    /// Spawning or registering failed (e.g. out of processes or file descriptors).
+    pub fn spawn(
+        command: &str,
+        cwd: &Path,
+        with_stdin: bool,
+        registry: &Registry,
+        tokens: PipeTokens,
+    ) -> io::Result<ChildProcess> {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .current_dir(cwd)
+            .stdin(if with_stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, so that killing the group reaches `sleep` in `sleep 9 | cat`
+            // and every other descendant that did not deliberately leave.
+            .process_group(0)
+            .spawn()?;
+        let pid = child.id();
+        // From here on the process exists: anything that fails must not leave it running.
+        let pipes = (|| -> io::Result<ChildProcess> {
+            let mut process = ChildProcess {
+                pid,
+                stdout: None,
+                stderr: None,
+                stdin: None,
+            };
+            // mio does not make pipes non-blocking for us; a blocking read would stall the loop.
+            let mut stdout = Receiver::from(child.stdout.take().expect("stdout is piped"));
+            stdout.set_nonblocking(true)?;
+            registry.register(&mut stdout, tokens.stdout, Interest::READABLE)?;
+            process.stdout = Some(stdout);
+            let mut stderr = Receiver::from(child.stderr.take().expect("stderr is piped"));
+            stderr.set_nonblocking(true)?;
+            registry.register(&mut stderr, tokens.stderr, Interest::READABLE)?;
+            process.stderr = Some(stderr);
+            if let Some(stdin) = child.stdin.take() {
+                let mut stdin = Sender::from(stdin);
+                stdin.set_nonblocking(true)?;
+                registry.register(&mut stdin, tokens.stdin, Interest::WRITABLE)?;
+                process.stdin = Some(stdin);
+            }
+            Ok(process)
+        })();
+        if pipes.is_err() {
+            kill_group(pid, libc::SIGKILL);
+        }
+        // `child` is dropped without waiting: the ExitWatcher reaps every child by pid.
+        pipes
+    }
+
+    /// The child's process id (also its process group id).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Reads available output: `Ok(n > 0)` bytes, `Ok(0)` at end of stream, or `WouldBlock`.
+    /// A stream already closed reads as end of stream.
+    pub fn read_output(&mut self, stream: OutputStream, buf: &mut [u8]) -> io::Result<usize> {
+        match self.output_mut(stream) {
+            Some(pipe) => pipe.read(buf),
+            None => Ok(0),
+        }
+    }
+
+    /// Whether `stream` is still open.
+    pub fn has_output(&self, stream: OutputStream) -> bool {
+        match stream {
+            OutputStream::Stdout => self.stdout.is_some(),
+            OutputStream::Stderr => self.stderr.is_some(),
+        }
+    }
+
+    /// Stops reading `stream`: deregisters and closes our end of the pipe.
+    pub fn close_output(&mut self, stream: OutputStream, registry: &Registry) {
+        let pipe = match stream {
+            OutputStream::Stdout => self.stdout.take(),
+            OutputStream::Stderr => self.stderr.take(),
+        };
+        if let Some(mut pipe) = pipe {
+            let _ = registry.deregister(&mut pipe);
+        }
+    }
+
+    fn output_mut(&mut self, stream: OutputStream) -> Option<&mut Receiver> {
+        match stream {
+            OutputStream::Stdout => self.stdout.as_mut(),
+            OutputStream::Stderr => self.stderr.as_mut(),
+        }
+    }
+
+    /// Whether the command's stdin pipe is still open.
+    pub fn has_stdin(&self) -> bool {
+        self.stdin.is_some()
+    }
+
+    /// Writes what the pipe takes now; `WouldBlock` when it is full.
+    pub fn write_stdin(&mut self, data: &[u8]) -> io::Result<usize> {
+        match &mut self.stdin {
+            Some(pipe) => pipe.write(data),
+            None => Err(io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    /// Closes the command's stdin, so it reads end of file.
+    pub fn close_stdin(&mut self, registry: &Registry) {
+        if let Some(mut pipe) = self.stdin.take() {
+            let _ = registry.deregister(&mut pipe);
+        }
+    }
+
+    /// Delivers `signal` to the command's whole process group.
+    ///
+    /// Only call this before the child has been reaped: until then its pid (and so its group
+    /// id) cannot be reused by an unrelated process.
+    pub fn signal(&self, signal: SignalName) {
+        let number = match signal {
+            SignalName::Int => libc::SIGINT,
+            SignalName::Term => libc::SIGTERM,
+            SignalName::Kill => libc::SIGKILL,
+        };
+        kill_group(self.pid, number);
+    }
+
+    /// Kills the command and everything it started in its process group.
+    pub fn kill_tree(&self) {
+        kill_group(self.pid, libc::SIGKILL);
+    }
+}
+
+fn kill_group(pgid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions; a negative pid addresses the group.
+    let result = unsafe { libc::kill(-(pgid as libc::pid_t), signal) };
+    if result != 0 {
+        log::debug!("kill(-{pgid}, {signal}): {}", io::Error::last_os_error());
+    }
+}
+
+/// Learns of child exits through SIGCHLD, delivered as a readable event in the poll.
+pub struct ExitWatcher {
+    signals: Signals,
+}
+
+impl ExitWatcher {
+    /// Starts catching SIGCHLD and registers the watcher under `token`.
+    ///
+    /// # Errors
+    /// The signal handler or its self-pipe could not be set up.
+    pub fn new(registry: &Registry, token: Token) -> io::Result<ExitWatcher> {
+        let mut signals = Signals::new([SIGCHLD])?;
+        registry.register(&mut signals, token, Interest::READABLE)?;
+        Ok(ExitWatcher { signals })
+    }
+
+    /// Every child that has exited since the last call, with how it ended.
+    ///
+    /// Signals coalesce (ten exits may raise one SIGCHLD), so this does not count signals: it
+    /// asks the kernel with `waitpid(-1, WNOHANG)` until no exited child is left. That reaps
+    /// every child of this process, which is right for a server that owns all its children.
+    pub fn take_exits(&mut self) -> Vec<(u32, ExitStatus)> {
+        for _ in self.signals.pending() {}
+        let mut exits = Vec::new();
+        loop {
+            let mut raw_status = 0;
+            // SAFETY: waitpid writes only to the status integer we pass.
+            let pid = unsafe { libc::waitpid(-1, &mut raw_status, libc::WNOHANG) };
+            if pid <= 0 {
+                break; // 0: children remain but none has exited; -1: no children (ECHILD).
+            }
+            let status = std::process::ExitStatus::from_raw(raw_status);
+            let status = match (status.code(), status.signal()) {
+                (Some(code), _) => ExitStatus::Exited { code },
+                (None, Some(signal)) => ExitStatus::Signaled { signal },
+                // Stopped or continued children are not reported without WUNTRACED.
+                (None, None) => continue,
+            };
+            exits.push((pid as u32, status));
+        }
+        exits
+    }
+}
