@@ -1,0 +1,483 @@
+//! End-to-end tests of the core: the real `rcmd` binary as server and client over loopback.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use util::*;
+
+fn stdout_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn exit_codes_come_back_exactly() {
+    let server = TestServer::start(&[]);
+    for code in [0, 1, 4, 5, 44] {
+        let output = server.run(&format!("exit {code}"));
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "exit {code}: {}",
+            stderr_of(&output)
+        );
+        // OpenSSH's exit-status.sh: also when stdout and stderr close early and exit comes later.
+        let output = server.run(&format!("exec >&- 2>&-; sleep 0.2; exit {code}"));
+        assert_eq!(output.status.code(), Some(code), "early close, exit {code}");
+    }
+}
+
+#[test]
+fn a_signal_is_reported_as_128_plus_its_number() {
+    let server = TestServer::start(&[]);
+    let output = server.run("kill -TERM $$");
+    assert_eq!(output.status.code(), Some(128 + 15));
+}
+
+#[test]
+fn stdout_and_stderr_arrive_separated_and_complete() {
+    let server = TestServer::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (dir.path().join("out.bin"), dir.path().join("err.bin"));
+    // 10 MB each of incompressible bytes, written concurrently to both streams.
+    let mut seed = 0x2545f4914f6cdd1du64;
+    let mut random = |len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect()
+    };
+    let (out_bytes, err_bytes) = (random(10_000_000), random(10_000_000));
+    std::fs::write(&out_path, &out_bytes).unwrap();
+    std::fs::write(&err_path, &err_bytes).unwrap();
+    let command = format!(
+        "cat {} & cat {} >&2; wait",
+        out_path.display(),
+        err_path.display()
+    );
+    let output = server.run(&command);
+    assert!(output.status.success());
+    assert_eq!(output.stdout.len(), out_bytes.len());
+    assert_eq!(sha256_hex(&output.stdout), sha256_hex(&out_bytes));
+    assert_eq!(output.stderr.len(), err_bytes.len());
+    assert_eq!(sha256_hex(&output.stderr), sha256_hex(&err_bytes));
+}
+
+#[test]
+fn stdin_is_forwarded_with_end_of_file() {
+    let server = TestServer::start(&[]);
+    let mut command = server.client("run");
+    command
+        .args(["--", "sort", "-r"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"a\nb\n").unwrap(); // dropped: EOF
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(stdout_of(&output), "b\na\n");
+    assert!(output.status.success());
+
+    // A megabyte through stdin and back, counted.
+    let mut command = server.client("run");
+    command
+        .args(["--", "wc", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = thread::spawn(move || stdin.write_all(&vec![b'x'; 1 << 20]));
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert_eq!(stdout_of(&output).trim(), "1048576");
+}
+
+#[test]
+fn output_is_streamed_as_it_is_produced() {
+    let server = TestServer::start(&[]);
+    let mut command = server.client("run");
+    command
+        .args(["--", "echo first; sleep 3; echo second"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let started = Instant::now();
+    let mut child = command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "first");
+    let first_after = started.elapsed();
+    assert!(
+        first_after < Duration::from_secs(2),
+        "first line took {first_after:?}: not streamed"
+    );
+    assert_eq!(lines.next().unwrap().unwrap(), "second");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn wrong_secret_runs_nothing() {
+    let server = TestServer::start(&[]);
+    let other = SecretFile::other();
+    let marker = std::env::temp_dir().join(unique_marker("wrong-secret"));
+    let mut command = util::output_command(&server, "run", &other.path);
+    command
+        .arg("--")
+        .arg(format!("touch {}", marker.display()))
+        .stdin(Stdio::null());
+    let output = output_within(command, Duration::from_secs(30));
+    assert_eq!(output.status.code(), Some(255));
+    assert!(
+        stderr_of(&output).contains("authentication failed"),
+        "{}",
+        stderr_of(&output)
+    );
+    server.wait_for_log("authentication failed", Duration::from_secs(5));
+    thread::sleep(Duration::from_millis(200));
+    assert_absent(&marker);
+}
+
+#[test]
+fn a_tampered_frame_is_an_integrity_error_and_runs_nothing() {
+    let server = TestServer::start(&[]);
+    let marker = std::env::temp_dir().join(unique_marker("tampered"));
+    let command_text = format!("touch {}", marker.display());
+    // Offsets into the client's first tagged frame (the exec): the length prefix, the JSON
+    // header, the command in the body, the tag.
+    for offset in [2, 6, 20, 45, 60, 80] {
+        let proxy = TamperingProxy::start(server.addr, Direction::ClientToServer, offset, 0x04);
+        let mut command = std::process::Command::new(rcmd_bin());
+        command
+            .arg("run")
+            .arg(proxy.addr.to_string())
+            .arg("--secret-file")
+            .arg(&server.secret.path);
+        command.arg("--").arg(&command_text).stdin(Stdio::null());
+        let output = output_within(command, Duration::from_secs(30));
+        assert_eq!(
+            output.status.code(),
+            Some(255),
+            "offset {offset}: {}",
+            stderr_of(&output)
+        );
+        assert!(
+            stderr_of(&output).contains("integrity"),
+            "offset {offset}: {}",
+            stderr_of(&output)
+        );
+    }
+    server.wait_for_log("integrity check failed", Duration::from_secs(5));
+    thread::sleep(Duration::from_millis(200));
+    assert_absent(&marker);
+
+    // The other way round: output altered on its way to the client is refused by the client.
+    let proxy = TamperingProxy::start(server.addr, Direction::ServerToClient, 30, 0x01);
+    let mut command = std::process::Command::new(rcmd_bin());
+    command
+        .arg("run")
+        .arg(proxy.addr.to_string())
+        .arg("--secret-file")
+        .arg(&server.secret.path);
+    command.args(["--", "echo hello"]).stdin(Stdio::null());
+    let output = output_within(command, Duration::from_secs(30));
+    assert_eq!(output.status.code(), Some(255));
+    assert!(
+        stderr_of(&output).contains("integrity error"),
+        "{}",
+        stderr_of(&output)
+    );
+    assert!(!stdout_of(&output).contains("hello"));
+}
+
+#[test]
+fn killing_the_client_kills_the_remote_process_tree() {
+    let server = TestServer::start(&[]);
+    let marker = unique_sleep_marker();
+    // A pipeline and a background job: several processes under the shell.
+    let script = format!("sleep 300 {marker} | cat & sleep 301 {marker}; wait");
+    let mut client = server.client("run");
+    client
+        .arg("--")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut client = client.spawn().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || !sleeps_matching(&marker)
+            .is_empty()),
+        "command never started"
+    );
+    let sleep = sleeps_matching(&marker)[0];
+    let group = process_group(sleep);
+    assert!(
+        eventually(Duration::from_secs(10), || processes_in_group(group).len()
+            >= 3),
+        "tree incomplete"
+    );
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let gone = eventually(Duration::from_secs(1), || {
+        processes_in_group(group).is_empty()
+    });
+    assert!(
+        gone,
+        "processes left in group {group}: {:?}",
+        processes_in_group(group)
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || zombie_children(server.pid())
+            .is_empty()),
+        "zombies left"
+    );
+}
+
+fn process_group(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(") ").unwrap().1;
+    rest.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+fn processes_in_group(group: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let rest = stat
+                    .rsplit_once(") ")
+                    .map(|(_, rest)| rest.to_owned())
+                    .unwrap_or_default();
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(group)
+                    && fields.first() != Some(&"Z")
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn fifty_concurrent_clients_each_get_their_own_output() {
+    let server = TestServer::start(&[]);
+    let clients: Vec<_> = (0..50)
+        .map(|i| {
+            let mut command = server.client("run");
+            command.arg("--").arg(format!(
+                "for n in 1 2 3; do echo client-{i}-$n; done; echo err-{i} >&2; exit {}",
+                i % 7
+            ));
+            command
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            (i, command.spawn().unwrap())
+        })
+        .collect();
+    for (i, child) in clients {
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(
+            stdout_of(&output),
+            format!("client-{i}-1\nclient-{i}-2\nclient-{i}-3\n")
+        );
+        assert_eq!(stderr_of(&output), format!("err-{i}\n"));
+        assert_eq!(output.status.code(), Some(i % 7));
+    }
+}
+
+#[test]
+fn cd_persists_for_the_connection() {
+    let server = TestServer::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let canonical = dir.path().canonicalize().unwrap();
+    std::fs::create_dir(canonical.join("sub")).unwrap();
+    let mut command = server.client("connect");
+    command.stdin(Stdio::piped());
+    let script = format!(
+        "cd {}\npwd\ncd sub\npwd\ncd /no/such/dir\npwd\ncd -\npwd\nexit\n",
+        canonical.display()
+    );
+    let output = {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let sub = canonical.join("sub");
+    let expected = format!(
+        "{}\n{}\n{}\n{}\n",
+        canonical.display(),
+        sub.display(),
+        sub.display(),
+        canonical.display()
+    );
+    assert_eq!(stdout_of(&output), expected);
+    assert!(
+        stderr_of(&output).contains("cd: /no/such/dir: No such file or directory"),
+        "{}",
+        stderr_of(&output)
+    );
+}
+
+#[test]
+fn a_background_process_holding_the_pipe_does_not_delay_the_exit() {
+    let server = TestServer::start(&[]);
+    let started = Instant::now();
+    let output = server.run("sleep 30 & echo started");
+    let took = started.elapsed();
+    assert_eq!(stdout_of(&output), "started\n");
+    assert!(output.status.success());
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+#[test]
+fn the_server_stops_cleanly_on_sigterm_and_kills_running_commands() {
+    let mut server = TestServer::start(&[]);
+    let marker = unique_sleep_marker();
+    let mut client = server.client("run");
+    client
+        .arg("--")
+        .arg(format!("sleep 300 {marker}"))
+        .stdin(Stdio::null());
+    client.stdout(Stdio::null()).stderr(Stdio::piped());
+    let client = client.spawn().unwrap();
+    assert!(eventually(Duration::from_secs(10), || !sleeps_matching(
+        &marker
+    )
+    .is_empty()));
+    let status = server.terminate();
+    assert_eq!(status.code(), Some(0));
+    let output = client.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(255));
+    assert!(
+        stderr_of(&output).contains("shutting down"),
+        "{}",
+        stderr_of(&output)
+    );
+    assert!(eventually(Duration::from_secs(2), || sleeps_matching(
+        &marker
+    )
+    .is_empty()));
+}
+
+#[test]
+fn client_failures_exit_255_with_one_line() {
+    // Nothing listens on a port we just freed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let secret = SecretFile::new();
+    let mut command = std::process::Command::new(rcmd_bin());
+    command
+        .args(["run", &format!("127.0.0.1:{port}"), "--secret-file"])
+        .arg(&secret.path);
+    command.args(["--", "true"]).stdin(Stdio::null());
+    let output = output_within(command, Duration::from_secs(30));
+    assert_eq!(output.status.code(), Some(255));
+    assert!(
+        stderr_of(&output).starts_with("rcmd: cannot connect to"),
+        "{}",
+        stderr_of(&output)
+    );
+    assert_eq!(stderr_of(&output).lines().count(), 1);
+}
+
+#[test]
+fn the_server_prints_its_address_and_survives_a_restart_on_the_same_port() {
+    let first = TestServer::start(&[]);
+    let addr = first.addr;
+    assert!(first.run("true").status.success()); // leaves a connection in TIME_WAIT
+    drop(first);
+    let secret = SecretFile::new();
+    let second = TestServer::start_with(secret, &["--listen", &addr.to_string()]);
+    assert_eq!(second.addr, addr);
+    assert!(second.run("true").status.success());
+}
+
+#[test]
+fn ctrl_c_interrupts_the_remote_command() {
+    let server = TestServer::start(&[]);
+    let marker = unique_sleep_marker();
+    let mut client = server.client("run");
+    client
+        .arg("--")
+        .arg(format!("sleep 300 {marker}; echo not reached"))
+        .stdin(Stdio::null());
+    client.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = client.spawn().unwrap();
+    assert!(eventually(Duration::from_secs(10), || !sleeps_matching(
+        &marker
+    )
+    .is_empty()));
+    signal(child.id(), "INT");
+    let output = child.wait_with_output().unwrap();
+    // SIGINT reached the whole remote process group, the shell included: 128 + 2.
+    assert_eq!(output.status.code(), Some(130), "{}", stderr_of(&output));
+    assert!(!stdout_of(&output).contains("not reached"));
+    server.wait_for_log("delivering SIGInt", Duration::from_secs(5));
+    assert!(eventually(Duration::from_secs(2), || sleeps_matching(
+        &marker
+    )
+    .is_empty()));
+}
+
+#[test]
+fn a_reader_that_stops_early_ends_the_client_and_the_remote_command() {
+    let server = TestServer::start(&[]);
+    let started = Instant::now();
+    // `rcmd run -- yes | head -n 1`, as OpenSSH's yes-head.sh does it.
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} run {} --secret-file {} -- yes | head -n 1",
+            rcmd_bin(),
+            server.addr,
+            server.secret.path.display()
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(stdout_of(&output), "y\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    server.wait_for_log("client left during command", Duration::from_secs(5));
+}
+
+#[test]
+fn the_demo_runs_a_prompt_against_its_own_loopback_server() {
+    let secret = SecretFile::new();
+    let mut command = std::process::Command::new(rcmd_bin());
+    command.args(["demo", "--secret-file"]).arg(&secret.path);
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo hello from the demo\nexit 3\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(stdout_of(&output), "hello from the demo\n");
+    assert_eq!(output.status.code(), Some(3), "{}", stderr_of(&output));
+}

@@ -1,0 +1,434 @@
+//! Helpers shared by the integration tests: start the real `rcmd` binary as a server on
+//! 127.0.0.1:0, run clients against it, and look at processes and files afterwards.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn rcmd_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_rcmd")
+}
+
+/// A secret file in a temporary directory that lives as long as the value.
+pub struct SecretFile {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl SecretFile {
+    pub fn new() -> SecretFile {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("secret");
+        let status = Command::new(rcmd_bin())
+            .args(["keygen", "--secret-file"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run keygen");
+        assert!(status.success());
+        SecretFile { dir, path }
+    }
+
+    /// A file holding a different secret.
+    pub fn other() -> SecretFile {
+        SecretFile::new()
+    }
+}
+
+/// A running `rcmd serve`, killed (and its log kept) when dropped.
+pub struct TestServer {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub secret: SecretFile,
+    log: Arc<Mutex<String>>,
+}
+
+impl TestServer {
+    /// Starts `rcmd serve --listen 127.0.0.1:0` with a fresh secret and `extra` arguments.
+    pub fn start(extra: &[&str]) -> TestServer {
+        let secret = SecretFile::new();
+        TestServer::start_with(secret, extra)
+    }
+
+    pub fn start_with(secret: SecretFile, extra: &[&str]) -> TestServer {
+        let mut command = Command::new(rcmd_bin());
+        command.arg("serve");
+        if !extra.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = command
+            .arg("--secret-file")
+            .arg(&secret.path)
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start server");
+        let mut first_line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first_line)
+            .expect("server output");
+        let addr = first_line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first_line:?}"))
+            .parse()
+            .expect("address");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        TestServer {
+            child,
+            addr,
+            secret,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`, up to `timeout`.
+    #[track_caller]
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "server never logged {needle:?}; log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A `rcmd` client command aimed at this server (subcommand first, e.g. "run").
+    pub fn client(&self, subcommand: &str) -> Command {
+        let mut command = Command::new(rcmd_bin());
+        command
+            .arg(subcommand)
+            .arg(self.addr.to_string())
+            .arg("--secret-file")
+            .arg(&self.secret.path);
+        command
+    }
+
+    /// Runs `rcmd run ADDR -- shell_command` with empty stdin and waits (at most 60 s).
+    pub fn run(&self, shell_command: &str) -> Output {
+        let mut command = self.client("run");
+        command.arg("--").arg(shell_command).stdin(Stdio::null());
+        output_within(command, Duration::from_secs(60))
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        signal(self.child.id(), "TERM");
+        wait_within(&mut self.child, Duration::from_secs(10))
+            .expect("server did not stop after SIGTERM")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `command` to completion, killing it if it takes longer than `timeout`.
+#[track_caller]
+pub fn output_within(mut command: Command, timeout: Duration) -> Output {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn client");
+    let stdout = read_in_background(child.stdout.take().unwrap());
+    let stderr = read_in_background(child.stderr.take().unwrap());
+    let status = wait_within(&mut child, timeout).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("{command:?} did not finish within {timeout:?}");
+    });
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+pub fn read_in_background(mut source: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = source.read_to_end(&mut bytes);
+        bytes
+    })
+}
+
+/// Waits for `child` up to `timeout`; `None` if it is still running.
+pub fn wait_within(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sends a signal by name with `kill(1)`.
+pub fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// Pids of `sleep` processes whose command line contains `marker` (from
+/// [`unique_sleep_marker`]); the clients whose arguments hold the marker too are not counted.
+pub fn sleeps_matching(marker: &str) -> Vec<u32> {
+    processes_matching(marker)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.starts_with(b"sleep\0"))
+        })
+        .collect()
+}
+
+/// Pids of processes whose command line contains `marker`.
+pub fn processes_matching(marker: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmdline)
+            .replace('\0', " ")
+            .contains(marker)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Children of `parent` that are zombies (exited, not reaped).
+pub fn zombie_children(parent: u32) -> Vec<u32> {
+    let mut zombies = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let (state, ppid) = (
+            fields.next(),
+            fields.next().and_then(|p| p.parse::<u32>().ok()),
+        );
+        if state == Some("Z") && ppid == Some(parent) {
+            zombies.push(head.split_whitespace().next().unwrap().parse().unwrap());
+        }
+    }
+    zombies
+}
+
+/// Number of open file descriptors of `pid`.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| dir.count())
+        .unwrap_or(0)
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A unique marker for file names, so tests running in parallel never see each other's files.
+pub fn unique_marker(name: &str) -> String {
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("rcmdtest{}x{}x{name}", std::process::id(), n)
+}
+
+/// A unique duration for `sleep` (GNU sleep adds up its arguments), so `sleep 300 MARKER`
+/// can be found among all processes by its command line: the marker is a tiny fraction of a
+/// second that no other process will have.
+pub fn unique_sleep_marker() -> String {
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("0.000{}{}7", std::process::id(), n)
+}
+
+/// SHA-256 of `bytes`, as hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A TCP proxy on 127.0.0.1:0 that forwards one connection to `target` and XORs `mask` into
+/// the byte at `offset` of one direction, counted from the first byte after the first frame
+/// (the client's `auth`, or the server's `hello`), so offset 0 is the first tagged frame's
+/// first byte once the handshake is over... for the client direction. Returns its address.
+pub struct TamperingProxy {
+    pub addr: SocketAddr,
+}
+
+/// Which direction a [`TamperingProxy`] corrupts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Direction {
+    ClientToServer,
+    ServerToClient,
+}
+
+impl TamperingProxy {
+    /// Corrupts the byte at `offset` past the handshake frames of `direction`: for the client
+    /// direction, past the `auth` frame; for the server direction, past `hello` and `welcome`.
+    pub fn start(
+        target: SocketAddr,
+        direction: Direction,
+        offset: usize,
+        mask: u8,
+    ) -> TamperingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        thread::spawn(move || {
+            let Ok((client, _)) = listener.accept() else {
+                return;
+            };
+            let Ok(server) = TcpStream::connect(target) else {
+                return;
+            };
+            let handshake_frames = match direction {
+                Direction::ClientToServer => 1,
+                Direction::ServerToClient => 2,
+            };
+            let pump = |from: TcpStream, to: TcpStream, tamper: Option<(usize, usize, u8)>| {
+                thread::spawn(move || copy_tampering(from, to, tamper))
+            };
+            let (c2s, s2c) = match direction {
+                Direction::ClientToServer => (Some((handshake_frames, offset, mask)), None),
+                Direction::ServerToClient => (None, Some((handshake_frames, offset, mask))),
+            };
+            let a = pump(
+                client.try_clone().unwrap(),
+                server.try_clone().unwrap(),
+                c2s,
+            );
+            let b = pump(server, client, s2c);
+            let _ = a.join();
+            let _ = b.join();
+        });
+        TamperingProxy { addr }
+    }
+}
+
+/// Copies `from` to `to`; if `tamper` is `(skip_frames, offset, mask)`, skips that many
+/// untagged frames (reading their length prefixes) and flips bits at `offset` after them.
+fn copy_tampering(mut from: TcpStream, mut to: TcpStream, tamper: Option<(usize, usize, u8)>) {
+    let mut seen = Vec::new();
+    let mut target: Option<usize> = None;
+    let mut done = tamper.is_none();
+    let mut buf = [0u8; 65536];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let start = seen.len();
+        seen.extend_from_slice(&buf[..n]);
+        if let (false, Some((skip, offset, _))) = (done, tamper) {
+            if target.is_none() {
+                // Walk `skip` untagged handshake frames: u32 prefix + header, no body.
+                let mut position = 0;
+                let mut complete = true;
+                for _ in 0..skip {
+                    if seen.len() < position + 4 {
+                        complete = false;
+                        break;
+                    }
+                    let len = u32::from_be_bytes(seen[position..position + 4].try_into().unwrap())
+                        as usize;
+                    position += 4 + len;
+                }
+                if complete {
+                    target = Some(position + offset);
+                }
+            }
+        }
+        let chunk = &mut buf[..n];
+        if let (false, Some(at), Some((_, _, mask))) = (done, target, tamper) {
+            if at >= start && at < start + n {
+                chunk[at - start] ^= mask;
+                done = true;
+            }
+        }
+        if to.write_all(chunk).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+/// Asserts the path does not exist.
+#[track_caller]
+pub fn assert_absent(path: &Path) {
+    assert!(
+        !path.exists(),
+        "{} exists: a command ran that must not have",
+        path.display()
+    );
+}
+
+/// A client command like [`TestServer::client`] but with another secret file.
+pub fn output_command(server: &TestServer, subcommand: &str, secret: &Path) -> Command {
+    let mut command = Command::new(rcmd_bin());
+    command
+        .arg(subcommand)
+        .arg(server.addr.to_string())
+        .arg("--secret-file")
+        .arg(secret);
+    command
+}
