@@ -379,31 +379,32 @@ fn copy_tampering(mut from: TcpStream, mut to: TcpStream, tamper: Option<(usize,
         };
         let start = seen.len();
         seen.extend_from_slice(&buf[..n]);
-        if let (false, Some((skip, offset, _))) = (done, tamper) {
-            if target.is_none() {
-                // Walk `skip` untagged handshake frames: u32 prefix + header, no body.
-                let mut position = 0;
-                let mut complete = true;
-                for _ in 0..skip {
-                    if seen.len() < position + 4 {
-                        complete = false;
-                        break;
-                    }
-                    let len = u32::from_be_bytes(seen[position..position + 4].try_into().unwrap())
-                        as usize;
-                    position += 4 + len;
+        if let (false, Some((skip, offset, _))) = (done, tamper)
+            && target.is_none()
+        {
+            // Walk `skip` untagged handshake frames: u32 prefix + header, no body.
+            let mut position = 0;
+            let mut complete = true;
+            for _ in 0..skip {
+                if seen.len() < position + 4 {
+                    complete = false;
+                    break;
                 }
-                if complete {
-                    target = Some(position + offset);
-                }
+                let len =
+                    u32::from_be_bytes(seen[position..position + 4].try_into().unwrap()) as usize;
+                position += 4 + len;
+            }
+            if complete {
+                target = Some(position + offset);
             }
         }
         let chunk = &mut buf[..n];
-        if let (false, Some(at), Some((_, _, mask))) = (done, target, tamper) {
-            if at >= start && at < start + n {
-                chunk[at - start] ^= mask;
-                done = true;
-            }
+        if let (false, Some(at), Some((_, _, mask))) = (done, target, tamper)
+            && at >= start
+            && at < start + n
+        {
+            chunk[at - start] ^= mask;
+            done = true;
         }
         if to.write_all(chunk).is_err() {
             break;
