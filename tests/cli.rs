@@ -1,0 +1,195 @@
+//! The command line and the protocol's edges: help texts, version mismatches, the listen
+//! backlog.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rcmd::auth;
+use rcmd::protocol::message::{Bytes32, PROTOCOL_NAME};
+use rcmd::protocol::{ErrorCode, Frame, FrameDecoder, FrameEncoder, Message, PROTOCOL_VERSION};
+use util::*;
+
+#[test]
+fn every_subcommand_has_help() {
+    for subcommand in ["serve", "connect", "run", "keygen", "demo"] {
+        let output = Command::new(rcmd_bin())
+            .args([subcommand, "--help"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{subcommand} --help");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("Usage: rcmd"), "{subcommand}: {text}");
+        assert!(text.contains("--secret-file"), "{subcommand}: {text}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let output = Command::new(rcmd_bin())
+        .args(["serve", "--listen", "not-an-address"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let output = Command::new(rcmd_bin())
+        .args(["serve", "--encoding", "klingon", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown encoding \"klingon\""));
+}
+
+fn read_frame(stream: &mut TcpStream, decoder: &mut FrameDecoder) -> Frame {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(frame) = decoder.next_frame().expect("valid frame") {
+            return frame;
+        }
+        let n = stream.read(&mut buf).expect("read");
+        assert!(n > 0, "connection closed before a frame arrived");
+        decoder.feed(&buf[..n]);
+    }
+}
+
+#[test]
+fn a_client_of_another_version_is_told_so() {
+    let server = TestServer::start(&[]);
+    let secret = std::fs::read_to_string(&server.secret.path).unwrap();
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut decoder = FrameDecoder::default();
+    let Message::Hello { nonce, version, .. } = read_frame(&mut stream, &mut decoder).message
+    else {
+        panic!("expected hello")
+    };
+    assert_eq!(version, PROTOCOL_VERSION);
+    let client_nonce = auth::new_nonce();
+    let proof = auth::proof(
+        secret.trim().as_bytes(),
+        auth::Role::Client,
+        &nonce.0,
+        &client_nonce,
+    );
+    let auth = Message::Auth {
+        version: PROTOCOL_VERSION + 1,
+        nonce: Bytes32(client_nonce),
+        proof: Bytes32(proof),
+    };
+    let mut bytes = Vec::new();
+    FrameEncoder::new().encode(&auth, b"", &mut bytes);
+    stream.write_all(&bytes).unwrap();
+    match read_frame(&mut stream, &mut decoder).message {
+        Message::Error {
+            code,
+            message,
+            fatal,
+            ..
+        } => {
+            assert_eq!(code, ErrorCode::VersionMismatch);
+            assert!(fatal);
+            assert!(message.contains("version 1"), "{message}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_server_of_another_version_is_reported_clearly() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fake_server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let hello = Message::Hello {
+            protocol: PROTOCOL_NAME.into(),
+            version: 99,
+            nonce: Bytes32([7; 32]),
+        };
+        let mut bytes = Vec::new();
+        FrameEncoder::new().encode(&hello, b"", &mut bytes);
+        stream.write_all(&bytes).unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        rest
+    });
+    let secret = SecretFile::new();
+    let mut command = Command::new(rcmd_bin());
+    command
+        .args(["run", &addr.to_string(), "--secret-file"])
+        .arg(&secret.path)
+        .args(["--", "true"]);
+    command.stdin(Stdio::null());
+    let output = output_within(command, Duration::from_secs(30));
+    assert_eq!(output.status.code(), Some(255));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("protocol version mismatch: the server speaks version 99"),
+        "{stderr}"
+    );
+    // The client said why before leaving, in a frame the old server can read.
+    let said = fake_server.join().unwrap();
+    let mut decoder = FrameDecoder::default();
+    decoder.feed(&said);
+    let frame = decoder.next_frame().unwrap().expect("an error frame");
+    assert!(matches!(
+        frame.message,
+        Message::Error {
+            code: ErrorCode::VersionMismatch,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn something_that_is_not_an_rcmd_server_is_reported_clearly() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let _ = stream.write_all(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n");
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    let secret = SecretFile::new();
+    let mut command = Command::new(rcmd_bin());
+    command
+        .args(["run", &addr.to_string(), "--secret-file"])
+        .arg(&secret.path)
+        .args(["--", "true"]);
+    command.stdin(Stdio::null());
+    let output = output_within(command, Duration::from_secs(30));
+    assert_eq!(output.status.code(), Some(255));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("does not speak the rcmd protocol"),
+        "{stderr}"
+    );
+}
+
+/// Fifty clients that connect while the server is not accepting all complete their TCP
+/// handshake at once: the kernel does that for the listen backlog. The tutorial's backlog of 5
+/// leaves the rest with dropped SYNs, and `connect` times out. All are greeted once the server
+/// resumes.
+#[test]
+fn fifty_clients_arriving_at_once_all_get_in() {
+    let server = TestServer::start(&[]);
+    signal(server.pid(), "STOP");
+    let connected: Vec<_> = (0..50)
+        .map(|i| {
+            TcpStream::connect_timeout(&server.addr, Duration::from_millis(1500)).unwrap_or_else(
+                |e| panic!("client {i} could not connect while the server was busy: {e}"),
+            )
+        })
+        .collect();
+    signal(server.pid(), "CONT");
+    for mut stream in connected {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let hello = read_frame(&mut stream, &mut FrameDecoder::default());
+        assert!(matches!(hello.message, Message::Hello { .. }));
+    }
+}
