@@ -2,9 +2,23 @@
 //!
 //! Where command output is UTF-8 already (Linux, macOS) the bytes pass through untouched, so
 //! binary output arrives byte for byte. Where it is in a legacy code page (GBK from `cmd` on a
-//! Chinese Windows), an `encoding_rs` decoder turns it into UTF-8. The decoder is kept per
+//! Chinese Windows), an `encoding_rs` decoder turns it into UTF-8. Decoding state is kept per
 //! stream for the life of the command, so a character whose bytes are split across two pipe
 //! reads is held back and decoded whole, never turned into two U+FFFD.
+//!
+//! On a legacy code page system, one script often mixes both: `ipconfig` writes GBK, a
+//! UTF-8-aware program (Python, Git, a Rust tool) writes UTF-8. `auto` there decides line by
+//! line ([`is_utf8_line`]):
+//!
+//! - a line that is not valid UTF-8 is decoded from the code page;
+//! - a valid UTF-8 line the code page cannot read is UTF-8;
+//! - a line both can read is UTF-8 if it holds a character of three or more UTF-8 bytes (CJK,
+//!   symbols: UTF-8 "你好" is also valid GBK, as the mojibake "浣犲ソ"), and code page text
+//!   otherwise: GBK "蹋" is the bytes CC A3, which are also UTF-8 for a lone combining mark.
+//!
+//! So Chinese from either source comes out right; what can still be misread is text both ways
+//! unusual on such a system, e.g. a UTF-8 line whose only non-ASCII is Latin accents (`é` is
+//! C3 A9, GBK "铆"). An explicit `--encoding gbk` decodes everything as GBK, with no guessing.
 
 use encoding_rs::{Decoder, Encoding, UTF_8};
 
@@ -13,28 +27,42 @@ use encoding_rs::{Decoder, Encoding, UTF_8};
 pub enum OutputEncoding {
     /// Send the bytes as they are (for UTF-8 systems; binary-safe).
     Passthrough,
-    /// Decode from this encoding to UTF-8; invalid sequences become U+FFFD.
+    /// Decode everything from this encoding to UTF-8; invalid sequences become U+FFFD.
     Decode(&'static Encoding),
+    /// Per line: valid UTF-8 passes through, anything else is decoded from this encoding.
+    Mixed(&'static Encoding),
 }
 
 impl OutputEncoding {
-    /// Parses the `--encoding` setting: `auto`, `utf-8` (pass through) or any WHATWG label
-    /// `encoding_rs` knows (`gbk`, `gb18030`, `big5`, `shift_jis`, `windows-1252`, ...).
+    /// Parses the `--encoding` setting: `auto`; `auto=LABEL` (what `auto` does on a system whose
+    /// code page is LABEL: per-line UTF-8 or LABEL); `utf-8` (pass through); or any WHATWG label
+    /// `encoding_rs` knows (`gbk`, `gb18030`, `big5`, `shift_jis`, `windows-1252`, ...) or
+    /// Windows code page (`936`, `cp936`).
     ///
     /// # Errors
     /// A message naming the label when it is unknown.
     pub fn from_label(label: &str) -> Result<OutputEncoding, String> {
+        let label = label.trim();
         if label.eq_ignore_ascii_case("auto") {
             return Ok(OutputEncoding::auto());
         }
-        let label = label.trim();
-        match Encoding::for_label(label.as_bytes()).or_else(|| encoding_for_code_page_label(label))
-        {
-            Some(encoding) if encoding == UTF_8 => Ok(OutputEncoding::Passthrough),
-            Some(encoding) => Ok(OutputEncoding::Decode(encoding)),
-            None => Err(format!(
-                "unknown encoding {label:?}: use auto, utf-8, or a label such as gbk, gb18030, big5, shift_jis, windows-1252"
-            )),
+        if let Some(code_page) = label.strip_prefix("auto=") {
+            return Ok(OutputEncoding::mixed(encoding_for_label(code_page)?));
+        }
+        let encoding = encoding_for_label(label)?;
+        Ok(if encoding == UTF_8 {
+            OutputEncoding::Passthrough
+        } else {
+            OutputEncoding::Decode(encoding)
+        })
+    }
+
+    /// What `auto` does on a system whose output code page is `encoding`.
+    pub fn mixed(encoding: &'static Encoding) -> OutputEncoding {
+        if encoding == UTF_8 {
+            OutputEncoding::Passthrough
+        } else {
+            OutputEncoding::Mixed(encoding)
         }
     }
 
@@ -44,78 +72,188 @@ impl OutputEncoding {
         OutputEncoding::Passthrough
     }
 
-    /// The encoding of command output on this system: the console output code page on Windows,
+    /// The encoding of command output on this system: on Windows, the console output code page,
     /// which is what `cmd` writes when its output is a pipe.
     #[cfg(windows)]
     pub fn auto() -> OutputEncoding {
-        crate::platform::console_output_encoding()
+        OutputEncoding::mixed(crate::platform::console_output_encoding())
     }
 
     /// A human-readable name, for the server's start-up log.
-    pub fn name(&self) -> &'static str {
+    pub fn describe(&self) -> String {
         match self {
-            OutputEncoding::Passthrough => "utf-8 (pass-through)",
-            OutputEncoding::Decode(encoding) => encoding.name(),
+            OutputEncoding::Passthrough => "utf-8 (bytes passed through)".to_owned(),
+            OutputEncoding::Decode(encoding) => format!("{} (decoded to utf-8)", encoding.name()),
+            OutputEncoding::Mixed(encoding) => {
+                format!("utf-8 or {} per line (decoded to utf-8)", encoding.name())
+            }
         }
     }
 }
 
-/// Windows code page names: `936`, `cp936`, `windows-936`, as `chcp` and Windows tools say them.
-fn encoding_for_code_page_label(label: &str) -> Option<&'static Encoding> {
-    let lower = label.to_ascii_lowercase();
-    let number = lower
-        .strip_prefix("cp")
-        .or_else(|| lower.strip_prefix("windows-"))
-        .unwrap_or(&lower);
-    number.parse::<u16>().ok().and_then(codepage::to_encoding)
+/// An encoding by WHATWG label or Windows code page name (`936`, `cp936`, `windows-936`).
+fn encoding_for_label(label: &str) -> Result<&'static Encoding, String> {
+    let label = label.trim();
+    let code_page = || {
+        let lower = label.to_ascii_lowercase();
+        let number = lower
+            .strip_prefix("cp")
+            .or_else(|| lower.strip_prefix("windows-"))
+            .unwrap_or(&lower);
+        number.parse::<u16>().ok().and_then(codepage::to_encoding)
+    };
+    Encoding::for_label(label.as_bytes()).or_else(code_page).ok_or_else(|| {
+        format!(
+            "unknown encoding {label:?}: use auto, utf-8, a label such as gbk, gb18030, big5, shift_jis, windows-1252, or a code page such as 936"
+        )
+    })
 }
+
+/// A partial line longer than this is decided on without waiting for its newline.
+const MAX_PENDING_LINE: usize = 4096;
 
 /// Decoding state for one output stream (stdout or stderr) of one command.
 pub struct StreamDecoder {
-    decoder: Option<Decoder>,
+    mode: Mode,
+}
+
+enum Mode {
+    Passthrough,
+    Decode(Decoder),
+    Mixed { legacy: Decoder, pending: Vec<u8> },
 }
 
 impl StreamDecoder {
     pub fn new(encoding: OutputEncoding) -> StreamDecoder {
-        let decoder = match encoding {
-            OutputEncoding::Passthrough => None,
-            // Without BOM sniffing: a UTF-16 BOM in GBK output must not switch encodings.
-            OutputEncoding::Decode(encoding) => Some(encoding.new_decoder_without_bom_handling()),
+        // Without BOM sniffing: bytes that look like a UTF-16 BOM must not switch encodings.
+        let mode = match encoding {
+            OutputEncoding::Passthrough => Mode::Passthrough,
+            OutputEncoding::Decode(encoding) => {
+                Mode::Decode(encoding.new_decoder_without_bom_handling())
+            }
+            OutputEncoding::Mixed(encoding) => Mode::Mixed {
+                legacy: encoding.new_decoder_without_bom_handling(),
+                pending: Vec::new(),
+            },
         };
-        StreamDecoder { decoder }
+        StreamDecoder { mode }
     }
 
     /// Appends the wire form of `input` to `out`. `last` is true once, at end of stream, so any
     /// incomplete character held back is flushed (as U+FFFD).
     pub fn decode(&mut self, input: &[u8], last: bool, out: &mut Vec<u8>) {
-        let Some(decoder) = &mut self.decoder else {
-            out.extend_from_slice(input);
-            return;
-        };
-        let needed = decoder
-            .max_utf8_buffer_length(input.len())
-            .expect("a chunk's worst-case UTF-8 length fits in usize");
-        let start = out.len();
-        out.resize(start + needed, 0);
-        let (_, read, written, _) = decoder.decode_to_utf8(input, &mut out[start..], last);
-        debug_assert_eq!(read, input.len(), "the buffer was sized for the worst case");
-        out.truncate(start + written);
+        match &mut self.mode {
+            Mode::Passthrough => out.extend_from_slice(input),
+            Mode::Decode(decoder) => decode_into(decoder, input, last, out),
+            Mode::Mixed { legacy, pending } => decode_mixed(legacy, pending, input, last, out),
+        }
+    }
+}
+
+fn decode_into(decoder: &mut Decoder, input: &[u8], last: bool, out: &mut Vec<u8>) {
+    let needed = decoder
+        .max_utf8_buffer_length(input.len())
+        .expect("a chunk's worst-case UTF-8 length fits in usize");
+    let start = out.len();
+    out.resize(start + needed, 0);
+    let (_, read, written, _) = decoder.decode_to_utf8(input, &mut out[start..], last);
+    debug_assert_eq!(read, input.len(), "the buffer was sized for the worst case");
+    out.truncate(start + written);
+}
+
+/// Per line, UTF-8 or legacy. Splitting at `\n` is safe for the legacy encodings `auto` meets
+/// (GBK, Big5, Shift_JIS, single-byte code pages): none uses 0x0A inside a character.
+fn decode_mixed(
+    legacy: &mut Decoder,
+    pending: &mut Vec<u8>,
+    input: &[u8],
+    last: bool,
+    out: &mut Vec<u8>,
+) {
+    pending.extend_from_slice(input);
+    let mut line_start = 0;
+    while let Some(newline) = pending[line_start..].iter().position(|&b| b == b'\n') {
+        let line_end = line_start + newline + 1;
+        emit_line(legacy, &pending[line_start..line_end], out);
+        line_start = line_end;
+    }
+    pending.drain(..line_start);
+    if last {
+        emit_line(legacy, pending, out);
+        pending.clear();
+        decode_into(legacy, &[], true, out);
+    } else if pending.is_ascii() {
+        // ASCII reads the same either way: show a prompt without its newline at once.
+        out.append(pending);
+    } else if pending.len() >= MAX_PENDING_LINE {
+        match std::str::from_utf8(pending) {
+            Ok(_) if is_utf8_line(pending, legacy.encoding()) => out.append(pending),
+            Ok(_) => {
+                decode_into(legacy, pending, false, out);
+                pending.clear();
+            }
+            // Valid so far, cut inside a character: send the whole characters, keep the rest.
+            Err(e) if e.error_len().is_none() => {
+                out.extend_from_slice(&pending[..e.valid_up_to()]);
+                pending.drain(..e.valid_up_to());
+            }
+            // Not UTF-8: the streaming legacy decoder holds back any split character itself.
+            Err(_) => {
+                decode_into(legacy, pending, false, out);
+                pending.clear();
+            }
+        }
+    }
+}
+
+/// Whether `auto` treats `line` as UTF-8 rather than as text in `legacy` (see the module docs).
+pub fn is_utf8_line(line: &[u8], legacy: &'static Encoding) -> bool {
+    let Ok(text) = std::str::from_utf8(line) else {
+        return false;
+    };
+    text.is_ascii()
+        || legacy
+            .decode_without_bom_handling_and_without_replacement(line)
+            .is_none()
+        || text.chars().any(|c| c.len_utf8() >= 3)
+}
+
+fn emit_line(legacy: &mut Decoder, line: &[u8], out: &mut Vec<u8>) {
+    if is_utf8_line(line, legacy.encoding()) {
+        out.extend_from_slice(line);
+    } else {
+        decode_into(legacy, line, false, out);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn decode_in_chunks(encoding: OutputEncoding, input: &[u8], chunk: usize) -> Vec<u8> {
+        decode_in_pieces(encoding, input.chunks(chunk.max(1)))
+    }
+
+    fn decode_in_pieces<'a>(
+        encoding: OutputEncoding,
+        pieces: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Vec<u8> {
         let mut decoder = StreamDecoder::new(encoding);
         let mut out = Vec::new();
-        for piece in input.chunks(chunk.max(1)) {
+        for piece in pieces {
             decoder.decode(piece, false, &mut out);
         }
         decoder.decode(&[], true, &mut out);
         out
     }
+
+    fn gbk(text: &str) -> Vec<u8> {
+        encoding_rs::GBK.encode(text).0.into_owned()
+    }
+
+    const GBK: OutputEncoding = OutputEncoding::Decode(encoding_rs::GBK);
+    const AUTO_GBK: OutputEncoding = OutputEncoding::Mixed(encoding_rs::GBK);
 
     #[test]
     fn passthrough_keeps_arbitrary_bytes() {
@@ -128,23 +266,110 @@ mod tests {
 
     #[test]
     fn gbk_is_decoded_even_when_split() {
-        let gbk = OutputEncoding::from_label("gbk").unwrap();
         let nihao = b"\xc4\xe3\xba\xc3";
-        for chunk in 1..=4 {
+        for encoding in [GBK, AUTO_GBK] {
+            for chunk in 1..=4 {
+                assert_eq!(
+                    decode_in_chunks(encoding, nihao, chunk),
+                    "你好".as_bytes(),
+                    "chunk {chunk}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_character_after_4095_ascii_bytes_decodes_whole() {
+        let mut bytes = vec![b'a'; 4095];
+        bytes.extend_from_slice(b"\xc4\xe3");
+        let expected = format!("{}你", "a".repeat(4095));
+        for encoding in [GBK, AUTO_GBK] {
             assert_eq!(
-                decode_in_chunks(gbk, nihao, chunk),
-                "你好".as_bytes(),
-                "chunk {chunk}"
+                decode_in_pieces(encoding, [&bytes[..4096], &bytes[4096..]]),
+                expected.as_bytes()
             );
         }
     }
 
     #[test]
-    fn invalid_bytes_become_replacement_characters() {
-        let gbk = OutputEncoding::from_label("gbk").unwrap();
+    fn every_split_point_of_a_longer_text_decodes_whole() {
+        let text = "Windows IP 配置\r\n\r\n以太网适配器 以太网:\r\n   连接特定的 DNS 后缀 . . . . . . . :\r\n";
+        let bytes = gbk(text);
+        for encoding in [GBK, AUTO_GBK] {
+            for split in 0..=bytes.len() {
+                let out = decode_in_pieces(encoding, [&bytes[..split], &bytes[split..]]);
+                assert_eq!(String::from_utf8(out).unwrap(), text, "split at {split}");
+            }
+        }
+    }
+
+    #[test]
+    fn auto_passes_utf8_lines_and_decodes_gbk_lines_in_one_stream() {
+        let mut bytes = "python says 你好\n".as_bytes().to_vec();
+        bytes.extend(gbk("ipconfig says 你好\n"));
+        bytes.extend("done ✓".as_bytes());
+        let expected = "python says 你好\nipconfig says 你好\ndone ✓";
+        for chunk in [1, 2, 3, 5, 64, 4096] {
+            assert_eq!(
+                String::from_utf8(decode_in_chunks(AUTO_GBK, &bytes, chunk)).unwrap(),
+                expected
+            );
+        }
+        // Forced GBK makes mojibake of the UTF-8 line: that is what `auto` is for.
+        assert_ne!(
+            String::from_utf8(decode_in_chunks(GBK, &bytes, 64)).unwrap(),
+            expected
+        );
+    }
+
+    #[test]
+    fn auto_reads_text_valid_both_ways_as_the_likelier_of_the_two() {
+        // GBK 蹋 is the bytes CC A3, a lone combining mark in UTF-8.
         assert_eq!(
-            String::from_utf8(decode_in_chunks(gbk, b"a\xc4", 1)).unwrap(),
+            String::from_utf8(decode_in_chunks(AUTO_GBK, &gbk("蹋\r\n"), 1)).unwrap(),
+            "蹋\r\n"
+        );
+        // UTF-8 你好 is also valid GBK (浣犲ソ): CJK in UTF-8 stays UTF-8.
+        assert_eq!(
+            String::from_utf8(decode_in_chunks(AUTO_GBK, "你好\n".as_bytes(), 2)).unwrap(),
+            "你好\n"
+        );
+    }
+
+    #[test]
+    fn auto_shows_an_ascii_prompt_without_waiting_for_its_newline() {
+        let mut decoder = StreamDecoder::new(AUTO_GBK);
+        let mut out = Vec::new();
+        decoder.decode(b"Password: ", false, &mut out);
+        assert_eq!(out, b"Password: ");
+    }
+
+    #[test]
+    fn auto_decides_on_long_lines_without_a_newline() {
+        let line = gbk(&"你好".repeat(3000)); // 12,000 bytes, no newline
+        let mut decoder = StreamDecoder::new(AUTO_GBK);
+        let mut out = Vec::new();
+        for piece in line.chunks(1000) {
+            decoder.decode(piece, false, &mut out);
+        }
+        assert!(
+            out.len() >= 3 * 4096,
+            "held back {} bytes",
+            line.len() - out.len() / 3 * 2
+        );
+        decoder.decode(&[], true, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "你好".repeat(3000));
+    }
+
+    #[test]
+    fn invalid_bytes_become_replacement_characters() {
+        assert_eq!(
+            String::from_utf8(decode_in_chunks(GBK, b"a\xc4", 1)).unwrap(),
             "a\u{fffd}"
+        );
+        assert_eq!(
+            String::from_utf8(decode_in_chunks(AUTO_GBK, b"a\xc4\nb", 1)).unwrap(),
+            "a\u{fffd}\nb"
         );
     }
 
@@ -154,9 +379,14 @@ mod tests {
             OutputEncoding::from_label("UTF-8").unwrap(),
             OutputEncoding::Passthrough
         );
-        let gbk = OutputEncoding::Decode(encoding_rs::GBK);
-        assert_eq!(OutputEncoding::from_label("cp936").unwrap(), gbk);
-        assert_eq!(OutputEncoding::from_label("936").unwrap(), gbk);
+        assert_eq!(OutputEncoding::from_label("gbk").unwrap(), GBK);
+        assert_eq!(OutputEncoding::from_label("cp936").unwrap(), GBK);
+        assert_eq!(OutputEncoding::from_label("936").unwrap(), GBK);
+        assert_eq!(OutputEncoding::from_label("auto=936").unwrap(), AUTO_GBK);
+        assert_eq!(
+            OutputEncoding::from_label("auto=utf-8").unwrap(),
+            OutputEncoding::Passthrough
+        );
         assert_eq!(
             OutputEncoding::from_label("65001").unwrap(),
             OutputEncoding::Passthrough
@@ -166,5 +396,73 @@ mod tests {
                 .unwrap_err()
                 .contains("klingon")
         );
+        assert!(OutputEncoding::from_label("auto=klingon").is_err());
+    }
+
+    /// Text with ASCII, CJK, other non-ASCII and line breaks, as commands print it.
+    fn text_strategy() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                "[ -~]{0,12}",
+                "[\u{4e00}-\u{9fa5}]{1,6}",
+                Just("\r\n".to_owned()),
+                Just("\n".to_owned()),
+                Just("，。：".to_owned()),
+            ],
+            0..40,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    fn split_at_points(bytes: &[u8], mut points: Vec<usize>) -> Vec<&[u8]> {
+        points.iter_mut().for_each(|p| *p %= bytes.len() + 1);
+        points.sort_unstable();
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        for point in points {
+            pieces.push(&bytes[start..point]);
+            start = point;
+        }
+        pieces.push(&bytes[start..]);
+        pieces
+    }
+
+    proptest! {
+        #[test]
+        fn chunked_decoding_equals_one_shot_decoding(
+            text in text_strategy(),
+            points in proptest::collection::vec(any::<usize>(), 0..12),
+        ) {
+            let bytes = gbk(&text);
+            let one_shot = encoding_rs::GBK.decode_without_bom_handling(&bytes).0.into_owned();
+            prop_assert_eq!(&one_shot, &text);
+            let pieces = split_at_points(&bytes, points.clone());
+            prop_assert_eq!(String::from_utf8(decode_in_pieces(GBK, pieces.clone())).unwrap(), one_shot.clone());
+            // `auto` gives the same however the stream is split, and that is the GBK text
+            // for every line that is not also plausible UTF-8.
+            let auto_one_shot = decode_in_pieces(AUTO_GBK, [bytes.as_slice()]);
+            prop_assert_eq!(decode_in_pieces(AUTO_GBK, pieces), auto_one_shot.clone());
+            let auto_one_shot = String::from_utf8(auto_one_shot).unwrap();
+            let gbk_lines = bytes.split_inclusive(|&b| b == b'\n');
+            for (gbk_line, auto_line) in gbk_lines.zip(auto_one_shot.split_inclusive('\n')) {
+                if !is_utf8_line(gbk_line, encoding_rs::GBK) {
+                    prop_assert_eq!(auto_line, encoding_rs::GBK.decode_without_bom_handling(gbk_line).0);
+                }
+            }
+            // UTF-8 text through `auto` is passed through unchanged, however it is split.
+            let utf8 = text.as_bytes();
+            prop_assert_eq!(decode_in_pieces(AUTO_GBK, split_at_points(utf8, points)), utf8.to_vec());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_always_yield_utf8(
+            bytes in proptest::collection::vec(any::<u8>(), 0..600),
+            points in proptest::collection::vec(any::<usize>(), 0..8),
+        ) {
+            for encoding in [GBK, AUTO_GBK, OutputEncoding::Decode(encoding_rs::SHIFT_JIS)] {
+                let out = decode_in_pieces(encoding, split_at_points(&bytes, points.clone()));
+                prop_assert!(std::str::from_utf8(&out).is_ok());
+            }
+        }
     }
 }

@@ -178,7 +178,7 @@ impl Server {
         info!(
             "serving on {} (output encoding {}, handshake timeout {:?}, max {} connections)",
             self.local_addr,
-            config.encoding.name(),
+            config.encoding.describe(),
             config.limits.handshake_timeout,
             config.limits.max_connections
         );
