@@ -12,14 +12,14 @@ pub mod prompt;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use log::debug;
 
 use crate::auth::{self, FrameMac, Role, SessionKeys};
 use crate::protocol::frame::MAX_CHUNK;
-use crate::protocol::message::{Bytes32, PROTOCOL_NAME};
+use crate::protocol::message::{Bytes32, PROTOCOL_NAME, STDIN_WINDOW};
 use crate::protocol::{
     ErrorCode, ExitStatus, Frame, FrameDecoder, FrameEncoder, FrameError, Message, PROTOCOL_VERSION,
 };
@@ -401,8 +401,9 @@ impl Session {
             },
             command.as_bytes(),
         )?;
+        let window = Arc::new(StdinWindow::default());
         if let CommandInput::Forward(source) = input {
-            forward_stdin(source, self.sender.clone(), id);
+            forward_stdin(source, self.sender.clone(), window.clone(), id);
         }
         let _interrupt_guard = interrupt::forward_to(self.sender.clone(), id);
         loop {
@@ -415,6 +416,7 @@ impl Session {
                     sink.stderr(&frame.body).map_err(ClientError::LocalOutput)?
                 }
                 Message::Exit { id: of, status, .. } if of == id => return Ok(status),
+                Message::StdinAck { id: of, bytes } if of == id => window.release(bytes),
                 Message::Error {
                     fatal: true,
                     code,
@@ -433,7 +435,8 @@ impl Session {
                 Message::Stdout { .. }
                 | Message::Stderr { .. }
                 | Message::Exit { .. }
-                | Message::Error { .. } => {}
+                | Message::Error { .. }
+                | Message::StdinAck { .. } => {}
                 other => {
                     return Err(ClientError::Protocol(format!(
                         "unexpected {} from the server",
@@ -445,17 +448,66 @@ impl Session {
     }
 }
 
+/// Stdin flow control: how many bytes the server still accepts before it acknowledges more.
+struct StdinWindow {
+    available: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl Default for StdinWindow {
+    fn default() -> Self {
+        StdinWindow {
+            available: Mutex::new(STDIN_WINDOW),
+            changed: Condvar::new(),
+        }
+    }
+}
+
+impl StdinWindow {
+    /// Waits until at least one byte may be sent, and takes up to `wanted` bytes of the window.
+    fn acquire(&self, wanted: usize) -> usize {
+        let mut available = self.available.lock().expect("window lock");
+        while *available == 0 {
+            available = self.changed.wait(available).expect("window lock");
+        }
+        let granted = wanted.min(*available);
+        *available -= granted;
+        granted
+    }
+
+    /// `bytes` were consumed (by the server, or not used after all): they may be sent again.
+    fn release(&self, bytes: u64) {
+        let mut available = self.available.lock().expect("window lock");
+        let released = usize::try_from(bytes).unwrap_or(usize::MAX);
+        *available = available.saturating_add(released).min(STDIN_WINDOW);
+        self.changed.notify_all();
+    }
+}
+
 /// Copies `source` to the command's stdin on a thread of its own, then signals end of file.
 /// A thread because reading a pipe or file without blocking is not portable; it blocks only
-/// itself. If the command ends first the thread is abandoned; the server ignores stale stdin.
-fn forward_stdin(mut source: Box<dyn Read + Send>, sender: SharedSender, id: u32) {
+/// itself. It never has more than [`STDIN_WINDOW`] bytes unacknowledged. If the command ends
+/// first the thread is abandoned; the server ignores stale stdin.
+fn forward_stdin(
+    mut source: Box<dyn Read + Send>,
+    sender: SharedSender,
+    window: Arc<StdinWindow>,
+    id: u32,
+) {
     std::thread::spawn(move || {
         let mut buf = vec![0; MAX_CHUNK];
         loop {
-            let n = match source.read(&mut buf) {
+            let wanted = window.acquire(buf.len());
+            let n = match source.read(&mut buf[..wanted]) {
                 Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(n) => {
+                    window.release((wanted - n) as u64); // give back what was not used
+                    n
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    window.release(wanted as u64);
+                    continue;
+                }
                 Err(e) => {
                     debug!("reading stdin: {e}");
                     break;

@@ -28,7 +28,9 @@ pub const LEN_PREFIX: usize = 4;
 pub const MAX_HEADER_LEN: usize = 16 * 1024;
 /// Largest body a peer may announce. Senders in this crate use at most [`MAX_CHUNK`].
 pub const MAX_BODY_LEN: usize = 1024 * 1024;
-/// Body size senders in this crate use for output and stdin chunks.
+/// Bytes read from a pipe or stdin at a time. A chunk becomes one frame body (up to three
+/// times longer when legacy-encoded output is transcoded to UTF-8, still far below
+/// [`MAX_BODY_LEN`]).
 pub const MAX_CHUNK: usize = 64 * 1024;
 
 /// One decoded frame: the message and its body (empty for bodiless types).
@@ -193,6 +195,12 @@ impl FrameDecoder {
         self.buf.len()
     }
 
+    /// The message of a frame whose header has arrived but whose body has not yet, if any.
+    /// Lets a receiver refuse a frame it would never accept without buffering its body first.
+    pub fn pending_message(&self) -> Option<&Message> {
+        self.pending.as_ref().map(|pending| &pending.message)
+    }
+
     /// The next complete frame, `Ok(None)` if more bytes are needed.
     ///
     /// # Errors
@@ -282,8 +290,17 @@ fn check_partial_header(partial: &[u8]) -> Result<(), FrameError> {
 /// Parses a header: checks `type` is known and `len` is within `max_body` before building the
 /// typed message, so each failure gets its own error code.
 fn parse_header_json(header: &[u8], max_body: usize) -> Result<(Message, usize), FrameError> {
-    let value: serde_json::Value = serde_json::from_slice(header)
-        .map_err(|e| FrameError::BadHeader(format!("not JSON: {e}")))?;
+    let mut values = serde_json::Deserializer::from_slice(header).into_iter::<serde_json::Value>();
+    let value = match values.next() {
+        Some(Ok(value)) => value,
+        Some(Err(e)) => return Err(FrameError::BadHeader(format!("not JSON: {e}"))),
+        None => return Err(FrameError::BadHeader("empty header".into())),
+    };
+    // Exactly one JSON value fills the header, as `check_partial_header` demands of a header
+    // still arriving: the verdict must not depend on how TCP split the bytes.
+    if values.byte_offset() != header.len() {
+        return Err(FrameError::BadHeader("bytes after the JSON object".into()));
+    }
     let serde_json::Value::Object(mut fields) = value else {
         return Err(FrameError::BadHeader("not a JSON object".into()));
     };
@@ -422,6 +439,18 @@ mod tests {
         ));
         assert!(matches!(
             decode_all(&raw_frame(r#"{"type":"welcome","proof":"00","len":2}"#)),
+            Err(FrameError::BadHeader(_))
+        ));
+    }
+
+    #[test]
+    fn trailing_bytes_in_a_header_are_refused_however_it_arrives() {
+        let bytes = raw_frame(r#"{"type":"stdin_close","id":1} "#);
+        assert!(matches!(decode_all(&bytes), Err(FrameError::BadHeader(_))));
+        let mut decoder = FrameDecoder::default();
+        decoder.feed(&bytes[..bytes.len() - 1]);
+        assert!(matches!(
+            decoder.next_frame(),
             Err(FrameError::BadHeader(_))
         ));
     }

@@ -18,6 +18,12 @@ pub const PROTOCOL_NAME: &str = "rcmd";
 /// Length in bytes of handshake nonces and proofs.
 pub const NONCE_LEN: usize = 32;
 
+/// Stdin bytes a client may have sent for a command and not yet seen acknowledged by
+/// `stdin_ack`. This flow control keeps the server's stdin buffer bounded without ever having
+/// to stop reading the connection, so a `signal` frame is seen even when the command does not
+/// read its stdin.
+pub const STDIN_WINDOW: usize = 256 * 1024;
+
 /// One protocol message, as found in a frame header.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -49,6 +55,9 @@ pub enum Message {
     Stdin { id: u32 },
     /// Client → server: end of stdin for the running command.
     StdinClose { id: u32 },
+    /// Server → client: `bytes` more stdin bytes of command `id` were consumed (written to the
+    /// command, or discarded because it closed its stdin); the client may send that many more.
+    StdinAck { id: u32, bytes: u64 },
     /// Client → server: deliver a signal to the running command's process group.
     Signal { id: u32, signal: SignalName },
     /// Server → client: bytes the command wrote to stdout (body).
@@ -94,6 +103,7 @@ impl Message {
             Message::Exec { .. } => "exec",
             Message::Stdin { .. } => "stdin",
             Message::StdinClose { .. } => "stdin_close",
+            Message::StdinAck { .. } => "stdin_ack",
             Message::Signal { .. } => "signal",
             Message::Stdout { .. } => "stdout",
             Message::Stderr { .. } => "stderr",
@@ -104,13 +114,14 @@ impl Message {
 
     /// Every `type` string the protocol defines, so the decoder can tell "unknown type" apart
     /// from "known type with the wrong fields".
-    pub const TYPE_NAMES: [&'static str; 11] = [
+    pub const TYPE_NAMES: [&'static str; 12] = [
         "hello",
         "auth",
         "welcome",
         "exec",
         "stdin",
         "stdin_close",
+        "stdin_ack",
         "signal",
         "stdout",
         "stderr",
@@ -225,6 +236,11 @@ pub enum ErrorCode {
     SpawnFailed,
     /// The server is shutting down.
     Shutdown,
+    /// The client sent more stdin than [`STDIN_WINDOW`] allows before an acknowledgement.
+    FlowControl,
+    /// A code this version does not know (sent by a newer peer); read the message.
+    #[serde(other)]
+    Unknown,
 }
 
 impl ErrorCode {
@@ -270,7 +286,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 
 /// Bytes from hex digits (either case); `None` if `text` is not an even run of hex digits.
 pub fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())
@@ -331,6 +347,9 @@ mod tests {
         assert_eq!(serde_json::from_str::<Bytes32>(&json).unwrap(), nonce);
         assert!(serde_json::from_str::<Bytes32>("\"abc\"").is_err());
         assert!(serde_json::from_str::<Bytes32>(&format!("\"{}\"", "zz".repeat(32))).is_err());
+        assert!(serde_json::from_str::<Bytes32>(&format!("\"{}\"", "+1".repeat(32))).is_err());
+        let upper = format!("\"{}\"", "AB".repeat(32));
+        assert_eq!(serde_json::from_str::<Bytes32>(&upper).unwrap(), nonce);
     }
 
     #[test]
@@ -344,5 +363,11 @@ mod tests {
     fn error_codes_are_snake_case_on_the_wire() {
         assert_eq!(ErrorCode::HeaderTooLarge.as_str(), "header_too_large");
         assert_eq!(ErrorCode::Integrity.as_str(), "integrity");
+        // A newer peer's code is still a readable error, not an undecodable frame.
+        let future = r#"{"type":"error","code":"quota_exceeded","message":"m","fatal":true}"#;
+        let Message::Error { code, .. } = serde_json::from_str(future).unwrap() else {
+            panic!()
+        };
+        assert_eq!(code, ErrorCode::Unknown);
     }
 }

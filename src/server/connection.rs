@@ -14,8 +14,10 @@
 //!
 //! Backpressure: output is read from the command's pipes only while fewer than
 //! [`OUTBOUND_CAP`] bytes wait for the socket. A slow client therefore makes the pipes fill up,
-//! which blocks the command in `write`, and the server's memory stays bounded. Likewise client
-//! frames are read only while less than [`STDIN_CAP`] bytes wait for the command's stdin.
+//! which blocks the command in `write`, and the server's memory stays bounded. The other way,
+//! a client may have at most [`STDIN_WINDOW`] stdin bytes unacknowledged (`stdin_ack`), so the
+//! stdin buffer is bounded too, and client frames never have to wait: a Ctrl-C always gets
+//! through, even to a command that reads no stdin.
 
 use std::io::{self, Read, Write};
 use std::mem;
@@ -33,7 +35,7 @@ use super::deadlines::{DeadlineKind, Deadlines};
 use super::process::{ChildProcess, OutputStream, PipeTokens};
 use crate::auth::{self, FrameMac, Role, SessionKeys};
 use crate::output::StreamDecoder;
-use crate::protocol::message::{Bytes32, PROTOCOL_NAME};
+use crate::protocol::message::{Bytes32, PROTOCOL_NAME, STDIN_WINDOW};
 use crate::protocol::{
     ErrorCode, ExitStatus, Frame, FrameDecoder, FrameEncoder, Message, PROTOCOL_VERSION,
 };
@@ -44,8 +46,10 @@ pub type ConnId = u64;
 
 /// Output bytes that may wait for a slow client before the command's pipes stop being read.
 pub const OUTBOUND_CAP: usize = 256 * 1024;
-/// Stdin bytes that may wait for a slow command before the client's frames stop being read.
-pub const STDIN_CAP: usize = 256 * 1024;
+/// Queued replies past which the client is not read from until it reads what we sent. Command
+/// output alone stays below this (output is read only while under [`OUTBOUND_CAP`], and one
+/// chunk adds at most three times [`MAX_CHUNK`](crate::protocol::frame::MAX_CHUNK)); only a client flooding requests gets here.
+const OUTBOUND_HARD_CAP: usize = 2 * OUTBOUND_CAP;
 /// After the command's process exits, how much more output to take from background processes
 /// still holding its pipes before calling the output complete.
 const AFTER_EXIT_LIMIT: usize = 1024 * 1024;
@@ -109,6 +113,7 @@ enum State {
 
 struct RunningCommand {
     id: u32,
+    serial: u64,
     command: String,
     process: ChildProcess,
     started: Instant,
@@ -146,6 +151,10 @@ pub struct Connection {
     previous_cwd: Option<PathBuf>,
     /// Set after a fatal error: read nothing more, flush what is queued, close.
     closing: bool,
+    /// Our side of the TCP connection is shut down; we are waiting for the client's FIN.
+    write_shut: bool,
+    /// Commands spawned so far: each command's serial number, for its deadline.
+    commands_started: u64,
     last_activity: Instant,
 }
 
@@ -164,6 +173,8 @@ impl Connection {
             cwd: ctx.config.workdir.clone(),
             previous_cwd: None,
             closing: false,
+            write_shut: false,
+            commands_started: 0,
             last_activity: ctx.now,
         };
         let hello = Message::Hello {
@@ -172,11 +183,9 @@ impl Connection {
             nonce: Bytes32(server_nonce),
         };
         connection.send(&hello, b"");
-        ctx.deadlines.schedule(
-            ctx.now + ctx.config.limits.handshake_timeout,
-            id,
-            DeadlineKind::Handshake,
-        );
+        let handshake_timeout = ctx.config.limits.handshake_timeout;
+        ctx.deadlines
+            .schedule_after(ctx.now, handshake_timeout, id, DeadlineKind::Handshake);
         connection
     }
 
@@ -214,7 +223,7 @@ impl Connection {
                 }
             }
             if self.closing && self.outbound.is_empty() {
-                return Drive::Closed;
+                return self.linger(ctx);
             }
             if !progress {
                 return Drive::Open;
@@ -262,15 +271,15 @@ impl Connection {
                 );
             }
             DeadlineKind::Idle if !self.closing => self.check_idle(ctx),
-            DeadlineKind::Command(id) => {
+            DeadlineKind::Command(serial) => {
                 if let State::Running(command) = &mut self.state
-                    && command.id == id
+                    && command.serial == serial
                     && command.exit.is_none()
                     && !command.timed_out
                 {
                     info!(
-                        "{}: command {id} timed out; killing its process tree",
-                        self.peer
+                        "{}: command {} timed out; killing its process tree",
+                        self.peer, command.id
                     );
                     command.timed_out = true;
                     command.process.kill_tree();
@@ -290,10 +299,12 @@ impl Connection {
             State::Handshake { .. } => {}
             State::Running(_) => {
                 ctx.deadlines
-                    .schedule(ctx.now + idle_timeout, self.id, DeadlineKind::Idle)
+                    .schedule_after(ctx.now, idle_timeout, self.id, DeadlineKind::Idle)
             }
             State::Ready => {
-                let due = self.last_activity + idle_timeout;
+                let Some(due) = self.last_activity.checked_add(idle_timeout) else {
+                    return;
+                };
                 if due <= ctx.now {
                     info!("{}: idle for {idle_timeout:?}; closing", self.peer);
                     self.fail(ErrorCode::IdleTimeout, "connection idle for too long", ctx);
@@ -321,18 +332,49 @@ impl Connection {
         let message = message.into();
         debug!("{}: fatal {}: {message}", self.peer, code.as_str());
         self.send(&Message::fatal(code, message), b"");
+        self.start_closing(ctx);
+    }
+
+    /// Stops handling frames, kills any command, and gives what is queued [`CLOSING_GRACE`] to
+    /// leave; then [`Self::linger`] closes gracefully.
+    fn start_closing(&mut self, ctx: &mut Context) {
         self.closing = true;
         if let State::Running(_) = self.state {
             self.state = State::Ready; // dropping the command kills its tree
         }
         ctx.deadlines
-            .schedule(ctx.now + CLOSING_GRACE, self.id, DeadlineKind::Closing);
+            .schedule_after(ctx.now, CLOSING_GRACE, self.id, DeadlineKind::Closing);
+    }
+
+    /// The last step of closing, once the final frames are flushed: send FIN, then read and
+    /// discard until the client closes too (or the closing deadline passes). Closing with
+    /// unread client bytes in our buffer would make the kernel send a reset, and a reset can
+    /// destroy the error frame before the client has read it.
+    fn linger(&mut self, ctx: &mut Context) -> Drive {
+        if !self.write_shut {
+            self.write_shut = true;
+            if self.socket.shutdown(std::net::Shutdown::Write).is_err() {
+                return Drive::Closed;
+            }
+        }
+        loop {
+            match self.socket.read(ctx.scratch) {
+                Ok(0) => return Drive::Closed,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Drive::Open,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Drive::Closed,
+            }
+        }
     }
 
     /// Reads client bytes and handles every complete frame. Ok(true) if anything was read.
     fn read_socket(&mut self, ctx: &mut Context) -> io::Result<bool> {
         let mut progress = false;
-        while !self.closing && !self.stdin_backlogged() {
+        // Client frames are read even while output waits for the client, so that a `signal`
+        // or a disconnect is seen at once. Only a client that sends requests and does not read
+        // the replies (whose replies pile up past the hard cap) is no longer read from.
+        while !self.closing && self.outbound.len() < OUTBOUND_HARD_CAP {
             match self.socket.read(ctx.scratch) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => {
@@ -348,10 +390,6 @@ impl Connection {
         Ok(progress)
     }
 
-    fn stdin_backlogged(&self) -> bool {
-        matches!(&self.state, State::Running(command) if command.stdin_pending.len() >= STDIN_CAP)
-    }
-
     fn handle_frames(&mut self, ctx: &mut Context) {
         while !self.closing {
             match self.decoder.next_frame() {
@@ -359,7 +397,22 @@ impl Connection {
                     self.last_activity = ctx.now;
                     self.handle_frame(frame, ctx);
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    // Before the handshake only `auth` is accepted, and it has no body: refuse
+                    // anything else as soon as its header is in, rather than buffering up to
+                    // a megabyte of body for a peer that has proven nothing.
+                    if self.is_handshaking()
+                        && let Some(message) = self.decoder.pending_message()
+                    {
+                        let name = message.type_name();
+                        warn!("{}: {name} before authentication; dropping", self.peer);
+                        let why = format!(
+                            "only auth is accepted before the handshake completes, got {name}"
+                        );
+                        self.fail(ErrorCode::UnexpectedMessage, why, ctx);
+                    }
+                    break;
+                }
                 Err(error) => {
                     warn!("{}: {error}", self.peer);
                     self.fail(error.code(), error.to_string(), ctx);
@@ -376,6 +429,15 @@ impl Connection {
                 nonce,
                 proof,
             } if self.is_handshaking() => self.authenticate(version, nonce.0, &proof.0, ctx),
+            Message::Error { code, message, .. } if self.is_handshaking() => {
+                // The client gives up (e.g. it speaks another version): nothing to answer.
+                warn!(
+                    "{}: client reports {} during the handshake: {message}",
+                    self.peer,
+                    code.as_str()
+                );
+                self.start_closing(ctx);
+            }
             other if self.is_handshaking() => {
                 warn!(
                     "{}: {} before authentication; dropping",
@@ -393,15 +455,7 @@ impl Connection {
                 stdin,
                 timeout_secs,
             } => self.exec(id, stdin, timeout_secs, frame.body, ctx),
-            Message::Stdin { id } => {
-                if let Some(command) = self.running_mut(id) {
-                    // Without a stdin pipe (exec said stdin:false, or the command closed it) the
-                    // bytes have nowhere to go; keeping them would only grow memory.
-                    if command.process.has_stdin() && !command.stdin_close_requested {
-                        command.stdin_pending.extend_from_slice(&frame.body);
-                    }
-                }
-            }
+            Message::Stdin { id } => self.accept_stdin(id, &frame.body, ctx),
             Message::StdinClose { id } => {
                 if let Some(command) = self.running_mut(id) {
                     command.stdin_close_requested = true;
@@ -424,14 +478,35 @@ impl Connection {
             } => {
                 warn!("{}: client reports {}: {message}", self.peer, code.as_str());
                 if fatal {
-                    self.closing = true;
-                    self.state = State::Ready;
+                    self.start_closing(ctx);
                 }
             }
             other => {
                 let why = format!("a client does not send {}", other.type_name());
                 self.fail(ErrorCode::UnexpectedMessage, why, ctx);
             }
+        }
+    }
+
+    /// Queues stdin bytes for the command, within the flow-control window.
+    fn accept_stdin(&mut self, id: u32, data: &[u8], ctx: &mut Context) {
+        let Some(command) = self.running_mut(id) else {
+            return; // for a command that has finished: the client stops when it sees the exit
+        };
+        if command.stdin_pending.len() + data.len() > STDIN_WINDOW {
+            let why = format!("more than {STDIN_WINDOW} stdin bytes sent without acknowledgement");
+            return self.fail(ErrorCode::FlowControl, why, ctx);
+        }
+        if command.process.has_stdin() && !command.stdin_close_requested {
+            command.stdin_pending.extend_from_slice(data);
+        } else {
+            // No stdin pipe (exec said stdin:false, or the command closed it): the bytes have
+            // nowhere to go. Acknowledge them as consumed so the client is not left waiting.
+            let ack = Message::StdinAck {
+                id,
+                bytes: data.len() as u64,
+            };
+            self.send(&ack, b"");
         }
     }
 
@@ -487,7 +562,7 @@ impl Connection {
         info!("{}: authenticated", self.peer);
         if let Some(idle) = ctx.config.limits.idle_timeout {
             ctx.deadlines
-                .schedule(ctx.now + idle, self.id, DeadlineKind::Idle);
+                .schedule_after(ctx.now, idle, self.id, DeadlineKind::Idle);
         }
     }
 
@@ -562,12 +637,15 @@ impl Connection {
             (Some(asked), Some(max)) => Some(asked.min(max)),
             (asked, max) => asked.or(max),
         };
+        self.commands_started += 1;
+        let serial = self.commands_started;
         if let Some(timeout) = timeout {
             ctx.deadlines
-                .schedule(ctx.now + timeout, self.id, DeadlineKind::Command(id));
+                .schedule_after(ctx.now, timeout, self.id, DeadlineKind::Command(serial));
         }
         self.state = State::Running(Box::new(RunningCommand {
             id,
+            serial,
             command,
             process,
             started: ctx.now,
@@ -609,12 +687,12 @@ impl Connection {
         let State::Running(command) = &mut self.state else {
             return false;
         };
-        let mut progress = false;
+        let mut consumed = 0;
         while !command.stdin_pending.is_empty() && command.process.has_stdin() {
             match command.process.write_stdin(&command.stdin_pending) {
                 Ok(n) => {
                     command.stdin_pending.drain(..n);
-                    progress = true;
+                    consumed += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -622,10 +700,20 @@ impl Connection {
                     // The command closed its stdin or exited: what it did not read is dropped,
                     // as a local pipe would drop it.
                     debug!("{}: command {} stdin: {e}", self.peer, command.id);
+                    consumed += command.stdin_pending.len();
                     command.stdin_pending = Vec::new();
                     command.process.close_stdin(ctx.registry);
                 }
             }
+        }
+        let mut progress = consumed > 0;
+        if consumed > 0 {
+            // One acknowledgement per round, not per pipe write: the client may send more.
+            let ack = Message::StdinAck {
+                id: command.id,
+                bytes: consumed as u64,
+            };
+            self.encoder.encode(&ack, b"", &mut self.outbound);
         }
         if command.stdin_pending.is_empty() {
             command.stdin_pending = Vec::new();

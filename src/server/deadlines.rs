@@ -18,8 +18,9 @@ pub enum DeadlineKind {
     Handshake,
     /// The authenticated connection must have shown activity since the last check.
     Idle,
-    /// The command with this id must have finished by now.
-    Command(u32),
+    /// The connection's command with this serial number (counted by the server, not the
+    /// client's id, which a client could reuse) must have finished by now.
+    Command(u64),
     /// A closing connection gets this long to flush its last frames.
     Closing,
 }
@@ -33,6 +34,20 @@ pub struct Deadlines {
 impl Deadlines {
     pub fn schedule(&mut self, when: Instant, conn: ConnId, kind: DeadlineKind) {
         self.heap.push(Reverse((when, conn, kind)));
+    }
+
+    /// Schedules `delay` after `now`. A delay so long that the time cannot be represented (a
+    /// client asking for a timeout of 2^64 seconds) is a deadline that never comes.
+    pub fn schedule_after(
+        &mut self,
+        now: Instant,
+        delay: Duration,
+        conn: ConnId,
+        kind: DeadlineKind,
+    ) {
+        if let Some(when) = now.checked_add(delay) {
+            self.schedule(when, conn, kind);
+        }
     }
 
     /// How long the poll may sleep before the nearest deadline; `None` if there is none.

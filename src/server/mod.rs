@@ -29,12 +29,12 @@ use crate::protocol::frame::MAX_CHUNK;
 use crate::protocol::{ErrorCode, FrameEncoder, Message};
 use connection::{ConnId, Connection, Context, Drive, Slot};
 use deadlines::Deadlines;
-use process::ExitWatcher;
+use process::{ChildEvent, ExitWatcher};
 
 /// Tokens of the loop's own sources; connection tokens are `conn_id << 2 | slot`, and
 /// connection ids start at 1, so these (at the top of the range) never collide with them.
 const LISTENER: Token = Token(usize::MAX);
-const CHILD_EXITS: Token = Token(usize::MAX - 1);
+const CHILD_EVENTS: Token = Token(usize::MAX - 1);
 const SHUTDOWN_SIGNAL: Token = Token(usize::MAX - 2);
 
 /// How long to stop accepting after running out of file descriptors, so that closing
@@ -129,7 +129,7 @@ impl Server {
         let local_addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let exit_watcher = ExitWatcher::new(poll.registry(), CHILD_EXITS)?;
+        let exit_watcher = ExitWatcher::new(poll.registry(), CHILD_EVENTS)?;
         #[cfg(unix)]
         let shutdown_signals = if config.handle_shutdown_signals {
             use signal_hook::consts::{SIGINT, SIGTERM};
@@ -197,7 +197,7 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(now, &mut to_drive),
-                    CHILD_EXITS => self.route_exits(&mut to_drive),
+                    CHILD_EVENTS => self.route_child_events(&mut to_drive),
                     SHUTDOWN_SIGNAL => {
                         #[cfg(unix)]
                         if let Some(signals) = &mut self.shutdown_signals {
@@ -381,8 +381,15 @@ impl Server {
         Ok(())
     }
 
-    fn route_exits(&mut self, to_drive: &mut Vec<ConnId>) {
-        for (pid, status) in self.exit_watcher.take_exits() {
+    fn route_child_events(&mut self, to_drive: &mut Vec<ConnId>) {
+        for event in self.exit_watcher.take_events() {
+            let (pid, status) = match event {
+                ChildEvent::Ready(token) => {
+                    to_drive.push(connection::conn_of(token));
+                    continue;
+                }
+                ChildEvent::Exited { pid, status } => (pid, status),
+            };
             match self.shared.children.remove(&pid) {
                 Some(id) => {
                     debug!("pid {pid} exited: {status}");
@@ -431,8 +438,10 @@ impl Server {
         self.connections.clear(); // kills any command still running
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         while !self.shared.children.is_empty() && Instant::now() < deadline {
-            for (pid, _) in self.exit_watcher.take_exits() {
-                self.shared.children.remove(&pid);
+            for event in self.exit_watcher.take_events() {
+                if let ChildEvent::Exited { pid, .. } = event {
+                    self.shared.children.remove(&pid);
+                }
             }
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -7,15 +7,34 @@
 //!   (Windows) in its own process group (Unix) or Job Object (Windows) and hooks its pipes into
 //!   the event loop; `read_output`, `write_stdin`, `signal` and `kill_tree` do what they say and
 //!   never block.
-//! - [`ExitWatcher`]: a source registered in the event loop that fires when children exit;
-//!   `take_exits` returns every `(pid, status)` that is ready.
+//! - [`ExitWatcher`]: a source registered in the event loop that fires when something about
+//!   children happened; `take_events` returns every [`ChildEvent`] that is ready.
 //!
-//! On Unix child pipes are registered in the `mio` poll directly and exits come from SIGCHLD.
+//! On Unix child pipes are registered in the `mio` poll directly and exits come from SIGCHLD,
+//! so the only events are exits. Windows has no readiness for anonymous pipes: there, threads
+//! read the pipes and report `Ready` for the pipe's token through the same watcher.
+//!
+//! The contract the connection relies on: once `Exited` has been reported for a child,
+//! `read_output` returning `WouldBlock` means nothing more will come from the child itself
+//! (only from background processes it left holding the pipe).
 
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
 pub use unix::{ChildProcess, ExitWatcher};
+
+/// Something that happened to a child process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildEvent {
+    /// The process with this pid has exited and been reaped.
+    Exited {
+        pid: u32,
+        status: crate::protocol::ExitStatus,
+    },
+    /// The pipe registered under this token has data, end of file, or room to write.
+    #[cfg_attr(unix, allow(dead_code))]
+    Ready(mio::Token),
+}
 
 /// Which of a command's output streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use mio::{Interest, Registry, Token};
 use signal_hook::consts::SIGCHLD;
 use signal_hook_mio::v1_0::Signals;
 
-use super::{OutputStream, PipeTokens};
+use super::{ChildEvent, OutputStream, PipeTokens};
 use crate::protocol::{ExitStatus, SignalName};
 
 /// One running command and the pipes to its stdin, stdout and stderr.
@@ -190,7 +190,7 @@ impl ExitWatcher {
     /// Signals coalesce (ten exits may raise one SIGCHLD), so this does not count signals: it
     /// asks the kernel with `waitpid(-1, WNOHANG)` until no exited child is left. That reaps
     /// every child of this process, which is right for a server that owns all its children.
-    pub fn take_exits(&mut self) -> Vec<(u32, ExitStatus)> {
+    pub fn take_events(&mut self) -> Vec<ChildEvent> {
         for _ in self.signals.pending() {}
         let mut exits = Vec::new();
         loop {
@@ -207,7 +207,10 @@ impl ExitWatcher {
                 // Stopped or continued children are not reported without WUNTRACED.
                 (None, None) => continue,
             };
-            exits.push((pid as u32, status));
+            exits.push(ChildEvent::Exited {
+                pid: pid as u32,
+                status,
+            });
         }
         exits
     }

@@ -1,0 +1,198 @@
+//! Stdin flow control and control frames that must always get through.
+
+mod util;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use rcmd::protocol::message::STDIN_WINDOW;
+use rcmd::protocol::{ErrorCode, ExitStatus, Message, SignalName};
+use util::raw::{RawClient, load_secret};
+use util::*;
+
+/// A command that never reads its stdin, with more stdin than the window waiting: Ctrl-C
+/// still reaches it, because the server never stops reading the connection.
+#[test]
+fn ctrl_c_gets_through_to_a_command_that_reads_no_stdin() {
+    let server = TestServer::start(&[]);
+    let marker = unique_sleep_marker();
+    let mut client = server.client("run");
+    client.arg("--").arg(format!("sleep 300 {marker}"));
+    client
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = client.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        // 4 MiB, far more than the window: the client blocks after STDIN_WINDOW bytes.
+        let _ = stdin.write_all(&vec![b'x'; 4 << 20]);
+    });
+    assert!(eventually(Duration::from_secs(10), || !sleeps_matching(
+        &marker
+    )
+    .is_empty()));
+    std::thread::sleep(Duration::from_millis(300)); // let the window fill
+    signal(child.id(), "INT");
+    let status =
+        wait_within(&mut child, Duration::from_secs(10)).expect("client did not end after Ctrl-C");
+    assert_eq!(status.code(), Some(130));
+    assert!(eventually(Duration::from_secs(2), || sleeps_matching(
+        &marker
+    )
+    .is_empty()));
+    drop(feeder);
+}
+
+/// The same command, and the client killed: the server sees the disconnect and kills it.
+#[test]
+fn a_client_leaving_with_unread_stdin_pending_kills_the_command() {
+    let server = TestServer::start(&[]);
+    let marker = unique_sleep_marker();
+    let mut client = server.client("run");
+    client.arg("--").arg(format!("sleep 300 {marker}"));
+    client
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = client.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        let _ = stdin.write_all(&vec![b'x'; 4 << 20]);
+    });
+    assert!(eventually(Duration::from_secs(10), || !sleeps_matching(
+        &marker
+    )
+    .is_empty()));
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(eventually(Duration::from_secs(2), || sleeps_matching(
+        &marker
+    )
+    .is_empty()));
+}
+
+#[test]
+fn stdin_beyond_the_window_is_a_flow_control_error() {
+    let server = TestServer::start(&[]);
+    let secret = load_secret(&server.secret.path);
+    let mut client = RawClient::authenticated(server.addr, &secret);
+    let id = client.next_id();
+    client
+        .send(
+            &Message::Exec {
+                id,
+                stdin: true,
+                timeout_secs: None,
+            },
+            b"sleep 5",
+        )
+        .unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    for _ in 0..(STDIN_WINDOW / chunk.len()) + 1 {
+        if client.send(&Message::Stdin { id }, &chunk).is_err() {
+            break;
+        }
+    }
+    client.expect_fatal(ErrorCode::FlowControl, Duration::from_secs(10));
+    // The server is fine.
+    assert!(server.run("true").status.success());
+}
+
+#[test]
+fn stdin_is_acknowledged_as_the_command_consumes_it() {
+    let server = TestServer::start(&[]);
+    let secret = load_secret(&server.secret.path);
+    let mut client = RawClient::authenticated(server.addr, &secret);
+    let id = client.next_id();
+    client
+        .send(
+            &Message::Exec {
+                id,
+                stdin: true,
+                timeout_secs: None,
+            },
+            b"wc -c",
+        )
+        .unwrap();
+    // Three windows' worth, sent only as acknowledgements allow.
+    let total = 3 * STDIN_WINDOW;
+    let (mut sent, mut acked, mut stdout) = (0usize, 0usize, Vec::new());
+    let chunk = vec![b'y'; 32 * 1024];
+    while acked < total {
+        while sent < total && sent - acked + chunk.len() <= STDIN_WINDOW {
+            client.send(&Message::Stdin { id }, &chunk).unwrap();
+            sent += chunk.len();
+        }
+        match client
+            .read_frame(Duration::from_secs(10))
+            .expect("a frame")
+            .message
+        {
+            Message::StdinAck { id: of, bytes } if of == id => acked += bytes as usize,
+            other => panic!("expected stdin_ack, got {other:?}"),
+        }
+    }
+    assert_eq!(acked, total);
+    client.send(&Message::StdinClose { id }, b"").unwrap();
+    let (out, _, status) = client.collect(id, Duration::from_secs(10));
+    stdout.extend(out);
+    assert_eq!(String::from_utf8(stdout).unwrap().trim(), total.to_string());
+    assert_eq!(status, ExitStatus::Exited { code: 0 });
+}
+
+/// A timeout too large to represent is no timeout, not a crash of the whole server.
+#[test]
+fn an_absurd_timeout_does_not_crash_the_server() {
+    let server = TestServer::start(&[]);
+    let secret = load_secret(&server.secret.path);
+    let mut client = RawClient::authenticated(server.addr, &secret);
+    let id = client.next_id();
+    client
+        .send(
+            &Message::Exec {
+                id,
+                stdin: false,
+                timeout_secs: Some(u64::MAX),
+            },
+            b"echo ok",
+        )
+        .unwrap();
+    let (out, _, status) = client.collect(id, Duration::from_secs(10));
+    assert_eq!(out, b"ok\n");
+    assert_eq!(status, ExitStatus::Exited { code: 0 });
+    assert!(server.run("true").status.success());
+}
+
+/// A `signal` for a command is delivered even while a lot of its output waits for the client.
+#[test]
+fn a_signal_gets_through_while_output_is_backed_up() {
+    let server = TestServer::start(&[]);
+    let secret = load_secret(&server.secret.path);
+    let mut client = RawClient::authenticated(server.addr, &secret);
+    let id = client.next_id();
+    client
+        .send(
+            &Message::Exec {
+                id,
+                stdin: false,
+                timeout_secs: None,
+            },
+            b"yes",
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500)); // read nothing: the server's buffer fills
+    client
+        .send(
+            &Message::Signal {
+                id,
+                signal: SignalName::Kill,
+            },
+            b"",
+        )
+        .unwrap();
+    let (_, _, status) = client.collect(id, Duration::from_secs(20));
+    assert_eq!(status, ExitStatus::Signaled { signal: 9 });
+}
