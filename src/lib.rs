@@ -17,6 +17,8 @@
 //!   ([`server::deadlines`]).
 //! - [`output`]: streaming transcoding of command output to UTF-8.
 //! - [`client`]: the blocking thin client, its prompt and Ctrl-C forwarding.
+//! - [`sticky`]: the unframed demonstration mode (`--framing none`, `rcmd demo sticky`) that
+//!   shows TCP's "sticky packets" and why every rcmd frame starts with its length.
 //!
 //! `docs/protocol.md` specifies the wire protocol for implementers of other clients.
 
@@ -26,3 +28,4 @@ pub mod output;
 pub mod protocol;
 pub mod secret;
 pub mod server;
+pub mod sticky;

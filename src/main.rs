@@ -11,13 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use log::info;
 
 use rcmd::client::{self, ClientError, CommandInput, Session, TerminalSink, interrupt, prompt};
 use rcmd::output::OutputEncoding;
 use rcmd::secret;
 use rcmd::server::{Limits, Server, ServerConfig};
+use rcmd::sticky;
 
 /// The client could not do its job (like ssh's 255).
 const EXIT_CLIENT_FAILURE: u8 = 255;
@@ -59,6 +60,16 @@ struct SecretArg {
     secret_file: Option<PathBuf>,
 }
 
+/// The wire format of `serve` and `connect`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Framing {
+    /// rcmd's protocol: every message starts with its length.
+    Length,
+    /// The unframed socket-tutorial protocol, a demonstration of TCP's "sticky packets".
+    #[value(name = "none")]
+    Unframed,
+}
+
 #[derive(Args)]
 struct ServeArgs {
     /// Address to listen on (IPv4 or IPv6); port 0 picks a free port.
@@ -90,6 +101,17 @@ struct ServeArgs {
     /// Longest command accepted, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
     max_command_len: usize,
+    /// Wire format: `length` (rcmd's frames) or `none`, the unframed tutorial protocol that
+    /// shows TCP's "sticky packets" (a demonstration; see `rcmd demo sticky`).
+    #[arg(long, value_enum, value_name = "MODE", default_value = "length")]
+    framing: Framing,
+    /// With --framing none: no handshake, so `nc` or a tutorial client can connect. Allowed
+    /// only on a loopback --listen address.
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// With --framing none: set TCP_NODELAY on each connection (Nagle's algorithm off).
+    #[arg(long)]
+    nodelay: bool,
 }
 
 #[derive(Args)]
@@ -99,6 +121,19 @@ struct ConnectArgs {
     addr: String,
     #[command(flatten)]
     secret: SecretArg,
+    /// Wire format: `length` (rcmd's frames) or `none` (unframed; see `rcmd demo sticky`).
+    #[arg(long, value_enum, value_name = "MODE", default_value = "length")]
+    framing: Framing,
+    /// With --framing none: skip the handshake (for `serve --framing none --insecure-no-auth`).
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// With --framing none: the most bytes one read may return [default: 1024].
+    #[arg(long, value_name = "BYTES")]
+    recv_size: Option<usize>,
+    /// With --framing none: milliseconds to wait, once an answer starts to arrive, before the
+    /// one read [default: 200].
+    #[arg(long, value_name = "MS")]
+    read_delay_ms: Option<u64>,
 }
 
 #[derive(Args)]
@@ -127,8 +162,16 @@ struct KeygenArgs {
 
 #[derive(Args)]
 struct DemoArgs {
+    #[command(subcommand)]
+    topic: Option<DemoTopic>,
     #[command(flatten)]
     secret: SecretArg,
+}
+
+#[derive(Subcommand)]
+enum DemoTopic {
+    /// Show TCP's "sticky packets" with the unframed protocol, then rcmd's frames fixing them.
+    Sticky,
 }
 
 fn main() -> ExitCode {
@@ -156,6 +199,15 @@ fn fail(code: u8, message: impl std::fmt::Display) -> u8 {
 
 fn serve(args: ServeArgs) -> u8 {
     init_logging("info");
+    if args.framing == Framing::Unframed {
+        return serve_unframed(args);
+    }
+    if args.insecure_no_auth || args.nodelay {
+        return fail(
+            EXIT_USAGE,
+            "--insecure-no-auth and --nodelay apply only to --framing none",
+        );
+    }
     let encoding = match OutputEncoding::from_label(&args.encoding) {
         Ok(encoding) => encoding,
         Err(why) => return fail(EXIT_USAGE, why),
@@ -216,6 +268,65 @@ fn serve(args: ServeArgs) -> u8 {
     }
 }
 
+/// `serve --framing none`: the unframed demonstration server (see `rcmd::sticky`).
+fn serve_unframed(args: ServeArgs) -> u8 {
+    // Checked before anything is read or bound: without the handshake, anyone who can reach
+    // the port runs commands.
+    if args.insecure_no_auth
+        && let Err(e) = sticky::check_insecure_listen(args.listen)
+    {
+        return fail(EXIT_USAGE, e);
+    }
+    if args.command_timeout != 0 {
+        return fail(
+            EXIT_USAGE,
+            "--command-timeout is not supported with --framing none",
+        );
+    }
+    let encoding = match OutputEncoding::from_label(&args.encoding) {
+        Ok(encoding) => encoding,
+        Err(why) => return fail(EXIT_USAGE, why),
+    };
+    let secret = if args.insecure_no_auth {
+        None
+    } else {
+        match load_or_create_secret(args.secret.secret_file.as_deref()) {
+            Ok(secret) => Some(secret),
+            Err(why) => return fail(EXIT_FAILURE, why),
+        }
+    };
+    let workdir = match args.workdir.map_or_else(std::env::current_dir, Ok) {
+        Ok(dir) if dir.is_dir() => dir,
+        Ok(dir) => {
+            let why = format!("--workdir {}: not a directory", dir.display());
+            return fail(EXIT_USAGE, why);
+        }
+        Err(e) => {
+            let why = format!("cannot determine the working directory: {e}");
+            return fail(EXIT_FAILURE, why);
+        }
+    };
+    let config = sticky::UnframedConfig {
+        nodelay: args.nodelay,
+        encoding,
+        handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
+        idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+        max_connections: args.max_connections.max(1),
+        ..sticky::UnframedConfig::new(secret, workdir)
+    };
+    let server = match sticky::UnframedServer::bind(args.listen, config) {
+        Ok(server) => server,
+        Err(e) => return fail(EXIT_FAILURE, e),
+    };
+    // The same first line as the framed server, so scripts and tests work with either.
+    println!("listening on {}", server.local_addr());
+    let _ = io::stdout().flush();
+    match server.run() {
+        Ok(()) => 0,
+        Err(e) => fail(EXIT_FAILURE, format!("server failed: {e}")),
+    }
+}
+
 fn load_or_create_secret(flag: Option<&Path>) -> Result<Vec<u8>, secret::SecretError> {
     let path = secret::resolve_path(flag)?;
     let (secret, created) = secret::load_or_create(&path)?;
@@ -247,9 +358,51 @@ fn start_session(addr: &str, secret_flag: Option<&Path>) -> Result<Session, u8> 
 
 fn connect(args: ConnectArgs) -> u8 {
     init_logging("warn");
+    if args.framing == Framing::Unframed {
+        return connect_unframed(args);
+    }
+    if args.insecure_no_auth || args.recv_size.is_some() || args.read_delay_ms.is_some() {
+        return fail(
+            EXIT_USAGE,
+            "--insecure-no-auth, --recv-size and --read-delay-ms apply only to --framing none",
+        );
+    }
     match start_session(&args.addr, args.secret.secret_file.as_deref()) {
         Ok(mut session) => prompt_exit_code(prompt::run_prompt(&mut session, history_path())),
         Err(code) => code,
+    }
+}
+
+/// `connect --framing none`: one read per command, printed as it came (see `rcmd::sticky`).
+fn connect_unframed(args: ConnectArgs) -> u8 {
+    let defaults = sticky::ReadOptions::default();
+    let recv_size = args.recv_size.unwrap_or(defaults.recv_size);
+    if !(1..=sticky::client::MAX_RECV_SIZE).contains(&recv_size) {
+        let why = format!(
+            "--recv-size must be between 1 and {}",
+            sticky::client::MAX_RECV_SIZE
+        );
+        return fail(EXIT_USAGE, why);
+    }
+    let options = sticky::ReadOptions {
+        recv_size,
+        read_delay: args
+            .read_delay_ms
+            .map_or(defaults.read_delay, Duration::from_millis),
+        ..defaults
+    };
+    let secret = if args.insecure_no_auth {
+        None
+    } else {
+        match load_secret(args.secret.secret_file.as_deref()) {
+            Ok(secret) => Some(secret),
+            Err(code) => return code,
+        }
+    };
+    match sticky::client::connect_and_prompt(&args.addr, secret.as_deref(), options) {
+        Ok(()) => 0,
+        Err(sticky::StickyError::LocalIo(e)) if e.kind() == io::ErrorKind::BrokenPipe => 0,
+        Err(e) => fail(EXIT_CLIENT_FAILURE, e),
     }
 }
 
@@ -312,6 +465,9 @@ fn keygen(args: KeygenArgs) -> u8 {
 }
 
 fn demo(args: DemoArgs) -> u8 {
+    if let Some(DemoTopic::Sticky) = args.topic {
+        return demo_sticky();
+    }
     init_logging("warn");
     let secret_flag = args.secret.secret_file.as_deref();
     let secret = match load_or_create_secret(secret_flag) {
@@ -343,5 +499,17 @@ fn demo(args: DemoArgs) -> u8 {
     match start_session(&addr.to_string(), secret_flag) {
         Ok(mut session) => prompt_exit_code(prompt::run_prompt(&mut session, history_path())),
         Err(code) => code,
+    }
+}
+
+/// `rcmd demo sticky`: both sticky-packet effects and their fix, on loopback.
+fn demo_sticky() -> u8 {
+    // The demo explains the unframed mode itself: its server's start-up warning would only
+    // interrupt the explanation (RUST_LOG=warn brings it back).
+    init_logging("error");
+    match sticky::demo::run(&mut io::stdout().lock()) {
+        Ok(()) => 0,
+        Err(sticky::demo::DemoError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => 0,
+        Err(e) => fail(EXIT_FAILURE, e),
     }
 }

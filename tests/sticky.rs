@@ -1,0 +1,379 @@
+//! Sticky packets, end to end: the real `rcmd` binary as unframed server and client over
+//! loopback shows both effects every time, and the framed protocol shows neither.
+//!
+//! Every assertion is deterministic. The unframed client waits until an answer starts to
+//! arrive and then `--read-delay-ms` more before its one read, so:
+//! - type 1: an output longer than `--recv-size` always comes back cut at exactly that size,
+//!   and the next command's read always starts with the rest;
+//! - type 2: the server's two writes (stderr, then stdout) are always both waiting, so they
+//!   come back in one read.
+
+mod util;
+
+use std::io::{Read, Seek, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use util::*;
+
+/// A generous wait before each unframed read: the answers here are a few bytes to a few KiB
+/// on loopback, so they are complete long before it ends, even on a loaded machine.
+const READ_DELAY_MS: &str = "500";
+
+/// Longest any single step may take before the test fails instead of hanging.
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What `seq 1 400` prints: 1492 bytes, well over one 1024-byte read.
+fn seq_400() -> Vec<u8> {
+    (1..=400)
+        .map(|i| format!("{i}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// Starts `rcmd serve --framing none` on 127.0.0.1:0 with `extra` arguments.
+fn unframed_server(extra: &[&str]) -> TestServer {
+    let mut args = vec!["--framing", "none"];
+    args.extend_from_slice(extra);
+    TestServer::start(&args)
+}
+
+/// Runs `rcmd connect --framing none` against `server`, feeding it `script` on stdin.
+fn unframed_connect(server: &TestServer, extra: &[&str], script: &str) -> Output {
+    let mut command = server.client("connect");
+    command
+        .args(["--framing", "none", "--read-delay-ms", READ_DELAY_MS])
+        .args(extra)
+        .stdin(stdin_from(script));
+    output_within(command, STEP_TIMEOUT)
+}
+
+/// A stdin made of `text` (a file, so the client reads it at its own pace).
+fn stdin_from(text: &str) -> Stdio {
+    let mut file = tempfile::tempfile().expect("temp file");
+    file.write_all(text.as_bytes()).expect("write script");
+    file.rewind().expect("rewind script");
+    Stdio::from(file)
+}
+
+/// Splits the unframed client's output into its reads. Each read is printed as
+/// `[read N: B bytes]`, a newline, exactly B bytes, and a newline if those did not end in one.
+#[track_caller]
+fn reads_of(output: &Output) -> Vec<Vec<u8>> {
+    assert!(
+        output.status.success(),
+        "client failed: {:?}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut rest = &output.stdout[..];
+    let mut reads = Vec::new();
+    while !rest.is_empty() {
+        let line_end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .expect("a header line");
+        let header = String::from_utf8_lossy(&rest[..line_end]).into_owned();
+        let expected_prefix = format!("[read {}: ", reads.len() + 1);
+        let len: usize = header
+            .strip_prefix(&expected_prefix)
+            .and_then(|h| h.strip_suffix(" bytes]"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("bad read header {header:?}"));
+        let body = &rest[line_end + 1..line_end + 1 + len];
+        rest = &rest[line_end + 1 + len..];
+        if !body.ends_with(b"\n") {
+            rest = rest.strip_prefix(b"\n").expect("newline after a read");
+        }
+        reads.push(body.to_vec());
+    }
+    reads
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn unframed_type_1_long_output_is_cut_at_recv_size_and_its_rest_answers_the_next_command() {
+    let server = unframed_server(&[]);
+    let output = unframed_connect(&server, &[], "seq 1 400\necho hello\n");
+    let reads = reads_of(&output);
+    let expected = seq_400();
+    assert_eq!(reads.len(), 2);
+    // The one read took exactly 1024 bytes of the 1492...
+    assert_eq!(reads[0], expected[..1024]);
+    // ...and the "answer" to `echo hello` starts with the other 468.
+    assert!(
+        reads[1].starts_with(&expected[1024..]),
+        "second read: {:?}",
+        text(&reads[1])
+    );
+}
+
+#[test]
+fn unframed_recv_size_sets_where_the_cut_falls() {
+    let server = unframed_server(&[]);
+    let output = unframed_connect(
+        &server,
+        &["--recv-size", "10"],
+        "echo 0123456789abcdef\necho x\n",
+    );
+    let reads = reads_of(&output);
+    assert_eq!(reads.len(), 2);
+    assert_eq!(reads[0], b"0123456789");
+    assert!(reads[1].starts_with(b"abcdef\n"), "{:?}", text(&reads[1]));
+}
+
+#[test]
+fn unframed_type_2_stderr_and_stdout_writes_arrive_in_one_read() {
+    let server = unframed_server(&[]);
+    let output = unframed_connect(&server, &[], "echo out; echo err >&2\n");
+    // Two writes, one read, and nothing in the bytes to say where the first ended.
+    assert_eq!(reads_of(&output), vec![b"err\nout\n".to_vec()]);
+}
+
+#[test]
+fn unframed_type_2_happens_with_tcp_nodelay_too() {
+    // Turning Nagle's algorithm off is not a cure: the merge happens in the receive buffer.
+    let server = unframed_server(&["--nodelay"]);
+    let output = unframed_connect(&server, &[], "echo out; echo err >&2\n");
+    assert_eq!(reads_of(&output), vec![b"err\nout\n".to_vec()]);
+}
+
+#[test]
+fn unframed_server_warns_that_it_is_a_demonstration() {
+    let server = unframed_server(&[]);
+    server.wait_for_log("DEMONSTRATION", Duration::from_secs(10));
+}
+
+#[test]
+fn framed_mode_gives_each_command_exactly_its_own_output() {
+    let server = TestServer::start(&[]);
+    for _ in 0..3 {
+        let long = server.run("seq 1 400");
+        assert!(long.status.success());
+        assert_eq!(long.stdout, seq_400());
+        let short = server.run("echo hello");
+        assert_eq!(short.stdout, b"hello\n");
+        let both = server.run("echo out; echo err >&2");
+        assert_eq!(both.stdout, b"out\n");
+        assert_eq!(both.stderr, b"err\n");
+    }
+}
+
+#[test]
+fn framed_connect_runs_the_same_sequence_without_shifting() {
+    // The unframed type 1 sequence on one framed connection: nothing is left over.
+    let server = TestServer::start(&[]);
+    let mut command = server.client("connect");
+    command.stdin(stdin_from("seq 1 400\necho hello\n"));
+    let output = output_within(command, STEP_TIMEOUT);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let mut expected = seq_400();
+    expected.extend_from_slice(b"hello\n");
+    assert_eq!(output.stdout, expected);
+}
+
+#[test]
+fn insecure_no_auth_is_refused_off_loopback_before_binding() {
+    // 192.0.2.1 (TEST-NET-1) is not an address of this machine: binding it would fail with a
+    // different error, so getting the loopback refusal proves the check comes first.
+    for listen in ["0.0.0.0:0", "[::]:0", "192.0.2.1:9999"] {
+        let mut command = Command::new(rcmd_bin());
+        command
+            .args([
+                "serve",
+                "--framing",
+                "none",
+                "--insecure-no-auth",
+                "--listen",
+                listen,
+            ])
+            .stdin(Stdio::null());
+        let output = output_within(command, STEP_TIMEOUT);
+        assert_eq!(output.status.code(), Some(2), "{listen}");
+        assert!(output.stdout.is_empty(), "{listen}: it bound and listened");
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains("loopback"), "{listen}: {stderr}");
+        assert!(!stderr.contains("cannot listen"), "{listen}: {stderr}");
+    }
+}
+
+#[test]
+fn unframed_only_flags_are_refused_with_framing_length() {
+    let mut serve = Command::new(rcmd_bin());
+    serve
+        .args(["serve", "--insecure-no-auth", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null());
+    let output = output_within(serve, STEP_TIMEOUT);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("--framing none"));
+
+    let mut connect = Command::new(rcmd_bin());
+    connect
+        .args(["connect", "127.0.0.1:9", "--recv-size", "10"])
+        .stdin(Stdio::null());
+    let output = output_within(connect, STEP_TIMEOUT);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("--framing none"));
+}
+
+#[test]
+fn unframed_connect_with_insecure_no_auth_talks_to_an_insecure_server() {
+    let server = unframed_server(&["--insecure-no-auth"]);
+    let output = unframed_connect(&server, &["--insecure-no-auth"], "echo hi\n");
+    assert_eq!(reads_of(&output), vec![b"hi\n".to_vec()]);
+}
+
+/// The classic Python tutorial client, in Rust: no handshake, `send(cmd)`, then one
+/// `recv(1024)` after a short `time.sleep` (which is what makes the results certain).
+struct TutorialClient {
+    socket: TcpStream,
+}
+
+impl TutorialClient {
+    fn connect(addr: SocketAddr) -> TutorialClient {
+        let socket = TcpStream::connect(addr).expect("connect");
+        socket
+            .set_read_timeout(Some(STEP_TIMEOUT))
+            .expect("read timeout");
+        TutorialClient { socket }
+    }
+
+    /// `s.send(cmd.encode())`, then waits for the answer to start and for the read delay,
+    /// then `s.recv(1024)` once.
+    fn send_and_recv(&mut self, command: &[u8]) -> Vec<u8> {
+        self.socket.write_all(command).expect("send");
+        let mut probe = [0u8; 1];
+        let started = Instant::now();
+        while self.socket.peek(&mut probe).expect("peek") == 0 {
+            assert!(
+                started.elapsed() < STEP_TIMEOUT,
+                "server closed the connection"
+            );
+        }
+        thread::sleep(Duration::from_millis(500));
+        let mut buf = [0u8; 1024];
+        let n = self.socket.read(&mut buf).expect("recv");
+        buf[..n].to_vec()
+    }
+}
+
+#[test]
+fn a_classic_tutorial_client_sees_both_effects_without_a_handshake() {
+    let server = unframed_server(&["--insecure-no-auth"]);
+    let mut client = TutorialClient::connect(server.addr);
+    // Commands from nc carry a newline; the tutorial client sends none. Both work.
+    assert_eq!(client.send_and_recv(b"echo hello\n"), b"hello\n");
+    let expected = seq_400();
+    assert_eq!(client.send_and_recv(b"seq 1 400"), expected[..1024]);
+    assert!(
+        client
+            .send_and_recv(b"echo x")
+            .starts_with(&expected[1024..])
+    );
+    let mut fresh = TutorialClient::connect(server.addr);
+    assert_eq!(
+        fresh.send_and_recv(b"echo out; echo err >&2"),
+        b"err\nout\n"
+    );
+}
+
+#[test]
+fn unframed_server_closes_on_a_wrong_proof_and_survives_bad_clients() {
+    let server = unframed_server(&[]);
+    // A wrong proof: the nonce arrives, 32 wrong bytes go back, the server hangs up.
+    let mut wrong = TcpStream::connect(server.addr).unwrap();
+    wrong.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+    let mut nonce = [0u8; 32];
+    wrong.read_exact(&mut nonce).unwrap();
+    wrong.write_all(&[0u8; 32]).unwrap();
+    let mut rest = Vec::new();
+    let _ = wrong.read_to_end(&mut rest);
+    assert!(
+        rest.is_empty(),
+        "the server answered a wrong proof: {rest:?}"
+    );
+    server.wait_for_log("authentication failed", Duration::from_secs(10));
+    assert!(
+        server
+            .log()
+            .contains(&wrong.local_addr().unwrap().to_string()),
+        "the warning names the peer"
+    );
+    // Half a proof, then gone; and a client that connects and leaves at once.
+    let mut half = TcpStream::connect(server.addr).unwrap();
+    half.read_exact(&mut nonce).unwrap();
+    half.write_all(b"short").unwrap();
+    drop(half);
+    drop(TcpStream::connect(server.addr).unwrap());
+    server.wait_for_log("during the handshake", Duration::from_secs(10));
+    // The server is still serving.
+    let output = unframed_connect(&server, &[], "echo still here\n");
+    assert_eq!(reads_of(&output), vec![b"still here\n".to_vec()]);
+}
+
+#[test]
+fn unframed_client_with_another_secret_is_told_it_was_rejected() {
+    let server = unframed_server(&[]);
+    let other = SecretFile::other();
+    let mut command = Command::new(rcmd_bin());
+    command
+        .args(["connect", "--framing", "none"])
+        .arg(server.addr.to_string())
+        .arg("--secret-file")
+        .arg(&other.path)
+        .stdin(stdin_from("echo hi\n"));
+    let output = output_within(command, STEP_TIMEOUT);
+    assert_eq!(output.status.code(), Some(255));
+    assert!(output.stdout.is_empty());
+    assert!(
+        text(&output.stderr).contains("different secret"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+#[test]
+fn unframed_client_refuses_a_framed_server() {
+    let server = TestServer::start(&[]);
+    let mut command = server.client("connect");
+    command
+        .args(["--framing", "none"])
+        .stdin(stdin_from("echo hi\n"));
+    let output = output_within(command, STEP_TIMEOUT);
+    assert_eq!(output.status.code(), Some(255));
+    assert!(
+        text(&output.stderr).contains("without --framing none"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+#[test]
+fn demo_sticky_runs_both_modes_and_explains_both_effects() {
+    let mut command = Command::new(rcmd_bin());
+    command.args(["demo", "sticky"]).stdin(Stdio::null());
+    let output = output_within(command, STEP_TIMEOUT);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let shown = text(&output.stdout);
+    for expected in [
+        "type 1: the receiver takes less than was sent",
+        "read 1 returned 1024 bytes",
+        "left 468 in the socket's receive buffer",
+        "type 2: the sender's small writes merge",
+        r#""err\n""#,
+        r#""out\n""#,
+        "FRAMED",
+        "complete: 1492 bytes of stdout",
+        "The fix",
+    ] {
+        assert!(
+            shown.contains(expected),
+            "missing {expected:?} in:\n{shown}"
+        );
+    }
+}
