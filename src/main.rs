@@ -231,6 +231,12 @@ fn serve(args: ServeArgs) -> u8 {
             );
         }
     };
+    let max_body = rcmd::protocol::frame::MAX_BODY_LEN;
+    if args.max_command_len > max_body {
+        let why =
+            format!("--max-command-len cannot exceed the frame body limit of {max_body} bytes");
+        return fail(EXIT_USAGE, why);
+    }
     let seconds = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
     let limits = Limits {
         handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
