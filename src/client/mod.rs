@@ -18,7 +18,7 @@ use std::time::Duration;
 use log::debug;
 
 use crate::auth::{self, FrameMac, Role, SessionKeys};
-use crate::protocol::frame::MAX_CHUNK;
+use crate::protocol::frame::{MAX_BODY_LEN, MAX_CHUNK};
 use crate::protocol::message::{Bytes32, PROTOCOL_NAME, STDIN_WINDOW};
 use crate::protocol::{
     ErrorCode, ExitStatus, Frame, FrameDecoder, FrameEncoder, FrameError, Message, PROTOCOL_VERSION,
@@ -390,6 +390,17 @@ impl Session {
         timeout_secs: Option<u64>,
         sink: &mut dyn OutputSink,
     ) -> Result<ExitStatus, ClientError> {
+        if command.len() > MAX_BODY_LEN {
+            // No frame can carry it. Sent anyway, the server could only take the oversized
+            // frame for tampering and drop the connection with an integrity error.
+            return Err(ClientError::Refused {
+                code: ErrorCode::CommandTooLong,
+                message: format!(
+                    "command too long: {} bytes; no command can be longer than {MAX_BODY_LEN} bytes",
+                    command.len()
+                ),
+            });
+        }
         let id = self.next_id;
         self.next_id += 1;
         let with_stdin = matches!(input, CommandInput::Forward(_));

@@ -280,6 +280,14 @@ fn check_partial_header(partial: &[u8]) -> Result<(), FrameError> {
     match values.next() {
         None => Ok(()),
         Some(Err(e)) if e.is_eof() => Ok(()),
+        // Skipping a value, serde_json calls a number cut short (`-`, `1.`, `1e`) invalid
+        // rather than incomplete, which would refuse `"code":-1` split after the minus sign.
+        // Parsing into a `Value` tells the two apart; only this rare path pays for it.
+        Some(Err(_))
+            if serde_json::from_slice::<serde_json::Value>(partial).is_err_and(|e| e.is_eof()) =>
+        {
+            Ok(())
+        }
         Some(Err(e)) => Err(FrameError::BadHeader(format!("not JSON: {e}"))),
         Some(Ok(_)) => Err(FrameError::BadHeader(
             "the header is shorter than its length prefix says".into(),

@@ -433,3 +433,118 @@ pub fn output_command(server: &TestServer, subcommand: &str, secret: &Path) -> C
         .arg(secret);
     command
 }
+
+pub mod raw;
+
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`, ...); 0 if unreadable.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                let value = line.strip_prefix(field)?.strip_prefix(':')?;
+                value.split_whitespace().next()?.parse().ok()
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// Resident memory of `pid` in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS")
+}
+
+/// Children of `parent` (any state), from `/proc/*/stat`.
+pub fn child_pids(parent: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent)
+            && let Some(pid) = head.split_whitespace().next().and_then(|p| p.parse().ok())
+        {
+            children.push(pid);
+        }
+    }
+    children
+}
+
+/// Raises this process's soft open-file limit to at least `wanted` (up to the hard limit), so a
+/// test can hold many sockets. Returns the soft limit in force afterwards.
+pub fn raise_nofile_limit(wanted: u64) -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < wanted {
+            limit.rlim_cur = wanted.min(limit.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        }
+    }
+    limit.rlim_cur
+}
+
+impl TestServer {
+    /// Like [`TestServer::start`], but the server is started by `sh -c '<shell_prefix>; exec
+    /// rcmd serve ...'`, e.g. to lower its resource limits with `ulimit`.
+    pub fn start_in_shell(shell_prefix: &str, extra: &[&str]) -> TestServer {
+        let secret = SecretFile::new();
+        let mut script = format!(
+            "{shell_prefix}; exec '{}' serve --listen 127.0.0.1:0 --secret-file '{}'",
+            rcmd_bin(),
+            secret.path.display()
+        );
+        for arg in extra {
+            script.push_str(&format!(" '{arg}'"));
+        }
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start server");
+        let mut first_line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first_line)
+            .expect("server output");
+        let addr = first_line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first_line:?}"))
+            .parse()
+            .expect("address");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        TestServer {
+            child,
+            addr,
+            secret,
+            log,
+        }
+    }
+}
