@@ -91,7 +91,9 @@ fn stdin_beyond_the_window_is_a_flow_control_error() {
         )
         .unwrap();
     let chunk = vec![b'x'; 64 * 1024];
-    for _ in 0..(STDIN_WINDOW / chunk.len()) + 1 {
+    // The command reads nothing, but its stdin pipe absorbs up to a pipe buffer (64 KiB to
+    // 1 MiB) first: send well beyond window and pipe together, ignoring acknowledgements.
+    for _ in 0..(STDIN_WINDOW + (1 << 20)) / chunk.len() + 4 {
         if client.send(&Message::Stdin { id }, &chunk).is_err() {
             break;
         }
