@@ -202,6 +202,12 @@ impl Connection {
         matches!(self.state, State::Handshake { .. })
     }
 
+    /// Whether this connection counts against the cap on connections in the handshake: one
+    /// that is being closed no longer does.
+    pub fn holds_handshake_slot(&self) -> bool {
+        self.is_handshaking() && !self.closing
+    }
+
     /// Makes all the progress possible without blocking. See the module docs.
     pub fn drive(&mut self, ctx: &mut Context) -> Drive {
         for _ in 0..MAX_ROUNDS {

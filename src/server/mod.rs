@@ -130,6 +130,12 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let exit_watcher = ExitWatcher::new(poll.registry(), CHILD_EVENTS)?;
+        // Windows: Ctrl-C and closing the console come as a shutdown request through the
+        // watcher, which owns the loop's only waker (mio allows one per poll).
+        #[cfg(windows)]
+        if config.handle_shutdown_signals {
+            exit_watcher.stop_on_console_events()?;
+        }
         #[cfg(unix)]
         let shutdown_signals = if config.handle_shutdown_signals {
             use signal_hook::consts::{SIGINT, SIGTERM};
@@ -183,6 +189,9 @@ impl Server {
             config.limits.max_connections
         );
         let mut events = Events::with_capacity(1024);
+        // Windows: commands spawned on this thread report to this server's watcher.
+        #[cfg(windows)]
+        let _spawn_context = self.exit_watcher.enter();
         loop {
             let now = Instant::now();
             let timeout = self.poll_timeout(now);
@@ -197,7 +206,16 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(now, &mut to_drive),
-                    CHILD_EVENTS => self.route_child_events(&mut to_drive),
+                    CHILD_EVENTS => {
+                        self.route_child_events(&mut to_drive);
+                        #[cfg(windows)]
+                        if self.exit_watcher.take_shutdown_request() {
+                            info!("received a console control event (Ctrl-C, Ctrl-Break, close)");
+                            if self.shutdown_requested(now, &mut to_drive) {
+                                return Ok(());
+                            }
+                        }
+                    }
                     SHUTDOWN_SIGNAL => {
                         #[cfg(unix)]
                         if let Some(signals) = &mut self.shutdown_signals {
@@ -205,11 +223,9 @@ impl Server {
                                 info!("received signal {signal}");
                             }
                         }
-                        if self.shutdown_started.is_some() {
-                            warn!("second shutdown signal: exiting now");
+                        if self.shutdown_requested(now, &mut to_drive) {
                             return Ok(());
                         }
-                        self.begin_shutdown(now, &mut to_drive);
                     }
                     // Sporadic events for connections already closed are normal; `drive` ignores them.
                     token => to_drive.push(connection::conn_of(token)),
@@ -274,10 +290,10 @@ impl Server {
         let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
-        let was_handshaking = connection.is_handshaking();
+        let held_slot = connection.holds_handshake_slot();
         let mut ctx = Self::context(self.poll.registry(), &mut self.shared, now);
         let outcome = connection.drive(&mut ctx);
-        if was_handshaking && !connection.is_handshaking() {
+        if held_slot && !connection.holds_handshake_slot() {
             self.handshaking -= 1;
         }
         match outcome {
@@ -289,7 +305,7 @@ impl Server {
 
     fn close(&mut self, id: ConnId) {
         if let Some(mut connection) = self.connections.remove(&id) {
-            if connection.is_handshaking() {
+            if connection.holds_handshake_slot() {
                 self.handshaking -= 1;
             }
             let _ = self.poll.registry().deregister(connection.socket_mut());
@@ -408,13 +424,31 @@ impl Server {
             let Some(connection) = self.connections.get_mut(&id) else {
                 continue;
             };
+            let held_slot = connection.holds_handshake_slot();
             let mut ctx = Self::context(self.poll.registry(), &mut self.shared, now);
-            if connection.on_deadline(kind, &mut ctx) {
+            let close_now = connection.on_deadline(kind, &mut ctx);
+            if held_slot && !connection.holds_handshake_slot() {
+                // Dropped at the handshake deadline: its slot is free for a new client now,
+                // not only once the goodbye has been flushed.
+                self.handshaking -= 1;
+            }
+            if close_now {
                 self.close(id);
             } else {
                 to_drive.push(id);
             }
         }
+    }
+
+    /// A shutdown signal: the first starts a graceful shutdown; a second one means exit now
+    /// (true).
+    fn shutdown_requested(&mut self, now: Instant, to_drive: &mut Vec<ConnId>) -> bool {
+        if self.shutdown_started.is_some() {
+            warn!("second shutdown signal: exiting now");
+            return true;
+        }
+        self.begin_shutdown(now, to_drive);
+        false
     }
 
     fn begin_shutdown(&mut self, now: Instant, to_drive: &mut Vec<ConnId>) {
