@@ -50,28 +50,9 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts `rcmd serve --listen 127.0.0.1:0` with a fresh secret and `extra` arguments.
-    pub fn start(extra: &[&str]) -> TestServer {
-        let secret = SecretFile::new();
-        TestServer::start_with(secret, extra)
-    }
-
-    pub fn start_with(secret: SecretFile, extra: &[&str]) -> TestServer {
-        let mut command = Command::new(rcmd_bin());
-        command.arg("serve");
-        if !extra.contains(&"--listen") {
-            command.args(["--listen", "127.0.0.1:0"]);
-        }
-        let mut child = command
-            .arg("--secret-file")
-            .arg(&secret.path)
-            .args(extra)
-            .env("RUST_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start server");
+    /// Takes a started `rcmd serve`: reads the address from its first line of output and
+    /// collects its log in the background.
+    fn attach(mut child: Child, secret: SecretFile) -> TestServer {
         let mut first_line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut first_line)
@@ -98,6 +79,31 @@ impl TestServer {
             secret,
             log,
         }
+    }
+
+    /// Starts `rcmd serve --listen 127.0.0.1:0` with a fresh secret and `extra` arguments.
+    pub fn start(extra: &[&str]) -> TestServer {
+        let secret = SecretFile::new();
+        TestServer::start_with(secret, extra)
+    }
+
+    pub fn start_with(secret: SecretFile, extra: &[&str]) -> TestServer {
+        let mut command = Command::new(rcmd_bin());
+        command.arg("serve");
+        if !extra.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        let child = command
+            .arg("--secret-file")
+            .arg(&secret.path)
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start server");
+        TestServer::attach(child, secret)
     }
 
     pub fn pid(&self) -> u32 {
@@ -511,7 +517,7 @@ impl TestServer {
         for arg in extra {
             script.push_str(&format!(" '{arg}'"));
         }
-        let mut child = Command::new("sh")
+        let child = Command::new("sh")
             .arg("-c")
             .arg(&script)
             .env("RUST_LOG", "debug")
@@ -520,31 +526,6 @@ impl TestServer {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start server");
-        let mut first_line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first_line)
-            .expect("server output");
-        let addr = first_line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {first_line:?}"))
-            .parse()
-            .expect("address");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        TestServer {
-            child,
-            addr,
-            secret,
-            log,
-        }
+        TestServer::attach(child, secret)
     }
 }
