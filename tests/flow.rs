@@ -79,17 +79,7 @@ fn stdin_beyond_the_window_is_a_flow_control_error() {
     let server = TestServer::start(&[]);
     let secret = load_secret(&server.secret.path);
     let mut client = RawClient::authenticated(server.addr, &secret);
-    let id = client.next_id();
-    client
-        .send(
-            &Message::Exec {
-                id,
-                stdin: true,
-                timeout_secs: None,
-            },
-            b"sleep 5",
-        )
-        .unwrap();
+    let id = client.exec_full(b"sleep 5", true, None);
     let chunk = vec![b'x'; 64 * 1024];
     // The command reads nothing, but its stdin pipe absorbs up to a pipe buffer (64 KiB to
     // 1 MiB) first: send well beyond window and pipe together, ignoring acknowledgements.
@@ -108,17 +98,7 @@ fn stdin_is_acknowledged_as_the_command_consumes_it() {
     let server = TestServer::start(&[]);
     let secret = load_secret(&server.secret.path);
     let mut client = RawClient::authenticated(server.addr, &secret);
-    let id = client.next_id();
-    client
-        .send(
-            &Message::Exec {
-                id,
-                stdin: true,
-                timeout_secs: None,
-            },
-            b"wc -c",
-        )
-        .unwrap();
+    let id = client.exec_full(b"wc -c", true, None);
     // Three windows' worth, sent only as acknowledgements allow.
     let total = 3 * STDIN_WINDOW;
     let (mut sent, mut acked, mut stdout) = (0usize, 0usize, Vec::new());
@@ -151,17 +131,7 @@ fn an_absurd_timeout_does_not_crash_the_server() {
     let server = TestServer::start(&[]);
     let secret = load_secret(&server.secret.path);
     let mut client = RawClient::authenticated(server.addr, &secret);
-    let id = client.next_id();
-    client
-        .send(
-            &Message::Exec {
-                id,
-                stdin: false,
-                timeout_secs: Some(u64::MAX),
-            },
-            b"echo ok",
-        )
-        .unwrap();
+    let id = client.exec_full(b"echo ok", false, Some(u64::MAX));
     let (out, _, status) = client.collect(id, Duration::from_secs(10));
     assert_eq!(out, b"ok\n");
     assert_eq!(status, ExitStatus::Exited { code: 0 });
@@ -174,17 +144,7 @@ fn a_signal_gets_through_while_output_is_backed_up() {
     let server = TestServer::start(&[]);
     let secret = load_secret(&server.secret.path);
     let mut client = RawClient::authenticated(server.addr, &secret);
-    let id = client.next_id();
-    client
-        .send(
-            &Message::Exec {
-                id,
-                stdin: false,
-                timeout_secs: None,
-            },
-            b"yes",
-        )
-        .unwrap();
+    let id = client.exec_full(b"yes", false, None);
     std::thread::sleep(Duration::from_millis(500)); // read nothing: the server's buffer fills
     client
         .send(

@@ -187,10 +187,15 @@ impl RawClient {
 
     /// Sends `exec` with `command` as its body (any bytes), without stdin.
     pub fn exec_bytes(&mut self, command: &[u8], timeout_secs: Option<u64>) -> u32 {
+        self.exec_full(command, false, timeout_secs)
+    }
+
+    /// Sends an `exec` with every field chosen; returns its id.
+    pub fn exec_full(&mut self, command: &[u8], stdin: bool, timeout_secs: Option<u64>) -> u32 {
         let id = self.next_id();
         let exec = Message::Exec {
             id,
-            stdin: false,
+            stdin,
             timeout_secs,
         };
         self.send(&exec, command).expect("send exec");
