@@ -346,18 +346,7 @@ fn a_background_process_holding_the_pipe_does_not_delay_the_exit() {
 #[test]
 fn the_server_stops_cleanly_on_sigterm_and_kills_running_commands() {
     let mut server = TestServer::start(&[]);
-    let marker = unique_sleep_marker();
-    let mut client = server.client("run");
-    client
-        .arg("--")
-        .arg(format!("sleep 300 {marker}"))
-        .stdin(Stdio::null());
-    client.stdout(Stdio::null()).stderr(Stdio::piped());
-    let client = client.spawn().unwrap();
-    assert!(eventually(Duration::from_secs(10), || !sleeps_matching(
-        &marker
-    )
-    .is_empty()));
+    let (client, marker) = run_remote_sleep(&server, "", Stdio::null());
     let status = server.terminate();
     assert_eq!(status.code(), Some(0));
     let output = client.wait_with_output().unwrap();
@@ -412,18 +401,7 @@ fn the_server_prints_its_address_and_survives_a_restart_on_the_same_port() {
 #[test]
 fn ctrl_c_interrupts_the_remote_command() {
     let server = TestServer::start(&[]);
-    let marker = unique_sleep_marker();
-    let mut client = server.client("run");
-    client
-        .arg("--")
-        .arg(format!("sleep 300 {marker}; echo not reached"))
-        .stdin(Stdio::null());
-    client.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = client.spawn().unwrap();
-    assert!(eventually(Duration::from_secs(10), || !sleeps_matching(
-        &marker
-    )
-    .is_empty()));
+    let (child, marker) = run_remote_sleep(&server, "; echo not reached", Stdio::null());
     signal(child.id(), "INT");
     let output = child.wait_with_output().unwrap();
     // SIGINT reached the whole remote process group, the shell included: 128 + 2.

@@ -16,23 +16,12 @@ use util::*;
 #[test]
 fn ctrl_c_gets_through_to_a_command_that_reads_no_stdin() {
     let server = TestServer::start(&[]);
-    let marker = unique_sleep_marker();
-    let mut client = server.client("run");
-    client.arg("--").arg(format!("sleep 300 {marker}"));
-    client
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = client.spawn().unwrap();
+    let (mut child, marker) = run_remote_sleep(&server, "", Stdio::piped());
     let mut stdin = child.stdin.take().unwrap();
     let feeder = std::thread::spawn(move || {
         // 4 MiB, far more than the window: the client blocks after STDIN_WINDOW bytes.
         let _ = stdin.write_all(&vec![b'x'; 4 << 20]);
     });
-    assert!(eventually(Duration::from_secs(10), || !sleeps_matching(
-        &marker
-    )
-    .is_empty()));
     std::thread::sleep(Duration::from_millis(300)); // let the window fill
     signal(child.id(), "INT");
     let status =
@@ -49,22 +38,11 @@ fn ctrl_c_gets_through_to_a_command_that_reads_no_stdin() {
 #[test]
 fn a_client_leaving_with_unread_stdin_pending_kills_the_command() {
     let server = TestServer::start(&[]);
-    let marker = unique_sleep_marker();
-    let mut client = server.client("run");
-    client.arg("--").arg(format!("sleep 300 {marker}"));
-    client
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut child = client.spawn().unwrap();
+    let (mut child, marker) = run_remote_sleep(&server, "", Stdio::piped());
     let mut stdin = child.stdin.take().unwrap();
     std::thread::spawn(move || {
         let _ = stdin.write_all(&vec![b'x'; 4 << 20]);
     });
-    assert!(eventually(Duration::from_secs(10), || !sleeps_matching(
-        &marker
-    )
-    .is_empty()));
     std::thread::sleep(Duration::from_millis(300));
     child.kill().unwrap();
     child.wait().unwrap();

@@ -529,3 +529,23 @@ impl TestServer {
         TestServer::attach(child, secret)
     }
 }
+
+/// Starts `rcmd run -- "sleep 300 MARKER<rest>"` against `server`, with `stdin` as its stdin
+/// and stdout and stderr piped, and waits until the remote `sleep` runs. Returns the client
+/// and the marker (for [`sleeps_matching`]).
+#[track_caller]
+pub fn run_remote_sleep(server: &TestServer, rest: &str, stdin: Stdio) -> (Child, String) {
+    let marker = unique_sleep_marker();
+    let mut client = server.client("run");
+    client.arg("--").arg(format!("sleep 300 {marker}{rest}"));
+    client
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = client.spawn().expect("start client");
+    let started = eventually(Duration::from_secs(10), || {
+        !sleeps_matching(&marker).is_empty()
+    });
+    assert!(started, "the remote command never started");
+    (child, marker)
+}
