@@ -74,6 +74,7 @@ def stop(proc, grace=3.0):
 def stop_all():
     for proc in list(reversed(STARTED)):
         stop(proc)
+    remove_groups()
 
 
 def cpu_secs(pid, children=False):
@@ -85,6 +86,57 @@ def cpu_secs(pid, children=False):
     if children:
         ticks += int(fields[13]) + int(fields[14])
     return ticks / CLK_TCK
+
+
+GROUPS = []  # cgroups we made, removed at the end
+
+
+class CpuMeter:
+    """Cumulative CPU seconds of a process and everything it ever starts. A cgroup (v1 cpuacct
+    or v2) counts exactly, including processes that have exited and that nobody waited for
+    (sshd's session processes are not all waited for, so their time never reaches sshd's own
+    counters). Without cgroups it falls back to the process's own and reaped children's time."""
+
+    def __init__(self, name, pid):
+        self.pid, self.path, self.exact = pid, None, False
+        for root, usage in [("/sys/fs/cgroup/cpuacct", "cpuacct.usage"),
+                            ("/sys/fs/cgroup/unified", "cpu.stat"),
+                            ("/sys/fs/cgroup", "cpu.stat")]:
+            if not os.path.exists(os.path.join(root, usage)) and not (
+                    usage == "cpu.stat" and os.path.exists(os.path.join(root, "cgroup.controllers"))):
+                continue
+            path = os.path.join(root, f"rcmd-bench-{os.getpid()}-{name}")
+            try:
+                os.mkdir(path)
+                GROUPS.append(path)
+                with open(os.path.join(path, "cgroup.procs"), "w") as f:
+                    f.write(str(pid))
+                self.path, self.usage = path, usage
+                self.cpu()
+                self.exact = True
+                return
+            except OSError:
+                continue
+
+    def cpu(self):
+        if not self.exact:
+            return cpu_secs(self.pid, children=True)
+        with open(os.path.join(self.path, self.usage)) as f:
+            text = f.read()
+        if self.usage == "cpuacct.usage":
+            return int(text) / 1e9
+        return int(re.search(r"usage_usec (\d+)", text).group(1)) / 1e6
+
+
+def remove_groups():
+    for path in GROUPS:
+        for _ in range(50):
+            try:
+                os.rmdir(path)
+                break
+            except OSError:
+                time.sleep(0.05)
+    GROUPS.clear()
 
 
 def children_cpu():
@@ -318,21 +370,21 @@ Ciphers aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.
 
     # ------------------------------------------------------------------ 2. throughput
 
-    def timed_pipeline(self, shell_cmd, expect_bytes, server_pid=None, cpu=None):
+    def timed_pipeline(self, shell_cmd, expect_bytes, server=None, cpu=None):
         """Runs a pipeline that prints a byte count; returns bytes per second. If `cpu` is a
-        dict, adds the CPU seconds spent by the pipeline (client side) and by `server_pid` and
-        its children (server side) to cpu["client"] and cpu["server"]."""
-        server0 = cpu_secs(server_pid, children=True) if server_pid else 0.0
+        dict, adds the CPU seconds spent by the pipeline (client side) and by the `server`
+        CpuMeter (server side) to cpu["client"] and cpu["server"]."""
+        server0 = server.cpu() if server else 0.0
         client0 = children_cpu()
         start_t = time.perf_counter()
         res = subprocess.run(["bash", "-o", "pipefail", "-c", shell_cmd], capture_output=True,
                              text=True, stdin=subprocess.DEVNULL)
         secs = time.perf_counter() - start_t
         if cpu is not None:
-            time.sleep(0.05)  # let the server reap its command
             cpu["client"] = cpu.get("client", 0.0) + children_cpu() - client0
-            if server_pid:
-                cpu["server"] = cpu.get("server", 0.0) + cpu_secs(server_pid, True) - server0
+            if server:
+                time.sleep(0.2)  # the server side winds down
+                cpu["server"] = cpu.get("server", 0.0) + server.cpu() - server0
         if res.returncode != 0:
             raise BenchError(f"{shell_cmd}: exit {res.returncode}: {res.stderr.strip()}")
         got = res.stdout.strip()
@@ -345,6 +397,11 @@ Ciphers aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.
         size = 100_000_000 if self.quick else 1_000_000_000
         reps = 2 if self.quick else 3
         srv = self.server()
+        meter = CpuMeter("rcmd", srv.pid)
+        self.sshd_meter = CpuMeter("sshd", self.sshd.pid)
+        if not (meter.exact and self.sshd_meter.exact):
+            self.notes.append("No cgroup for CPU accounting here: server-side CPU counts only "
+                              "what the server waited for, which misses part of sshd's.")
         rc = lambda c: f"{shlex.quote(self.rcmd)} run {srv.addr} --secret-file {self.secret} -- {c}"
         ssh = lambda c, cipher: shlex.join(self.ssh(c, cipher=cipher))
         head = f"head -c {size} /dev/zero"
@@ -355,7 +412,7 @@ Ciphers aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.
         for _ in range(reps):
             runs["rcmd_lib"].append(self.lg("stream", *self.target_args(srv), "--bytes", size)
                                     ["bytes_per_sec"])
-            runs["rcmd_cli"].append(self.timed_pipeline(f"{rc(head)} | wc -c", size, srv.pid,
+            runs["rcmd_cli"].append(self.timed_pipeline(f"{rc(head)} | wc -c", size, meter,
                                                         cpu["rcmd_cli"]))
             runs["pipe_wc"].append(self.timed_pipeline(f"{head} | wc -c", size, None,
                                                        cpu["pipe_wc"]))
@@ -364,7 +421,7 @@ Ciphers aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.
             for cipher in ["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"]:
                 name = "ssh_" + cipher.split("@")[0]
                 runs[name].append(self.timed_pipeline(f"{ssh(head, cipher)} | wc -c", size,
-                                                      self.sshd.pid, cpu[name]))
+                                                      self.sshd_meter, cpu[name]))
         # CPU seconds per GB moved, client and server side: what a 2-core machine can give.
         gb = reps * size / 1e9
         cpu_per_gb = {k: {side: v / gb for side, v in c.items()} for k, c in cpu.items() if c}
@@ -546,12 +603,66 @@ Ciphers aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.
         m = machine
         header = (f"Run {m['date']} on {m['nproc']} x {m['cpu']}, {m['mem_gib']} GiB, Linux "
                   f"{m['kernel']}; rcmd {m['commit']}; {self.results.get('ssh_version', '')}.\n"
-                  f"Load average before the run: {', '.join(f'{x:.2f}' for x in m['load_before'])}; "
-                  f"after: {', '.join(f'{x:.2f}' for x in os.getloadavg())}; every process of the "
+                  f"Load average (1, 5, 15 min) before the run: "
+                  f"{', '.join(f'{x:.2f}' for x in m['load_before'])}; every process of the "
                   f"benchmark ran at nice {m['nice']}. "
                   f"The run took {elapsed:.0f} s.\n\nCommand: `{command}`")
+        load = m["load_before"][0]
+        if load > 0.5 * m["nproc"]:
+            self.notes.append(
+                f"The machine was busy with other work when this run started (1-minute load "
+                f"average {load:.1f} on {m['nproc']} cores, none of it ours): absolute figures "
+                "are lower and noisier than on an idle machine; the same-run ratios are the "
+                "figures to read.")
         notes = "\n".join(f"- {n}" for n in self.notes)
         return (f"{header}\n\n{self.table()}\n\nTargets:\n\n{self.target_table()}\n\n{notes}\n")
+
+    def summary(self, machine):
+        """The headline table for the README (docs/benchmarks-summary.md)."""
+        r, m = self.results, machine
+        lat, tp, mem = r["latency"], r["throughput"], r["memory"]
+        conc, hs = r["concurrency"], r["handshakes"]
+        med = tp["median"]
+        best_ssh = max(("ssh_aes128-gcm", "ssh_chacha20-poly1305"), key=lambda k: med[k])
+        pipe = max(med["pipe_wc"], med["pipe_cat"])
+        c1000 = conc[1000]
+        verdicts = {name: verdict for name, verdict, _ in self.targets}
+
+        def v(*names):
+            got = [verdicts.get(n) for n in names]
+            return "MISS" if "MISS" in got else "PASS"
+
+        rows = [
+            ("`true` on a live connection", us(lat["rcmd_rtt"]["p50_us"]),
+             f"{us(lat['ssh_mux']['p50_us'])} (multiplexed)",
+             f"{us(lat['local_spawn']['p50_us'])} (local `sh -c true`)",
+             v("latency <= 1.10x local `sh -c true`", "latency < ssh multiplexed")),
+            ("`rcmd run -- true`, whole process", us(lat["rcmd_run_process"]["p50_us"]),
+             f"{us(lat['ssh_fresh']['p50_us'])} (new connection)", "", ""),
+            ("Streaming stdout", gbs(med["rcmd_cli"]),
+             f"{gbs(med[best_ssh])} ({best_ssh[4:]})", f"{gbs(pipe)} (local pipe)",
+             v("throughput >= 1 GB/s", ">= 50% of a local pipe", "above ssh's fastest cipher")),
+            ("Server RSS, 1 GB to a slow reader", mib(mem["slow_stream"]["server_hwm_after"]),
+             "", "", v("peak RSS <= 16 MiB streaming to a slow reader")),
+            ("Server RSS per idle connection", f"{mem['idle']['bytes_per_conn'] / 1024:.1f} KiB",
+             "", "", v("<= 16 KiB per idle authenticated connection")),
+            ("1,000 concurrent clients", f"{c1000['rcmd']['commands_per_sec']:.0f} commands/s, "
+             "0 errors", "", f"{c1000['local']['commands_per_sec']:.0f}/s (local spawns, "
+             "1,000 threads)",
+             v("1,000 clients: zero errors, byte-correct, >= 80% of local spawn rate")),
+            ("Handshakes, server on one core", f"{hs['per_sec']:.0f}/s",
+             f"{1e6 / lat['ssh_fresh']['p50_us']:.0f}/s (one client, sequential)", "", ""),
+        ]
+        lines = [
+            f"Medians from one run of `bash scripts/bench.sh` on {m['nproc']} x {m['cpu']} "
+            f"({m['date']}); every ratio is taken in the same run. Details, method and "
+            "profiles: [docs/benchmarks.md](docs/benchmarks.md).",
+            "",
+            "| | rcmd | OpenSSH | this machine's floor | target |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
+        return "\n".join(lines) + "\n"
 
     def write_docs(self, text, raw_path):
         path = os.path.join(ROOT, "docs", "benchmarks.md")
@@ -660,6 +771,10 @@ def main():
                                          and only == ap.get_default("only").split(","))
     if write:
         bench.write_docs(text, raw_path)
+        summary = os.path.join(ROOT, "docs", "benchmarks-summary.md")
+        with open(summary, "w") as f:
+            f.write(bench.summary(machine))
+        log(f"wrote the headline table to {summary}")
     shutil.rmtree(bench.tmp, ignore_errors=True)
     misses = sum(1 for _, v, _ in bench.targets if v == "MISS")
     log(f"{len(bench.targets) - misses} of {len(bench.targets)} targets met; all outputs correct.")
