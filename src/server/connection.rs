@@ -33,11 +33,12 @@ use super::ServerConfig;
 use super::builtins;
 use super::deadlines::{DeadlineKind, Deadlines};
 use super::process::{ChildProcess, OutputStream, PipeTokens};
+use super::spawner::{SpawnRequest, Spawner, Start};
 use crate::auth::{self, FrameMac, Role, SessionKeys};
 use crate::output::StreamDecoder;
 use crate::protocol::message::{Bytes32, PROTOCOL_NAME, STDIN_WINDOW};
 use crate::protocol::{
-    ErrorCode, ExitStatus, Frame, FrameDecoder, FrameEncoder, Message, PROTOCOL_VERSION,
+    ErrorCode, ExitStatus, Frame, FrameDecoder, FrameEncoder, Message, PROTOCOL_VERSION, SignalName,
 };
 
 /// Identifies a connection for its whole life; never reused, so a late event or deadline for a
@@ -95,6 +96,12 @@ pub struct Context<'a> {
     pub deadlines: &'a mut Deadlines,
     /// Running children by pid, so the loop can route exits to their connection.
     pub children: &'a mut std::collections::HashMap<u32, ConnId>,
+    /// Starts commands, inline or on its threads.
+    pub spawner: &'a mut Spawner,
+    /// Exits reaped before the spawner's report of their start was processed, by pid.
+    pub early_exits: &'a mut std::collections::HashMap<u32, ExitStatus>,
+    /// Other connections are waiting in this turn of the loop: start commands off the loop.
+    pub loop_busy: bool,
     /// Reused read buffer, one chunk long.
     pub scratch: &'a mut [u8],
     /// Reused buffer for transcoded output.
@@ -115,7 +122,12 @@ struct RunningCommand {
     id: u32,
     serial: u64,
     command: String,
-    process: ChildProcess,
+    /// `None` while the spawner threads are still starting it.
+    process: Option<ChildProcess>,
+    /// Whether the command gets a stdin pipe (the exec's `stdin`).
+    with_stdin: bool,
+    /// A signal that arrived while the command was still being started.
+    pending_signal: Option<SignalName>,
     started: Instant,
     /// Set when the process has been reaped; output may still be draining.
     exit: Option<ExitStatus>,
@@ -131,8 +143,10 @@ impl Drop for RunningCommand {
     fn drop(&mut self) {
         // However the command stops being ours (client gone, error, shutdown), its whole tree
         // dies with it. Once reaped, the pid is no longer ours to signal.
-        if self.exit.is_none() {
-            self.process.kill_tree();
+        if self.exit.is_none()
+            && let Some(process) = &self.process
+        {
+            process.kill_tree();
         }
     }
 }
@@ -256,7 +270,10 @@ impl Connection {
     /// Records the exit of the command's process; its output may still be draining.
     pub fn on_exit(&mut self, pid: u32, status: ExitStatus) {
         if let State::Running(command) = &mut self.state
-            && command.process.pid() == pid
+            && command
+                .process
+                .as_ref()
+                .is_some_and(|process| process.pid() == pid)
         {
             command.exit = Some(status);
         }
@@ -288,7 +305,10 @@ impl Connection {
                         self.peer, command.id
                     );
                     command.timed_out = true;
-                    command.process.kill_tree();
+                    // Still starting: `attach` kills it as soon as it is ours.
+                    if let Some(process) = &command.process {
+                        process.kill_tree();
+                    }
                 }
             }
             DeadlineKind::Closing => return true,
@@ -473,7 +493,10 @@ impl Connection {
                     && command.exit.is_none()
                 {
                     info!("{peer}: delivering SIG{signal:?} to command {id}");
-                    command.process.signal(signal);
+                    match &command.process {
+                        Some(process) => process.signal(signal),
+                        None => command.pending_signal = Some(signal),
+                    }
                 }
             }
             Message::Error {
@@ -503,7 +526,11 @@ impl Connection {
             let why = format!("more than {STDIN_WINDOW} stdin bytes sent without acknowledgement");
             return self.fail(ErrorCode::FlowControl, why, ctx);
         }
-        if command.process.has_stdin() && !command.stdin_close_requested {
+        let has_pipe = match &command.process {
+            Some(process) => process.has_stdin(),
+            None => command.with_stdin, // still starting: buffer for it
+        };
+        if has_pipe && !command.stdin_close_requested {
             command.stdin_pending.extend_from_slice(data);
         } else {
             // No stdin pipe (exec said stdin:false, or the command closed it): the bytes have
@@ -613,29 +640,24 @@ impl Connection {
         if let Some(target) = builtins::parse_cd(&command) {
             return self.change_directory(id, &target, ctx.now);
         }
-        let tokens = PipeTokens {
-            stdout: token(self.id, Slot::Stdout),
-            stderr: token(self.id, Slot::Stderr),
-            stdin: token(self.id, Slot::Stdin),
+        self.commands_started += 1;
+        let serial = self.commands_started;
+        let request = SpawnRequest {
+            conn: self.id,
+            serial,
+            command: command.clone(),
+            cwd: self.cwd.clone(),
+            with_stdin,
+            tokens: self.pipe_tokens(),
         };
-        let process =
-            match ChildProcess::spawn(&command, &self.cwd, with_stdin, ctx.registry, tokens) {
-                Ok(process) => process,
-                Err(e) => {
-                    warn!("{}: cannot start command {id}: {e}", self.peer);
-                    let why = format!("cannot start the command: {e}");
-                    return self.send(
-                        &Message::command_error(id, ErrorCode::SpawnFailed, why),
-                        b"",
-                    );
-                }
-            };
-        info!(
-            "{}: command {id} (pid {}): {command:?}",
-            self.peer,
-            process.pid()
-        );
-        ctx.children.insert(process.pid(), self.id);
+        let started = match ctx.spawner.start(request, ctx.registry, ctx.loop_busy) {
+            Start::Done(Ok(process)) => Some(process),
+            Start::Done(Err(e)) => return self.refuse_spawn(id, &e),
+            Start::Pending => {
+                debug!("{}: command {id} is being started off the loop", self.peer);
+                None
+            }
+        };
         let requested = timeout_secs
             .filter(|&secs| secs > 0)
             .map(Duration::from_secs);
@@ -643,8 +665,6 @@ impl Connection {
             (Some(asked), Some(max)) => Some(asked.min(max)),
             (asked, max) => asked.or(max),
         };
-        self.commands_started += 1;
-        let serial = self.commands_started;
         if let Some(timeout) = timeout {
             ctx.deadlines
                 .schedule_after(ctx.now, timeout, self.id, DeadlineKind::Command(serial));
@@ -653,7 +673,9 @@ impl Connection {
             id,
             serial,
             command,
-            process,
+            process: None,
+            with_stdin,
+            pending_signal: None,
             started: ctx.now,
             exit: None,
             timed_out: false,
@@ -663,6 +685,75 @@ impl Connection {
             stdout_decoder: StreamDecoder::new(ctx.config.encoding),
             stderr_decoder: StreamDecoder::new(ctx.config.encoding),
         }));
+        if let Some(process) = started {
+            self.attach(process, ctx);
+        }
+    }
+
+    fn pipe_tokens(&self) -> PipeTokens {
+        PipeTokens {
+            stdout: token(self.id, Slot::Stdout),
+            stderr: token(self.id, Slot::Stderr),
+            stdin: token(self.id, Slot::Stdin),
+        }
+    }
+
+    fn refuse_spawn(&mut self, id: u32, error: &io::Error) {
+        warn!("{}: cannot start command {id}: {error}", self.peer);
+        let why = format!("cannot start the command: {error}");
+        self.send(
+            &Message::command_error(id, ErrorCode::SpawnFailed, why),
+            b"",
+        );
+    }
+
+    /// Makes a started process the running command's: routes its exit here, and applies what
+    /// arrived while it was starting (an exit reaped early, a timeout, a Ctrl-C).
+    fn attach(&mut self, process: ChildProcess, ctx: &mut Context) {
+        let State::Running(command) = &mut self.state else {
+            return; // cannot happen: callers check; dropping `process` would leak nothing
+        };
+        let pid = process.pid();
+        info!(
+            "{}: command {} (pid {pid}): {:?}",
+            self.peer, command.id, command.command
+        );
+        ctx.children.insert(pid, self.id);
+        if let Some(status) = ctx.early_exits.remove(&pid) {
+            command.exit = Some(status);
+        } else if command.timed_out {
+            process.kill_tree();
+        } else if let Some(signal) = command.pending_signal.take() {
+            process.signal(signal);
+        }
+        command.process = Some(process);
+    }
+
+    /// A command the spawner threads started for this connection. Returns the child if it is
+    /// no longer wanted (the command was abandoned meanwhile), for the caller to kill.
+    #[cfg(unix)]
+    pub fn on_spawned(
+        &mut self,
+        serial: u64,
+        result: io::Result<std::process::Child>,
+        ctx: &mut Context,
+    ) -> Option<std::process::Child> {
+        let waiting = matches!(&self.state,
+            State::Running(command) if command.serial == serial && command.process.is_none());
+        if !waiting {
+            return result.ok();
+        }
+        match result.and_then(|child| ChildProcess::attach(child, ctx.registry, self.pipe_tokens()))
+        {
+            Ok(process) => self.attach(process, ctx),
+            Err(e) => {
+                let State::Running(command) = mem::replace(&mut self.state, State::Ready) else {
+                    unreachable!("checked above")
+                };
+                self.refuse_spawn(command.id, &e);
+            }
+        }
+        None
     }
 
     fn change_directory(&mut self, id: u32, target: &builtins::CdTarget, started: Instant) {
@@ -693,9 +784,13 @@ impl Connection {
         let State::Running(command) = &mut self.state else {
             return false;
         };
+        let command = &mut **command;
+        let Some(process) = &mut command.process else {
+            return false; // still starting: stdin waits in `stdin_pending`
+        };
         let mut consumed = 0;
-        while !command.stdin_pending.is_empty() && command.process.has_stdin() {
-            match command.process.write_stdin(&command.stdin_pending) {
+        while !command.stdin_pending.is_empty() && process.has_stdin() {
+            match process.write_stdin(&command.stdin_pending) {
                 Ok(n) => {
                     command.stdin_pending.drain(..n);
                     consumed += n;
@@ -708,7 +803,7 @@ impl Connection {
                     debug!("{}: command {} stdin: {e}", self.peer, command.id);
                     consumed += command.stdin_pending.len();
                     command.stdin_pending = Vec::new();
-                    command.process.close_stdin(ctx.registry);
+                    process.close_stdin(ctx.registry);
                 }
             }
         }
@@ -723,8 +818,8 @@ impl Connection {
         }
         if command.stdin_pending.is_empty() {
             command.stdin_pending = Vec::new();
-            if command.stdin_close_requested && command.process.has_stdin() {
-                command.process.close_stdin(ctx.registry);
+            if command.stdin_close_requested && process.has_stdin() {
+                process.close_stdin(ctx.registry);
                 progress = true;
             }
         }
@@ -736,16 +831,20 @@ impl Connection {
         let State::Running(command) = &mut self.state else {
             return false;
         };
+        let command = &mut **command;
+        let Some(process) = &mut command.process else {
+            return false;
+        };
         let mut progress = false;
         loop {
             let mut round_progress = false;
             // Alternate between the streams so neither starves the other, and never wait on
             // one while the other is full: that is how `cmd 2>&1`-less readers deadlock.
             for stream in [OutputStream::Stdout, OutputStream::Stderr] {
-                if self.outbound.len() >= OUTBOUND_CAP || !command.process.has_output(stream) {
+                if self.outbound.len() >= OUTBOUND_CAP || !process.has_output(stream) {
                     continue;
                 }
-                let (done, read) = match command.process.read_output(stream, ctx.scratch) {
+                let (done, read) = match process.read_output(stream, ctx.scratch) {
                     Ok(0) => (true, 0),
                     Ok(n) => {
                         if command.exit.is_some() {
@@ -778,7 +877,7 @@ impl Connection {
                         .encode(&message, ctx.decoded, &mut self.outbound);
                 }
                 if done {
-                    command.process.close_output(stream, ctx.registry);
+                    process.close_output(stream, ctx.registry);
                 }
                 round_progress |= read > 0 || done;
             }
@@ -793,16 +892,21 @@ impl Connection {
         let State::Running(command) = &self.state else {
             return;
         };
+        // An exit is only ever known for an attached process.
         let finished = command.exit.is_some()
-            && !command.process.has_output(OutputStream::Stdout)
-            && !command.process.has_output(OutputStream::Stderr);
+            && command.process.as_ref().is_some_and(|process| {
+                !process.has_output(OutputStream::Stdout)
+                    && !process.has_output(OutputStream::Stderr)
+            });
         if !finished {
             return;
         }
         let State::Running(mut command) = mem::replace(&mut self.state, State::Ready) else {
             unreachable!()
         };
-        command.process.close_stdin(ctx.registry);
+        if let Some(process) = &mut command.process {
+            process.close_stdin(ctx.registry);
+        }
         let status = if command.timed_out {
             ExitStatus::TimedOut
         } else {

@@ -13,8 +13,9 @@ pub mod connection;
 pub mod deadlines;
 pub mod listener;
 pub mod process;
+pub mod spawner;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,16 +27,18 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::output::OutputEncoding;
 use crate::protocol::frame::MAX_CHUNK;
-use crate::protocol::{ErrorCode, FrameEncoder, Message};
+use crate::protocol::{ErrorCode, ExitStatus, FrameEncoder, Message};
 use connection::{ConnId, Connection, Context, Drive, Slot};
 use deadlines::Deadlines;
 use process::{ChildEvent, ExitWatcher};
+use spawner::Spawner;
 
 /// Tokens of the loop's own sources; connection tokens are `conn_id << 2 | slot`, and
 /// connection ids start at 1, so these (at the top of the range) never collide with them.
 const LISTENER: Token = Token(usize::MAX);
 const CHILD_EVENTS: Token = Token(usize::MAX - 1);
 const SHUTDOWN_SIGNAL: Token = Token(usize::MAX - 2);
+const SPAWNED: Token = Token(usize::MAX - 3);
 
 /// How long to stop accepting after running out of file descriptors, so that closing
 /// connections can free some instead of the loop spinning on a failing `accept`.
@@ -114,6 +117,12 @@ struct Shared {
     config: ServerConfig,
     deadlines: Deadlines,
     children: HashMap<u32, ConnId>,
+    spawner: Spawner,
+    /// Exits of children whose start the spawner has not reported yet.
+    early_exits: HashMap<u32, ExitStatus>,
+    /// Started for connections that had gone; killed, waiting to be reaped.
+    unwanted: HashSet<u32>,
+    loop_busy: bool,
     scratch: Vec<u8>,
     decoded: Vec<u8>,
 }
@@ -130,6 +139,7 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let exit_watcher = ExitWatcher::new(poll.registry(), CHILD_EVENTS)?;
+        let spawner = Spawner::new(poll.registry(), SPAWNED)?;
         // Windows: Ctrl-C and closing the console come as a shutdown request through the
         // watcher, which owns the loop's only waker (mio allows one per poll).
         #[cfg(windows)]
@@ -160,6 +170,10 @@ impl Server {
                 config,
                 deadlines: Deadlines::default(),
                 children: HashMap::new(),
+                spawner,
+                early_exits: HashMap::new(),
+                unwanted: HashSet::new(),
+                loop_busy: false,
                 scratch: vec![0; MAX_CHUNK],
                 decoded: Vec::with_capacity(MAX_CHUNK),
             },
@@ -203,8 +217,13 @@ impl Server {
             }
             let now = Instant::now();
             let mut to_drive = std::mem::take(&mut self.more_work);
+            // One event and no backlog: a lone client, for whom starting its command inline
+            // is fastest. Anything more: keep the loop free (see `spawner`).
+            self.shared.loop_busy = !to_drive.is_empty() || events.iter().nth(1).is_some();
             for event in events.iter() {
                 match event.token() {
+                    #[cfg(unix)]
+                    SPAWNED => self.route_spawned(now, &mut to_drive),
                     LISTENER => self.accept_all(now, &mut to_drive),
                     CHILD_EVENTS => {
                         self.route_child_events(&mut to_drive);
@@ -280,6 +299,9 @@ impl Server {
             config: &shared.config,
             deadlines: &mut shared.deadlines,
             children: &mut shared.children,
+            spawner: &mut shared.spawner,
+            early_exits: &mut shared.early_exits,
+            loop_busy: shared.loop_busy,
             scratch: &mut shared.scratch,
             decoded: &mut shared.decoded,
             now,
@@ -414,7 +436,38 @@ impl Server {
                         to_drive.push(id);
                     }
                 }
-                None => debug!("reaped pid {pid} ({status}) of a closed connection"),
+                None if self.shared.unwanted.remove(&pid) => {
+                    debug!("reaped pid {pid} ({status}), started for a connection that had gone")
+                }
+                // Reaped before the spawner's report that it started: keep it for `attach`.
+                None if self.shared.spawner.in_flight() > 0 => {
+                    self.shared.early_exits.insert(pid, status);
+                }
+                None => debug!("reaped pid {pid} ({status}), not one of ours"),
+            }
+        }
+    }
+
+    /// Hands commands the spawner threads started to their connections.
+    #[cfg(unix)]
+    fn route_spawned(&mut self, now: Instant, to_drive: &mut Vec<ConnId>) {
+        for spawned in self.shared.spawner.take_finished() {
+            let unwanted = match self.connections.get_mut(&spawned.conn) {
+                Some(connection) => {
+                    let mut ctx = Self::context(self.poll.registry(), &mut self.shared, now);
+                    let unwanted = connection.on_spawned(spawned.serial, spawned.result, &mut ctx);
+                    to_drive.push(spawned.conn);
+                    unwanted
+                }
+                None => spawned.result.ok(),
+            };
+            if let Some(child) = unwanted {
+                let pid = child.id();
+                // Already reaped: the pid is no longer ours to signal.
+                if self.shared.early_exits.remove(&pid).is_none() {
+                    process::kill_unwanted(&child);
+                    self.shared.unwanted.insert(pid);
+                }
             }
         }
     }
@@ -471,7 +524,17 @@ impl Server {
     fn reap_remaining_children(&mut self) {
         self.connections.clear(); // kills any command still running
         let deadline = Instant::now() + SHUTDOWN_GRACE;
-        while !self.shared.children.is_empty() && Instant::now() < deadline {
+        let pending =
+            |shared: &Shared| !shared.children.is_empty() || shared.spawner.in_flight() > 0;
+        while pending(&self.shared) && Instant::now() < deadline {
+            // Commands still being started when the connections went: kill them on arrival.
+            #[cfg(unix)]
+            for spawned in self.shared.spawner.take_finished() {
+                if let Ok(child) = spawned.result {
+                    process::kill_unwanted(&child);
+                    self.shared.children.insert(child.id(), spawned.conn);
+                }
+            }
             for event in self.exit_watcher.take_events() {
                 if let ChildEvent::Exited { pid, .. } = event {
                     self.shared.children.remove(&pid);

@@ -21,7 +21,11 @@
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
-pub use unix::{ChildProcess, ExitWatcher};
+pub use unix::{ChildProcess, ExitWatcher, kill_unwanted, start};
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub use windows::{ChildProcess, EnterGuard, ExitWatcher};
 
 /// Something that happened to a child process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 use std::io::{self, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use mio::unix::pipe::{Receiver, Sender};
 use mio::{Interest, Registry, Token};
@@ -34,21 +34,19 @@ impl ChildProcess {
         registry: &Registry,
         tokens: PipeTokens,
     ) -> io::Result<ChildProcess> {
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(command)
-            .current_dir(cwd)
-            .stdin(if with_stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own process group, so that killing the group reaches `sleep` in `sleep 9 | cat`
-            // and every other descendant that did not deliberately leave.
-            .process_group(0)
-            .spawn()?;
+        ChildProcess::attach(start(command, cwd, with_stdin)?, registry, tokens)
+    }
+
+    /// Takes a child made by [`start`] into the event loop: its pipes become non-blocking and
+    /// are registered under `tokens`. This part never blocks, unlike `start`.
+    ///
+    /// # Errors
+    /// Registering failed; the child has then been killed.
+    pub fn attach(
+        mut child: Child,
+        registry: &Registry,
+        tokens: PipeTokens,
+    ) -> io::Result<ChildProcess> {
         let pid = child.id();
         // From here on the process exists: anything that fails must not leave it running.
         let pipes = (|| -> io::Result<ChildProcess> {
@@ -159,6 +157,40 @@ impl ChildProcess {
     pub fn kill_tree(&self) {
         kill_group(self.pid, libc::SIGKILL);
     }
+}
+
+/// Spawns `sh -c command` in `cwd` with piped stdout and stderr (and stdin if `with_stdin`,
+/// else /dev/null), in a new process group whose id is the child's pid.
+///
+/// This blocks until the child has called `exec` (std reports a failed `exec` through a pipe),
+/// which takes about a millisecond: the server calls it from [`super::Spawner`] threads when
+/// the loop is busy.
+///
+/// # Errors
+/// The process could not be created (out of processes, memory, or `cwd` is gone).
+pub fn start(command: &str, cwd: &Path, with_stdin: bool) -> io::Result<Child> {
+    // By absolute path: a bare "sh" makes exec try every PATH entry before /bin.
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(cwd)
+        .stdin(if with_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so that killing the group reaches `sleep` in `sleep 9 | cat`
+        // and every other descendant that did not deliberately leave.
+        .process_group(0)
+        .spawn()
+}
+
+/// Kills the process group of a child that was started but is no longer wanted (its client
+/// left while it was being spawned). Only for a child not yet reaped.
+pub fn kill_unwanted(child: &Child) {
+    kill_group(child.id(), libc::SIGKILL);
 }
 
 fn kill_group(pgid: u32, signal: libc::c_int) {

@@ -1,0 +1,151 @@
+//! Starting commands without stalling the event loop.
+//!
+//! Creating a process blocks the caller until the child has called `exec` (so that a failed
+//! `exec` can be reported), about a millisecond here, longer on a loaded machine. One command
+//! at a time that is cheaper done right away than handed to another thread. But with hundreds
+//! of clients, a loop that spawns inline does nothing else while the kernel copies and execs,
+//! and commands start one after the other at the rate of one core. So when the loop is busy,
+//! starting moves to a small pool of threads that wake the loop (a `mio::Waker`) when a child
+//! is ready; the loop then only registers its pipes ([`ChildProcess::attach`]).
+//!
+//! On Windows the loop's single `Waker` belongs to the child watcher, and commands are always
+//! started inline.
+
+use std::io;
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::{Arc, Mutex, mpsc};
+
+use mio::{Registry, Token, Waker};
+
+use super::connection::ConnId;
+use super::process::{ChildProcess, PipeTokens};
+
+/// Threads that start commands while the loop is busy. Starting is mostly waiting for the
+/// kernel, so a few more threads than cores pay off.
+const SPAWN_THREADS: usize = 4;
+
+/// A command to start for a connection.
+pub struct SpawnRequest {
+    pub conn: ConnId,
+    /// The connection's serial number for this command, to match the result to it.
+    pub serial: u64,
+    pub command: String,
+    pub cwd: PathBuf,
+    pub with_stdin: bool,
+    pub tokens: PipeTokens,
+}
+
+/// A command started by the pool, waiting to be attached to the loop.
+pub struct Spawned {
+    pub conn: ConnId,
+    pub serial: u64,
+    pub result: io::Result<Child>,
+}
+
+/// How a request was handled.
+pub enum Start {
+    /// Started inline, ready to use (or failed).
+    Done(io::Result<ChildProcess>),
+    /// Handed to the pool; the result comes from [`Spawner::take_finished`].
+    Pending,
+}
+
+/// Starts commands inline or on the pool.
+pub struct Spawner {
+    pool: Option<Pool>,
+    in_flight: usize,
+}
+
+struct Pool {
+    jobs: mpsc::Sender<SpawnRequest>,
+    finished: Arc<Mutex<Vec<Spawned>>>,
+}
+
+impl Spawner {
+    /// A spawner whose pool wakes the loop through `token` (Unix); on Windows, inline only.
+    ///
+    /// # Errors
+    /// The waker could not be created.
+    pub fn new(registry: &Registry, token: Token) -> io::Result<Spawner> {
+        #[cfg(unix)]
+        let pool = Some(Pool::new(Arc::new(Waker::new(registry, token)?)));
+        #[cfg(not(unix))]
+        let pool = {
+            let _ = (registry, token);
+            None
+        };
+        Ok(Spawner { pool, in_flight: 0 })
+    }
+
+    /// Starts `request`: inline when the loop has nothing else waiting (`loop_busy` false)
+    /// and no other start is in flight, on the pool otherwise.
+    pub fn start(&mut self, request: SpawnRequest, registry: &Registry, loop_busy: bool) -> Start {
+        match &self.pool {
+            Some(pool) if loop_busy || self.in_flight > 0 => {
+                self.in_flight += 1;
+                pool.jobs
+                    .send(request)
+                    .expect("spawn threads live as long as the spawner");
+                Start::Pending
+            }
+            _ => Start::Done(ChildProcess::spawn(
+                &request.command,
+                &request.cwd,
+                request.with_stdin,
+                registry,
+                request.tokens,
+            )),
+        }
+    }
+
+    /// Starts handed to the pool whose result has not been taken yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Commands the pool has started since the last call.
+    pub fn take_finished(&mut self) -> Vec<Spawned> {
+        let Some(pool) = &self.pool else {
+            return Vec::new();
+        };
+        let finished = std::mem::take(&mut *pool.finished.lock().expect("spawner lock"));
+        self.in_flight -= finished.len();
+        finished
+    }
+}
+
+impl Pool {
+    #[cfg(unix)]
+    fn new(waker: Arc<Waker>) -> Pool {
+        let (jobs, queue) = mpsc::channel::<SpawnRequest>();
+        let queue = Arc::new(Mutex::new(queue));
+        let finished = Arc::new(Mutex::new(Vec::new()));
+        for n in 0..SPAWN_THREADS {
+            let (queue, finished, waker) = (queue.clone(), finished.clone(), waker.clone());
+            std::thread::Builder::new()
+                .name(format!("rcmd-spawn-{n}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for a job, not while spawning.
+                        let next = queue.lock().expect("spawner lock").recv();
+                        let Ok(request) = next else { return }; // the server is gone
+                        let result = super::process::start(
+                            &request.command,
+                            &request.cwd,
+                            request.with_stdin,
+                        );
+                        let done = Spawned {
+                            conn: request.conn,
+                            serial: request.serial,
+                            result,
+                        };
+                        finished.lock().expect("spawner lock").push(done);
+                        let _ = waker.wake();
+                    }
+                })
+                .expect("start a spawn thread");
+        }
+        Pool { jobs, finished }
+    }
+}
