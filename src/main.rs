@@ -442,7 +442,11 @@ fn run(args: RunArgs) -> u8 {
     } else {
         CommandInput::Forward(Box::new(io::stdin()))
     };
-    match session.run(&command, input, args.timeout, &mut TerminalSink) {
+    let mut sink = match TerminalSink::new() {
+        Ok(sink) => sink,
+        Err(e) => return fail(EXIT_CLIENT_FAILURE, ClientError::LocalOutput(e)),
+    };
+    match session.run(&command, input, args.timeout, &mut sink) {
         Ok(status) => {
             if status == rcmd::protocol::ExitStatus::TimedOut {
                 eprintln!("rcmd: command timed out");

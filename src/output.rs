@@ -139,6 +139,11 @@ impl StreamDecoder {
         StreamDecoder { mode }
     }
 
+    /// Whether output passes through unchanged (so the caller may skip [`Self::decode`]).
+    pub fn is_passthrough(&self) -> bool {
+        matches!(self.mode, Mode::Passthrough)
+    }
+
     /// Appends the wire form of `input` to `out`. `last` is true once, at end of stream, so any
     /// incomplete character held back is flushed (as U+FFFD).
     pub fn decode(&mut self, input: &[u8], last: bool, out: &mut Vec<u8>) {

@@ -167,17 +167,53 @@ pub trait OutputSink {
     fn stderr(&mut self, bytes: &[u8]) -> io::Result<()>;
 }
 
-/// The process's own stdout and stderr, flushed after every frame so output appears as the
-/// remote command produces it.
-pub struct TerminalSink;
+/// The process's own stdout and stderr. Each frame is written at once, so output appears as
+/// the remote command produces it.
+///
+/// On Unix the bytes go straight to file descriptors 1 and 2: `io::stdout()` is line-buffered,
+/// and looking for newlines in every frame cost 7–15% of the client's CPU when streaming.
+pub struct TerminalSink {
+    #[cfg(unix)]
+    out: std::fs::File,
+    #[cfg(unix)]
+    err: std::fs::File,
+}
+
+impl TerminalSink {
+    /// # Errors
+    /// Standard output or error cannot be duplicated (they are closed).
+    pub fn new() -> io::Result<TerminalSink> {
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsFd;
+            let out = io::stdout().as_fd().try_clone_to_owned()?.into();
+            let err = io::stderr().as_fd().try_clone_to_owned()?.into();
+            Ok(TerminalSink { out, err })
+        }
+        #[cfg(not(unix))]
+        Ok(TerminalSink {})
+    }
+}
 
 impl OutputSink for TerminalSink {
+    #[cfg(unix)]
+    fn stdout(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.out.write_all(bytes)
+    }
+
+    #[cfg(unix)]
+    fn stderr(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.err.write_all(bytes)
+    }
+
+    #[cfg(not(unix))]
     fn stdout(&mut self, bytes: &[u8]) -> io::Result<()> {
         let mut out = io::stdout().lock();
         out.write_all(bytes)?;
         out.flush()
     }
 
+    #[cfg(not(unix))]
     fn stderr(&mut self, bytes: &[u8]) -> io::Result<()> {
         let mut err = io::stderr().lock();
         err.write_all(bytes)?;

@@ -42,6 +42,7 @@ pub fn classify(line: &str) -> Line<'_> {
 /// A session-ending [`ClientError`]; refused commands are reported and the prompt goes on.
 pub fn run_prompt(session: &mut Session, history: Option<PathBuf>) -> Result<i32, ClientError> {
     let mut last_status = 0;
+    let mut sink = TerminalSink::new().map_err(ClientError::LocalOutput)?;
     if io::stdin().is_terminal() {
         let mut editor = DefaultEditor::new().map_err(|e| ClientError::Io(io::Error::other(e)))?;
         if let Some(path) = &history {
@@ -61,7 +62,7 @@ pub fn run_prompt(session: &mut Session, history: Option<PathBuf>) -> Result<i32
                         Line::Empty => {}
                         Line::Quit => break,
                         Line::Command(command) => {
-                            last_status = run_one(session, command, last_status)?
+                            last_status = run_one(session, &mut sink, command, last_status)?
                         }
                     }
                 }
@@ -80,15 +81,22 @@ pub fn run_prompt(session: &mut Session, history: Option<PathBuf>) -> Result<i32
             match classify(&line) {
                 Line::Empty => {}
                 Line::Quit => break,
-                Line::Command(command) => last_status = run_one(session, command, last_status)?,
+                Line::Command(command) => {
+                    last_status = run_one(session, &mut sink, command, last_status)?
+                }
             }
         }
     }
     Ok(last_status)
 }
 
-fn run_one(session: &mut Session, command: &str, last_status: i32) -> Result<i32, ClientError> {
-    match session.run(command, CommandInput::None, None, &mut TerminalSink) {
+fn run_one(
+    session: &mut Session,
+    sink: &mut TerminalSink,
+    command: &str,
+    last_status: i32,
+) -> Result<i32, ClientError> {
+    match session.run(command, CommandInput::None, None, sink) {
         Ok(status) => {
             let code = status.shell_code();
             if code != 0 {

@@ -866,15 +866,21 @@ impl Connection {
                     OutputStream::Stdout => &mut command.stdout_decoder,
                     OutputStream::Stderr => &mut command.stderr_decoder,
                 };
-                ctx.decoded.clear();
-                decoder.decode(&ctx.scratch[..read], done, ctx.decoded);
-                if !ctx.decoded.is_empty() {
+                // UTF-8 output is framed straight from the read buffer; only transcoded output
+                // goes through the second buffer.
+                let body: &[u8] = if decoder.is_passthrough() {
+                    &ctx.scratch[..read]
+                } else {
+                    ctx.decoded.clear();
+                    decoder.decode(&ctx.scratch[..read], done, ctx.decoded);
+                    ctx.decoded
+                };
+                if !body.is_empty() {
                     let message = match stream {
                         OutputStream::Stdout => Message::Stdout { id: command.id },
                         OutputStream::Stderr => Message::Stderr { id: command.id },
                     };
-                    self.encoder
-                        .encode(&message, ctx.decoded, &mut self.outbound);
+                    self.encoder.encode(&message, body, &mut self.outbound);
                 }
                 if done {
                     process.close_output(stream, ctx.registry);
