@@ -16,6 +16,7 @@
 //!   ([`server::connection`]), child processes ([`server::process`]), timers
 //!   ([`server::deadlines`]).
 //! - [`output`]: streaming transcoding of command output to UTF-8.
+//! - `platform` (Windows only): the code page command output is written in, for `auto`.
 //! - [`client`]: the blocking thin client, its prompt and Ctrl-C forwarding.
 //! - [`sticky`]: the unframed demonstration mode (`--framing none`, `rcmd demo sticky`) that
 //!   shows TCP's "sticky packets" and why every rcmd frame starts with its length.
@@ -25,6 +26,8 @@
 pub mod auth;
 pub mod client;
 pub mod output;
+#[cfg(windows)]
+pub mod platform;
 pub mod protocol;
 pub mod secret;
 pub mod server;
