@@ -279,7 +279,7 @@ fn check_output(cmd: &str, success: bool, out: &[u8], err: &[u8], expect: &str) 
 }
 
 fn sh(cmd: &str, piped: bool) -> Command {
-    let mut command = Command::new("sh");
+    let mut command = Command::new("/bin/sh");
     command.args(["-c", cmd]).stdin(Stdio::null());
     if piped {
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
