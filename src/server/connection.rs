@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::net::TcpStream;
-use mio::{Registry, Token};
+use mio::{Interest, Registry, Token};
 
 use super::ServerConfig;
 use super::builtins;
@@ -167,6 +167,8 @@ pub struct Connection {
     closing: bool,
     /// Our side of the TCP connection is shut down; we are waiting for the client's FIN.
     write_shut: bool,
+    /// The socket is registered for writability too (replies are queued).
+    registered_writable: bool,
     /// Commands spawned so far: each command's serial number, for its deadline.
     commands_started: u64,
     last_activity: Instant,
@@ -188,6 +190,7 @@ impl Connection {
             previous_cwd: None,
             closing: false,
             write_shut: false,
+            registered_writable: false,
             commands_started: 0,
             last_activity: ctx.now,
         };
@@ -220,6 +223,28 @@ impl Connection {
     /// that is being closed no longer does.
     pub fn holds_handshake_slot(&self) -> bool {
         self.is_handshaking() && !self.closing
+    }
+
+    /// Registers the socket for writability exactly while replies wait in the outbound buffer.
+    ///
+    /// Readiness is edge-triggered, and a socket registered for writing would report an event
+    /// each time an ACK frees send-buffer space: one needless wake-up per command. Most replies
+    /// leave in the `write` that follows their encoding, so this rarely costs a syscall.
+    ///
+    /// # Errors
+    /// The registry refused the change; the connection should be closed.
+    pub fn sync_interest(&mut self, registry: &Registry) -> io::Result<()> {
+        let wants_writable = !self.outbound.is_empty();
+        if wants_writable != self.registered_writable {
+            let interest = if wants_writable {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            registry.reregister(&mut self.socket, token(self.id, Slot::Socket), interest)?;
+            self.registered_writable = wants_writable;
+        }
+        Ok(())
     }
 
     /// Makes all the progress possible without blocking. See the module docs.

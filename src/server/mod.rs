@@ -318,6 +318,9 @@ impl Server {
         if held_slot && !connection.holds_handshake_slot() {
             self.handshaking -= 1;
         }
+        if outcome != Drive::Closed && connection.sync_interest(self.poll.registry()).is_err() {
+            return self.close(id);
+        }
         match outcome {
             Drive::Open => {}
             Drive::MoreWork => self.more_work.push(id),
@@ -403,12 +406,12 @@ impl Server {
         socket.set_nodelay(true)?;
         let id = self.next_id;
         self.next_id += 1;
-        // Edge-triggered: registering WRITABLE once costs one event per full→not-full
-        // transition of the send buffer, and saves a reregister syscall around every reply.
+        // Readable only: writability is asked for only while replies are queued (see
+        // `Connection::sync_interest`).
         self.poll.registry().register(
             &mut socket,
             connection::token(id, Slot::Socket),
-            Interest::READABLE | Interest::WRITABLE,
+            Interest::READABLE,
         )?;
         info!("{peer}: connected");
         let mut ctx = Self::context(self.poll.registry(), &mut self.shared, now);
