@@ -16,11 +16,14 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::sync::{Arc, Mutex, mpsc};
 
-use mio::{Registry, Token, Waker};
+#[cfg(unix)]
+use mio::Waker;
+use mio::{Registry, Token};
 
 use super::connection::ConnId;
 use super::process::{ChildProcess, PipeTokens};
 
+#[cfg(unix)]
 /// Threads that start commands while the loop is busy. Starting is mostly waiting for the
 /// kernel, so a few more threads than cores pay off.
 const SPAWN_THREADS: usize = 4;
@@ -57,6 +60,8 @@ pub struct Spawner {
     in_flight: usize,
 }
 
+// On Windows commands always start inline, so the pool is never built there.
+#[cfg_attr(not(unix), allow(dead_code))]
 struct Pool {
     jobs: mpsc::Sender<SpawnRequest>,
     finished: Arc<Mutex<Vec<Spawned>>>,
