@@ -21,7 +21,7 @@
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
-pub use unix::{ChildProcess, ExitWatcher, kill_unwanted, start};
+pub use unix::{ChildProcess, ExitWatcher, give_children_default_signals, kill_unwanted, start};
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]

@@ -247,3 +247,28 @@ impl ExitWatcher {
         exits
     }
 }
+
+/// Makes commands start with the default action for the signals a shell's `nohup` or `&`
+/// leaves ignored (SIGHUP, SIGINT, SIGQUIT), without changing what the server itself does.
+///
+/// An ignored signal stays ignored across `exec`, so a server started with `nohup` would give
+/// every command an unkillable-by-hangup SIGHUP, and `kill -HUP` would do nothing to them. A
+/// handler, unlike "ignore", is reset to the default by `exec`. So where the server found a
+/// signal ignored, it installs a handler that does nothing: the server still ignores the
+/// signal, and its commands get the default.
+pub fn give_children_default_signals() {
+    for signal in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT] {
+        // SAFETY: sigaction with a null new action only reads the current one into `current`.
+        let ignored = unsafe {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(signal, std::ptr::null(), &mut current) == 0
+                && current.sa_sigaction == libc::SIG_IGN
+        };
+        if ignored {
+            // SAFETY: the handler does nothing, which is async-signal-safe.
+            if let Err(e) = unsafe { signal_hook::low_level::register(signal, || {}) } {
+                log::debug!("cannot reset signal {signal} for commands: {e}");
+            }
+        }
+    }
+}
