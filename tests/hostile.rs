@@ -99,8 +99,8 @@ fn a_length_prefix_announcing_4_gib_is_refused_without_allocating() {
             ErrorCode::BodyTooLarge,
         );
     }
-    // Just over the body limit, after authenticating: the frame cannot be tagged correctly
-    // without being read whole, so the server reports it as an integrity failure.
+    // Just over the body limit, after authenticating: refused as soon as its header is in,
+    // with the same specific error as before the handshake.
     let command = target.forbidden_command("huge-body");
     let mut client = RawClient::authenticated(target.server.addr, &target.secret);
     let header = format!(
@@ -110,7 +110,7 @@ fn a_length_prefix_announcing_4_gib_is_refused_without_allocating() {
     let mut frame = raw_header_frame(header.as_bytes());
     frame.extend_from_slice(command.as_bytes());
     client.send_raw(&frame).unwrap();
-    client.expect_fatal(ErrorCode::Integrity, WAIT);
+    client.expect_fatal(ErrorCode::BodyTooLarge, WAIT);
     // Many of them at once cost nothing: none of the announced gigabytes is allocated.
     for _ in 0..50 {
         pre_auth_case_quiet(&target, &[0xff; 4], ErrorCode::HeaderTooLarge);
@@ -435,18 +435,23 @@ fn garbage_at_every_handshake_step_is_refused_and_runs_nothing() {
         assert_eq!(got, *code, "{name} at step 1: {message}");
         client.expect_closed(WAIT);
 
-        // Step 2: after a valid auth, in place of the first tagged frame. Any decode failure
-        // once frames are tagged is an integrity failure.
+        // Step 2: after a valid auth, in place of the first tagged frame. Once frames are
+        // tagged, a length over a limit keeps its specific error; any other decode failure is
+        // an integrity failure.
+        let after_auth = match code {
+            ErrorCode::HeaderTooLarge | ErrorCode::BodyTooLarge => *code,
+            _ => ErrorCode::Integrity,
+        };
         let mut client = RawClient::authenticated(target.server.addr, &target.secret);
         client.send_raw(bytes).unwrap();
-        client.expect_fatal(ErrorCode::Integrity, WAIT);
+        client.expect_fatal(after_auth, WAIT);
 
         // Step 3: after a command ran, between commands.
         let mut client = RawClient::authenticated(target.server.addr, &target.secret);
         let (out, _, _) = client.run("echo one", None);
         assert_eq!(out, b"one\n");
         client.send_raw(bytes).unwrap();
-        client.expect_fatal(ErrorCode::Integrity, WAIT);
+        client.expect_fatal(after_auth, WAIT);
     }
 
     // A well-formed but untagged exec after the handshake is not believed. (The server reads
