@@ -466,10 +466,18 @@ fn the_demo_runs_a_prompt_against_its_own_loopback_server() {
 fn commands_of_a_nohup_server_can_still_be_hung_up() {
     let server = TestServer::start_in_shell("trap '' HUP INT QUIT", &[]);
     let output = server.run("kill -HUP $$; echo survived");
-    assert_eq!(output.status.code(), Some(128 + 1), "{}", stdout_of(&output));
+    assert_eq!(
+        output.status.code(),
+        Some(128 + 1),
+        "{}",
+        stdout_of(&output)
+    );
     let output = server.run("kill -INT $$; echo survived");
     assert_eq!(output.status.code(), Some(128 + 2));
     signal(server.pid(), "HUP");
     std::thread::sleep(Duration::from_millis(200));
-    assert!(server.run("true").status.success(), "the server itself still ignores SIGHUP");
+    assert!(
+        server.run("true").status.success(),
+        "the server itself still ignores SIGHUP"
+    );
 }
