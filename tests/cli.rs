@@ -193,3 +193,16 @@ fn fifty_clients_arriving_at_once_all_get_in() {
         assert!(matches!(hello.message, Message::Hello { .. }));
     }
 }
+
+#[test]
+fn the_server_listens_on_ipv6_too() {
+    // Only where the machine has IPv6 loopback at all.
+    if TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback here; skipping");
+        return;
+    }
+    let server = TestServer::start(&["--listen", "[::1]:0"]);
+    assert!(server.addr.is_ipv6());
+    let output = server.run("echo over ipv6");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "over ipv6\n");
+}
