@@ -37,28 +37,7 @@ fn exit_status() -> impl Strategy<Value = ExitStatus> {
 }
 
 fn error_code() -> impl Strategy<Value = ErrorCode> {
-    use ErrorCode::*;
-    prop::sample::select(vec![
-        HeaderTooLarge,
-        BodyTooLarge,
-        BadHeader,
-        UnknownType,
-        UnexpectedMessage,
-        VersionMismatch,
-        AuthFailed,
-        Integrity,
-        HandshakeTimeout,
-        IdleTimeout,
-        TooManyConnections,
-        Busy,
-        EmptyCommand,
-        CommandTooLong,
-        BadCommand,
-        SpawnFailed,
-        Shutdown,
-        FlowControl,
-        Unknown,
-    ])
+    prop::sample::select(ErrorCode::ALL.to_vec())
 }
 
 fn signal_name() -> impl Strategy<Value = SignalName> {

@@ -244,6 +244,29 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order.
+    pub const ALL: [ErrorCode; 19] = [
+        ErrorCode::HeaderTooLarge,
+        ErrorCode::BodyTooLarge,
+        ErrorCode::BadHeader,
+        ErrorCode::UnknownType,
+        ErrorCode::UnexpectedMessage,
+        ErrorCode::VersionMismatch,
+        ErrorCode::AuthFailed,
+        ErrorCode::Integrity,
+        ErrorCode::HandshakeTimeout,
+        ErrorCode::IdleTimeout,
+        ErrorCode::TooManyConnections,
+        ErrorCode::Busy,
+        ErrorCode::EmptyCommand,
+        ErrorCode::CommandTooLong,
+        ErrorCode::BadCommand,
+        ErrorCode::SpawnFailed,
+        ErrorCode::Shutdown,
+        ErrorCode::FlowControl,
+        ErrorCode::Unknown,
+    ];
+
     /// The code as it appears on the wire.
     pub fn as_str(&self) -> String {
         serde_json::to_value(self)
