@@ -336,14 +336,7 @@ impl Session {
                 code: ErrorCode::AuthFailed,
                 ..
             } => return Err(ClientError::AuthFailed),
-            Message::Error {
-                code: ErrorCode::VersionMismatch,
-                message,
-                ..
-            } => {
-                debug!("server: {message}");
-                return Err(ClientError::VersionMismatch { server: 0 });
-            }
+            // Including `version_mismatch`: the server's message names both versions.
             Message::Error { code, message, .. } => {
                 return Err(ClientError::Server { code, message });
             }
