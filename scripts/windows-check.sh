@@ -76,6 +76,7 @@ cmd_setup() {
         log "installing:$missing"
         [ "$(id -u)" = 0 ] || die "need root to install:$missing"
         command -v apt-get >/dev/null || die "no apt-get: install$missing yourself"
+        export DEBIAN_FRONTEND=noninteractive # no debconf questions: CI has no terminal
         apt-get update -qq </dev/null
         # One call, so that rust-web-src matches rustc-web exactly.
         # shellcheck disable=SC2086
