@@ -116,14 +116,7 @@ fn a_server_of_another_version_is_reported_clearly() {
         let _ = stream.read_to_end(&mut rest);
         rest
     });
-    let secret = SecretFile::new();
-    let mut command = Command::new(rcmd_bin());
-    command
-        .args(["run", &addr.to_string(), "--secret-file"])
-        .arg(&secret.path)
-        .args(["--", "true"]);
-    command.stdin(Stdio::null());
-    let output = output_within(command, Duration::from_secs(30));
+    let output = run_true_against(addr);
     assert_eq!(output.status.code(), Some(255));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -153,14 +146,7 @@ fn something_that_is_not_an_rcmd_server_is_reported_clearly() {
         let _ = stream.write_all(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n");
         std::thread::sleep(Duration::from_secs(2));
     });
-    let secret = SecretFile::new();
-    let mut command = Command::new(rcmd_bin());
-    command
-        .args(["run", &addr.to_string(), "--secret-file"])
-        .arg(&secret.path)
-        .args(["--", "true"]);
-    command.stdin(Stdio::null());
-    let output = output_within(command, Duration::from_secs(30));
+    let output = run_true_against(addr);
     assert_eq!(output.status.code(), Some(255));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -205,4 +191,16 @@ fn the_server_listens_on_ipv6_too() {
     assert!(server.addr.is_ipv6());
     let output = server.run("echo over ipv6");
     assert_eq!(String::from_utf8_lossy(&output.stdout), "over ipv6\n");
+}
+
+/// `rcmd run ADDR -- true` with a fresh secret, against whatever listens on `addr`.
+fn run_true_against(addr: std::net::SocketAddr) -> std::process::Output {
+    let secret = SecretFile::new();
+    let mut command = Command::new(rcmd_bin());
+    command
+        .args(["run", &addr.to_string(), "--secret-file"])
+        .arg(&secret.path)
+        .args(["--", "true"])
+        .stdin(Stdio::null());
+    output_within(command, Duration::from_secs(30))
 }

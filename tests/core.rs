@@ -241,27 +241,15 @@ fn killing_the_client_kills_the_remote_process_tree() {
 }
 
 fn process_group(pid: u32) -> u32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = stat.rsplit_once(") ").unwrap().1;
-    rest.split_whitespace().nth(2).unwrap().parse().unwrap()
+    proc_stat(pid).expect("process exists").pgrp
 }
 
+/// Live (not zombie) processes in process group `group`.
 fn processes_in_group(group: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_string_lossy().parse::<u32>().ok())
-        .filter(|&pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                let rest = stat
-                    .rsplit_once(") ")
-                    .map(|(_, rest)| rest.to_owned())
-                    .unwrap_or_default();
-                let fields: Vec<&str> = rest.split_whitespace().collect();
-                fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(group)
-                    && fields.first() != Some(&"Z")
-            })
-        })
+    all_processes()
+        .into_iter()
+        .filter(|p| p.pgrp == group && p.state != 'Z')
+        .map(|p| p.pid)
         .collect()
 }
 

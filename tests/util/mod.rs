@@ -245,27 +245,51 @@ pub fn processes_matching(marker: &str) -> Vec<u32> {
     pids
 }
 
+/// The fields of `/proc/<pid>/stat` the tests look at.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcStat {
+    pub pid: u32,
+    /// `R`, `S`, `Z`, ...
+    pub state: char,
+    pub ppid: u32,
+    pub pgrp: u32,
+}
+
+/// Reads `/proc/<pid>/stat`; `None` if the process is gone.
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after the last ')'.
+    let (_, rest) = stat.rsplit_once(") ")?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some(ProcStat {
+        pid,
+        state,
+        ppid,
+        pgrp,
+    })
+}
+
+/// Every process on the machine, as far as it could be read.
+pub fn all_processes() -> Vec<ProcStat> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter_map(proc_stat)
+        .collect()
+}
+
 /// Children of `parent` that are zombies (exited, not reaped).
 pub fn zombie_children(parent: u32) -> Vec<u32> {
-    let mut zombies = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
-        let Some((head, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let (state, ppid) = (
-            fields.next(),
-            fields.next().and_then(|p| p.parse::<u32>().ok()),
-        );
-        if state == Some("Z") && ppid == Some(parent) {
-            zombies.push(head.split_whitespace().next().unwrap().parse().unwrap());
-        }
-    }
-    zombies
+    all_processes()
+        .into_iter()
+        .filter(|p| p.ppid == parent && p.state == 'Z')
+        .map(|p| p.pid)
+        .collect()
 }
 
 /// Number of open file descriptors of `pid`.
@@ -462,25 +486,11 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// Children of `parent` (any state), from `/proc/*/stat`.
 pub fn child_pids(parent: u32) -> Vec<u32> {
-    let mut children = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some((head, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let ppid = rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent)
-            && let Some(pid) = head.split_whitespace().next().and_then(|p| p.parse().ok())
-        {
-            children.push(pid);
-        }
-    }
-    children
+    all_processes()
+        .into_iter()
+        .filter(|p| p.ppid == parent)
+        .map(|p| p.pid)
+        .collect()
 }
 
 /// Raises this process's soft open-file limit to at least `wanted` (up to the hard limit), so a
