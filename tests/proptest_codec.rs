@@ -122,6 +122,17 @@ fn decode_chunked(
     chunks: &[usize],
     key: Option<[u8; 32]>,
 ) -> (Vec<Frame>, Option<FrameError>, usize) {
+    decode_pieces(bytes, chunks, key, false)
+}
+
+/// Like [`decode_chunked`], with `via_reader` the pieces reach the decoder through
+/// `FrameDecoder::read_from` (as a client's socket does) instead of `feed`.
+fn decode_pieces(
+    bytes: &[u8],
+    chunks: &[usize],
+    key: Option<[u8; 32]>,
+    via_reader: bool,
+) -> (Vec<Frame>, Option<FrameError>, usize) {
     let mut decoder = FrameDecoder::default();
     if let Some(key) = key {
         decoder.start_verifying(FrameMac::new(&key));
@@ -133,7 +144,12 @@ fn decode_chunked(
             break;
         }
         let n = size.clamp(1, rest.len());
-        decoder.feed(&rest[..n]);
+        if via_reader {
+            let mut piece = &rest[..n];
+            assert_eq!(decoder.read_from(&mut piece, n).unwrap(), n);
+        } else {
+            decoder.feed(&rest[..n]);
+        }
         rest = &rest[n..];
         loop {
             match decoder.next_frame() {
@@ -163,9 +179,10 @@ proptest! {
         frames in vec(frame(), 1..8),
         chunks in chunk_sizes(),
         key in prop::option::of(any::<[u8; 32]>()),
+        via_reader in any::<bool>(),
     ) {
         let bytes = encode_all(&frames, key);
-        let (decoded, error, left) = decode_chunked(&bytes, &chunks, key);
+        let (decoded, error, left) = decode_pieces(&bytes, &chunks, key, via_reader);
         prop_assert_eq!(error, None);
         prop_assert_eq!(decoded, frames);
         prop_assert_eq!(left, 0);

@@ -30,6 +30,9 @@ pub const DEFAULT_PORT: u16 = 9999;
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9999";
 /// How long connecting and authenticating may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes asked of the socket per `read`: a few frames' worth, fewer system calls when output
+/// streams in.
+const READ_SIZE: usize = 4 * MAX_CHUNK;
 
 /// Everything that can stop the client. Each is reported on one line and exits 255.
 #[derive(Debug)]
@@ -235,7 +238,6 @@ pub struct Session {
     decoder: FrameDecoder,
     sender: SharedSender,
     next_id: u32,
-    read_buf: Vec<u8>,
     peer: SocketAddr,
 }
 
@@ -277,7 +279,6 @@ impl Session {
                 buf: Vec::new(),
             })),
             next_id: 1,
-            read_buf: vec![0; MAX_CHUNK],
             peer,
         };
         let server_nonce = match session.read_frame() {
@@ -384,9 +385,9 @@ impl Session {
                 debug!("<- {}", frame.message.type_name());
                 return Ok(frame);
             }
-            match self.stream.read(&mut self.read_buf) {
+            match self.decoder.read_from(&mut self.stream, READ_SIZE) {
                 Ok(0) => return Err(ClientError::Disconnected),
-                Ok(n) => self.decoder.feed(&self.read_buf[..n]),
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e)
                     if matches!(

@@ -15,8 +15,11 @@
 //! 4 GiB costs us nothing but an error frame. After the handshake a 32-byte HMAC tag
 //! ([`FrameMac`]) follows every frame.
 //!
-//! The decoder is incremental: [`FrameDecoder::feed`] whatever bytes arrived, then take complete
-//! frames with [`FrameDecoder::next_frame`] until it says `Ok(None)` ("not enough bytes yet").
+//! The decoder is incremental: [`FrameDecoder::feed`] whatever bytes arrived (or let it
+//! [`FrameDecoder::read_from`] a socket straight into its buffer), then take complete frames with
+//! [`FrameDecoder::next_frame`] until it says `Ok(None)` ("not enough bytes yet").
+
+use std::io::{self, Read};
 
 use crate::auth::{FrameMac, TAG_LEN};
 use crate::protocol::message::{ErrorCode, Message};
@@ -156,8 +159,16 @@ struct PendingHeader {
 }
 
 /// Reassembles frames from a byte stream that arrives in arbitrary pieces.
+///
+/// The bytes not yet returned as frames are `buf[start..end]`. Taking a frame only moves
+/// `start`; the remainder is moved to the front only when the space after `end` runs out, so a
+/// stream of large frames is not copied around inside the buffer once per frame.
 pub struct FrameDecoder {
     buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Buffer size kept when it empties; larger buffers are freed (see `take_frame`).
+    retain: usize,
     pending: Option<PendingHeader>,
     mac: Option<FrameMac>,
     max_body: usize,
@@ -174,6 +185,9 @@ impl FrameDecoder {
     pub fn new(max_body: usize) -> FrameDecoder {
         FrameDecoder {
             buf: Vec::new(),
+            start: 0,
+            end: 0,
+            retain: 2 * MAX_CHUNK,
             pending: None,
             mac: None,
             max_body: max_body.min(MAX_BODY_LEN),
@@ -187,12 +201,50 @@ impl FrameDecoder {
 
     /// Adds bytes received from the peer.
     pub fn feed(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
+        self.make_room(bytes.len(), bytes.len());
+        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
+    }
+
+    /// Reads once from `reader` (up to `max` bytes) straight into the buffer, sparing the copy
+    /// from a separate read buffer. Returns what `read` returned: `Ok(0)` is end of stream.
+    ///
+    /// # Errors
+    /// Whatever `read` fails with (including `WouldBlock` and `Interrupted`).
+    pub fn read_from(&mut self, reader: &mut impl Read, max: usize) -> io::Result<usize> {
+        // Room for a few reads at once, so the remainder is rarely moved to the front. Such a
+        // decoder serves a client's one connection, so it keeps that buffer when it empties.
+        self.retain = self.retain.max(6 * max);
+        self.make_room(max, 4 * max);
+        let n = reader.read(&mut self.buf[self.end..self.end + max])?;
+        self.end += n;
+        Ok(n)
+    }
+
+    /// Ensures `buf[end..]` has at least `wanted` bytes, first by moving the unread bytes to
+    /// the front, then by growing the buffer to at least `grow_to` bytes of free space.
+    fn make_room(&mut self, wanted: usize, grow_to: usize) {
+        if self.buf.len() - self.end >= wanted {
+            return;
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() - self.end < wanted {
+            // Zeroed once, when the buffer grows; reads then land in initialised memory.
+            self.buf.resize(self.end + grow_to.max(wanted), 0);
+        }
     }
 
     /// Bytes received but not yet returned as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.end - self.start
+    }
+
+    fn unread(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
     }
 
     /// The message of a frame whose header has arrived but whose body has not yet, if any.
@@ -232,34 +284,39 @@ impl FrameDecoder {
         } = *self.pending.as_ref().expect("set above");
         let tag_len = if self.mac.is_some() { TAG_LEN } else { 0 };
         let covered = LEN_PREFIX + header_len + body_len;
-        if self.buf.len() < covered + tag_len {
+        let frame = &self.buf[self.start..self.end];
+        if frame.len() < covered + tag_len {
             return Ok(None);
         }
         if let Some(mac) = &mut self.mac
-            && !mac.verify(&self.buf[..covered], &self.buf[covered..covered + tag_len])
+            && !mac.verify(&frame[..covered], &frame[covered..covered + tag_len])
         {
             return Err(FrameError::Integrity);
         }
-        let body = self.buf[LEN_PREFIX + header_len..covered].to_vec();
-        self.buf.drain(..covered + tag_len);
-        if self.buf.is_empty() && self.buf.capacity() > 2 * MAX_CHUNK {
-            // Give back the memory a large frame needed; idle connections should cost little.
-            self.buf = Vec::new();
+        let body = frame[LEN_PREFIX + header_len..covered].to_vec();
+        self.start += covered + tag_len;
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+            if self.buf.len() > self.retain {
+                // Give back the memory a large frame needed; idle connections should cost little.
+                self.buf = Vec::new();
+            }
         }
         let message = self.pending.take().expect("set above").message;
         Ok(Some(Frame { message, body }))
     }
 
     fn parse_header(&self) -> Result<Option<PendingHeader>, FrameError> {
-        let Some(prefix) = self.buf.get(..LEN_PREFIX) else {
+        let unread = self.unread();
+        let Some(prefix) = unread.get(..LEN_PREFIX) else {
             return Ok(None);
         };
         let header_len = u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
         if header_len == 0 || header_len > MAX_HEADER_LEN {
             return Err(FrameError::HeaderTooLarge { len: header_len });
         }
-        let Some(header) = self.buf.get(LEN_PREFIX..LEN_PREFIX + header_len) else {
-            check_partial_header(&self.buf[LEN_PREFIX..])?;
+        let Some(header) = unread.get(LEN_PREFIX..LEN_PREFIX + header_len) else {
+            check_partial_header(&unread[LEN_PREFIX..])?;
             return Ok(None);
         };
         let (message, body_len) = parse_header_json(header, self.max_body)?;
@@ -399,6 +456,52 @@ mod tests {
             }
         );
         assert_eq!(decoder.buffered(), 0);
+    }
+
+    #[test]
+    fn large_frames_read_from_a_stream_keep_one_bounded_buffer() {
+        let bodies: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; MAX_CHUNK]).collect();
+        let mut stream = Vec::new();
+        for body in &bodies {
+            stream.extend(encode(&Message::Stdout { id: 1 }, body));
+        }
+        // A socket that hands out 100,000 bytes per read, never aligned with the frames.
+        let mut rest = &stream[..];
+        let mut decoder = FrameDecoder::default();
+        let mut decoded = Vec::new();
+        while !rest.is_empty() {
+            let mut piece = &rest[..rest.len().min(100_000)];
+            let n = decoder.read_from(&mut piece, 4 * MAX_CHUNK).unwrap();
+            rest = &rest[n..];
+            while let Some(frame) = decoder.next_frame().unwrap() {
+                decoded.push(frame.body);
+            }
+            // Room for four reads beyond what is buffered, and never more than one frame of
+            // that left behind: the buffer does not grow with the length of the stream.
+            assert!(
+                decoder.buf.len() <= 5 * 4 * MAX_CHUNK,
+                "{}",
+                decoder.buf.len()
+            );
+        }
+        assert_eq!(decoded, bodies);
+        assert_eq!(decoder.buffered(), 0);
+    }
+
+    #[test]
+    fn a_fed_decoder_gives_back_a_large_buffer_once_it_empties() {
+        let mut decoder = FrameDecoder::default();
+        decoder.feed(&encode(&Message::Stdin { id: 1 }, &vec![7; 3 * MAX_CHUNK]));
+        assert!(decoder.buf.len() > 2 * MAX_CHUNK);
+        assert_eq!(
+            decoder.next_frame().unwrap().unwrap().body.len(),
+            3 * MAX_CHUNK
+        );
+        assert_eq!(
+            decoder.buf.len(),
+            0,
+            "an idle connection keeps no large buffer"
+        );
     }
 
     #[test]
