@@ -395,7 +395,7 @@ Ciphers aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.
     def bench_throughput(self):
         log("== throughput")
         size = 100_000_000 if self.quick else 1_000_000_000
-        reps = 2 if self.quick else 3
+        reps = 2 if self.quick else 5
         srv = self.server()
         meter = CpuMeter("rcmd", srv.pid)
         self.sshd_meter = CpuMeter("sshd", self.sshd.pid)
