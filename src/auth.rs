@@ -24,10 +24,10 @@ pub const TAG_LEN: usize = 32;
 /// HMAC-SHA256 is usually credited with; `rcmd keygen` writes 32 random bytes as hex.
 pub const MIN_SECRET_LEN: usize = 16;
 
-const CLIENT_PROOF_LABEL: &[u8] = b"rcmd v1 client proof";
-const SERVER_PROOF_LABEL: &[u8] = b"rcmd v1 server proof";
-const CLIENT_TO_SERVER_LABEL: &[u8] = b"rcmd v1 key client to server";
-const SERVER_TO_CLIENT_LABEL: &[u8] = b"rcmd v1 key server to client";
+const CLIENT_PROOF_LABEL: &[u8] = b"rcmd v2 client proof";
+const SERVER_PROOF_LABEL: &[u8] = b"rcmd v2 server proof";
+const CLIENT_TO_SERVER_LABEL: &[u8] = b"rcmd v2 key client to server";
+const SERVER_TO_CLIENT_LABEL: &[u8] = b"rcmd v2 key server to client";
 
 /// A fresh nonce from the operating system's random source.
 pub fn new_nonce() -> [u8; NONCE_LEN] {
@@ -247,20 +247,20 @@ mod tests {
         let (sn, cn) = ([1u8; 32], [2u8; 32]);
         assert_eq!(
             to_hex(&proof(secret, Role::Client, &sn, &cn)),
-            "0482a856f0ca979e079ae4cea1be3cab68333782f6dfe78ca7ed45d95f82a991"
+            "79af0c308a4150b234b50ac46ca8ad9f8e86d71bf08cd321f5ddfe1ed77f35f8"
         );
         assert_eq!(
             to_hex(&proof(secret, Role::Server, &sn, &cn)),
-            "1f39a90ce801847c741bf1fe02503a08e486f8f49963b7ae28d02400401a4f07"
+            "f09606d6058e6526ed97efd2247a9ce30fa76aec9ba06c014c59c1232059a5ed"
         );
         let keys = SessionKeys::derive(secret, &sn, &cn);
         assert_eq!(
             to_hex(&keys.client_to_server),
-            "d0b14612ecdcc93f81814b0ada034982ec96fafe58b8b6aa7415b2886982525d"
+            "dee26d3ede02a6adf1246c8f059afa98a5aa7fe22e2ccc18cfd9dad1179d54fe"
         );
         assert_eq!(
             to_hex(&keys.server_to_client),
-            "d612dd60f46fc7060828da5dedcf3b633521ebad23a270902ad725d2f6dd7569"
+            "65e6de2297ecbb74152deb5d5b64a0645bb7fd7dc942ba882bb1dc021f4f3dff"
         );
         // prefix ‖ header ‖ body, as FrameEncoder lays them out.
         let frame = |header: &[u8], body: &[u8]| {
@@ -276,13 +276,13 @@ mod tests {
         );
         assert_eq!(
             to_hex(&FrameMac::new(&keys.client_to_server).tag(&exec)),
-            "f2f13ca0e5e0f016e8114422c19e16d87da027b3fd1183cf3ff6390a3ddef6f7"
+            "2a72e1bc9d3fbfc79f795ee69cc31708d83b5e163b3f5713a23cd92435701e55"
         );
         let mut server = FrameMac::new(&keys.server_to_client);
         let stdout = frame(br#"{"type":"stdout","id":1,"len":3}"#, b"hi\n");
         assert_eq!(
             to_hex(&server.tag(&stdout)),
-            "16028d5f85823f2027c4eff5012913fc86f400f47d8827387e99a1e8df068977"
+            "f21482ffc2a499e3ddb75e617841dca9c5f10ea296f96c8f8b2a53fb8a4e22a5"
         );
         let exit = frame(
             br#"{"type":"exit","id":1,"reason":"exited","code":0,"duration_ms":3,"len":0}"#,
@@ -290,7 +290,7 @@ mod tests {
         );
         assert_eq!(
             to_hex(&server.tag(&exit)),
-            "8aff140edd344a7c2d705fbc48a6ffbd534440dcb37b87f36297199bb6e93889"
+            "95290977aa343d4302e25b7706552023c0a05e075134fc5db1941017b2015d53"
         );
     }
 

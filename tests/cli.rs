@@ -92,7 +92,10 @@ fn a_client_of_another_version_is_told_so() {
         } => {
             assert_eq!(code, ErrorCode::VersionMismatch);
             assert!(fatal);
-            assert!(message.contains("version 1"), "{message}");
+            assert!(
+                message.contains(&format!("version {PROTOCOL_VERSION}")),
+                "{message}"
+            );
         }
         other => panic!("expected an error, got {other:?}"),
     }

@@ -148,7 +148,7 @@ fn a_header_that_is_not_json_is_a_bad_header() {
     // A header whose announced length runs past the JSON that was sent: refused at once
     // rather than waiting for bytes that never come.
     let mut short = 200u32.to_be_bytes().to_vec();
-    short.extend_from_slice(br#"{"type":"auth","version":1}"#);
+    short.extend_from_slice(br#"{"type":"auth","version":2}"#);
     pre_auth_case(&target, &short, ErrorCode::BadHeader);
 }
 
@@ -166,12 +166,12 @@ fn json_of_the_wrong_shape_is_a_bad_header() {
         r#"{"type":null}"#.into(),
         r#"{"type":"auth"}"#.into(),
         r#"{"type":"auth","version":"one","nonce":"00","proof":"00"}"#.into(),
-        format!(r#"{{"type":"auth","version":1,"nonce":"{nonce}","proof":"short"}}"#),
+        format!(r#"{{"type":"auth","version":2,"nonce":"{nonce}","proof":"short"}}"#),
         format!(r#"{{"type":"auth","version":-1,"nonce":"{nonce}","proof":"{nonce}"}}"#),
-        format!(r#"{{"type":"auth","version":1,"nonce":"{nonce}","proof":"{nonce}","len":-1}}"#),
-        format!(r#"{{"type":"auth","version":1,"nonce":"{nonce}","proof":"{nonce}","len":"5"}}"#),
+        format!(r#"{{"type":"auth","version":2,"nonce":"{nonce}","proof":"{nonce}","len":-1}}"#),
+        format!(r#"{{"type":"auth","version":2,"nonce":"{nonce}","proof":"{nonce}","len":"5"}}"#),
         // A body on a type that carries none.
-        format!(r#"{{"type":"auth","version":1,"nonce":"{nonce}","proof":"{nonce}","len":5}}"#),
+        format!(r#"{{"type":"auth","version":2,"nonce":"{nonce}","proof":"{nonce}","len":5}}"#),
         r#"{"type":"signal","id":1,"signal":"HUP"}"#.into(),
         r#"{"type":"exec","id":-3,"stdin":false}"#.into(),
         r#"{"type":"exec","id":4294967296,"stdin":false}"#.into(),

@@ -8,8 +8,9 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The protocol version this build speaks. A peer announcing another version is refused with
-/// [`ErrorCode::VersionMismatch`] rather than misunderstood.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// [`ErrorCode::VersionMismatch`] rather than misunderstood. Version 2 changed the frame tag to
+/// cover a BLAKE3 digest of the frame (docs/protocol.md §3).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The value of `protocol` in the server's `hello`, so a client can tell an rcmd server from
 /// some other service that happens to speak length-prefixed JSON.
