@@ -31,6 +31,7 @@ use mio::{Interest, Registry, Token};
 
 use super::ServerConfig;
 use super::builtins;
+use super::children::ChildTable;
 use super::deadlines::{DeadlineKind, Deadlines};
 use super::process::{ChildProcess, OutputStream, PipeTokens};
 use super::spawner::{SpawnRequest, Spawner, Start};
@@ -94,12 +95,10 @@ pub struct Context<'a> {
     pub registry: &'a Registry,
     pub config: &'a ServerConfig,
     pub deadlines: &'a mut Deadlines,
-    /// Running children by pid, so the loop can route exits to their connection.
-    pub children: &'a mut std::collections::HashMap<u32, ConnId>,
+    /// Which connection each child belongs to, so the loop can route exits.
+    pub children: &'a mut ChildTable,
     /// Starts commands, inline or on its threads.
     pub spawner: &'a mut Spawner,
-    /// Exits reaped before the spawner's report of their start was processed, by pid.
-    pub early_exits: &'a mut std::collections::HashMap<u32, ExitStatus>,
     /// Other connections are waiting in this turn of the loop: start commands off the loop.
     pub loop_busy: bool,
     /// Reused read buffer, one chunk long.
@@ -743,8 +742,7 @@ impl Connection {
             "{}: command {} (pid {pid}): {:?}",
             self.peer, command.id, command.command
         );
-        ctx.children.insert(pid, self.id);
-        if let Some(status) = ctx.early_exits.remove(&pid) {
+        if let Some(status) = ctx.children.claim(pid, self.id) {
             command.exit = Some(status);
         } else if command.timed_out {
             process.kill_tree();

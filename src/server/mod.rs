@@ -9,13 +9,14 @@
 //! Per-connection behaviour lives in [`connection`]; running commands in [`process`].
 
 pub mod builtins;
+pub mod children;
 pub mod connection;
 pub mod deadlines;
 pub mod listener;
 pub mod process;
 pub mod spawner;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,7 +28,8 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::output::OutputEncoding;
 use crate::protocol::frame::MAX_CHUNK;
-use crate::protocol::{ErrorCode, ExitStatus, FrameEncoder, Message};
+use crate::protocol::{ErrorCode, FrameEncoder, Message};
+use children::{ChildTable, ExitRoute};
 use connection::{ConnId, Connection, Context, Drive, Slot};
 use deadlines::Deadlines;
 use process::{ChildEvent, ExitWatcher};
@@ -116,12 +118,8 @@ pub struct Server {
 struct Shared {
     config: ServerConfig,
     deadlines: Deadlines,
-    children: HashMap<u32, ConnId>,
+    children: ChildTable,
     spawner: Spawner,
-    /// Exits of children whose start the spawner has not reported yet.
-    early_exits: HashMap<u32, ExitStatus>,
-    /// Started for connections that had gone; killed, waiting to be reaped.
-    unwanted: HashSet<u32>,
     loop_busy: bool,
     scratch: Vec<u8>,
     decoded: Vec<u8>,
@@ -171,10 +169,8 @@ impl Server {
             shared: Shared {
                 config,
                 deadlines: Deadlines::default(),
-                children: HashMap::new(),
+                children: ChildTable::default(),
                 spawner,
-                early_exits: HashMap::new(),
-                unwanted: HashSet::new(),
                 loop_busy: false,
                 scratch: vec![0; MAX_CHUNK],
                 decoded: Vec::with_capacity(MAX_CHUNK),
@@ -302,7 +298,6 @@ impl Server {
             deadlines: &mut shared.deadlines,
             children: &mut shared.children,
             spawner: &mut shared.spawner,
-            early_exits: &mut shared.early_exits,
             loop_busy: shared.loop_busy,
             scratch: &mut shared.scratch,
             decoded: &mut shared.decoded,
@@ -433,22 +428,22 @@ impl Server {
                 }
                 ChildEvent::Exited { pid, status } => (pid, status),
             };
-            match self.shared.children.remove(&pid) {
-                Some(id) => {
+            let starts_pending = self.shared.spawner.in_flight() > 0;
+            match self.shared.children.exited(pid, status, starts_pending) {
+                ExitRoute::Owner(id) => {
                     debug!("pid {pid} exited: {status}");
                     if let Some(connection) = self.connections.get_mut(&id) {
                         connection.on_exit(pid, status);
                         to_drive.push(id);
                     }
                 }
-                None if self.shared.unwanted.remove(&pid) => {
+                ExitRoute::Unwanted => {
                     debug!("reaped pid {pid} ({status}), started for a connection that had gone")
                 }
-                // Reaped before the spawner's report that it started: keep it for `attach`.
-                None if self.shared.spawner.in_flight() > 0 => {
-                    self.shared.early_exits.insert(pid, status);
+                ExitRoute::KeptForClaim => {
+                    debug!("pid {pid} exited ({status}) before its start was handled")
                 }
-                None => debug!("reaped pid {pid} ({status}), not one of ours"),
+                ExitRoute::Unknown => debug!("reaped pid {pid} ({status}), not one of ours"),
             }
         }
     }
@@ -466,13 +461,11 @@ impl Server {
                 }
                 None => spawned.result.ok(),
             };
-            if let Some(child) = unwanted {
-                let pid = child.id();
-                // Already reaped: the pid is no longer ours to signal.
-                if self.shared.early_exits.remove(&pid).is_none() {
-                    process::kill_unwanted(&child);
-                    self.shared.unwanted.insert(pid);
-                }
+            // Unless already reaped: then the pid is no longer ours to signal.
+            if let Some(child) = unwanted
+                && self.shared.children.disown(child.id())
+            {
+                process::kill_unwanted(&child);
             }
         }
     }
@@ -530,27 +523,29 @@ impl Server {
         self.connections.clear(); // kills any command still running
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         let pending =
-            |shared: &Shared| !shared.children.is_empty() || shared.spawner.in_flight() > 0;
+            |shared: &Shared| shared.children.running() > 0 || shared.spawner.in_flight() > 0;
         while pending(&self.shared) && Instant::now() < deadline {
             // Commands still being started when the connections went: kill them on arrival.
             #[cfg(unix)]
             for spawned in self.shared.spawner.take_finished() {
-                if let Ok(child) = spawned.result {
+                if let Ok(child) = spawned.result
+                    && self.shared.children.disown(child.id())
+                {
                     process::kill_unwanted(&child);
-                    self.shared.children.insert(child.id(), spawned.conn);
                 }
             }
             for event in self.exit_watcher.take_events() {
-                if let ChildEvent::Exited { pid, .. } = event {
-                    self.shared.children.remove(&pid);
+                if let ChildEvent::Exited { pid, status } = event {
+                    let starts_pending = self.shared.spawner.in_flight() > 0;
+                    self.shared.children.exited(pid, status, starts_pending);
                 }
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        if !self.shared.children.is_empty() {
+        if self.shared.children.running() > 0 {
             error!(
                 "{} command(s) did not exit after being killed",
-                self.shared.children.len()
+                self.shared.children.running()
             );
         }
     }

@@ -1,0 +1,122 @@
+//! Which connection each child process belongs to, so that the exits the loop reaps by pid (see
+//! [`super::process::ExitWatcher`]) reach the command they end.
+//!
+//! Two things make this more than a map from pid to connection:
+//!
+//! - A child started by the spawner threads can exit, and be reaped, before the loop has
+//!   learned that it was started. Its exit is kept until the connection claims the pid.
+//! - The kernel reuses a pid as soon as it has been reaped. An entry must therefore go exactly
+//!   when its exit is taken: one left behind would send the exit of a later child with the same
+//!   pid to the wrong connection, and that later command would never finish.
+
+use std::collections::{HashMap, HashSet};
+
+use super::connection::ConnId;
+use crate::protocol::ExitStatus;
+
+/// Where a reaped exit belongs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitRoute {
+    /// The command of this connection.
+    Owner(ConnId),
+    /// A child started for a connection that had gone, killed and now reaped.
+    Unwanted,
+    /// Not claimed yet: kept until the spawner's report of its start is handled.
+    KeptForClaim,
+    /// Nothing of ours.
+    Unknown,
+}
+
+/// The children the server started and has not reaped yet, and early exits.
+#[derive(Default)]
+pub struct ChildTable {
+    owners: HashMap<u32, ConnId>,
+    early_exits: HashMap<u32, ExitStatus>,
+    unwanted: HashSet<u32>,
+}
+
+impl ChildTable {
+    /// Routes the exit of `pid`, just reaped. `starts_pending`: the spawner may still report
+    /// children it started, so an unknown pid may be one of those.
+    pub fn exited(&mut self, pid: u32, status: ExitStatus, starts_pending: bool) -> ExitRoute {
+        if let Some(conn) = self.owners.remove(&pid) {
+            ExitRoute::Owner(conn)
+        } else if self.unwanted.remove(&pid) {
+            ExitRoute::Unwanted
+        } else if starts_pending {
+            self.early_exits.insert(pid, status);
+            ExitRoute::KeptForClaim
+        } else {
+            ExitRoute::Unknown
+        }
+    }
+
+    /// Connection `conn` takes the child `pid` it started. Returns the child's exit if it was
+    /// reaped already; the pid is then not recorded, since it is no longer the child's.
+    pub fn claim(&mut self, pid: u32, conn: ConnId) -> Option<ExitStatus> {
+        let early = self.early_exits.remove(&pid);
+        if early.is_none() {
+            self.owners.insert(pid, conn);
+        }
+        early
+    }
+
+    /// A child started for a connection that has gone. Returns true if it is still running (the
+    /// caller kills it; its exit is then expected), false if it was reaped already.
+    #[cfg_attr(windows, allow(dead_code))] // only the Unix spawner threads start children late
+    pub fn disown(&mut self, pid: u32) -> bool {
+        if self.early_exits.remove(&pid).is_some() {
+            return false;
+        }
+        self.owners.remove(&pid);
+        self.unwanted.insert(pid);
+        true
+    }
+
+    /// How many children have not been reaped yet.
+    pub fn running(&self) -> usize {
+        self.owners.len() + self.unwanted.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DONE: ExitStatus = ExitStatus::Exited { code: 0 };
+
+    #[test]
+    fn an_exit_goes_to_the_connection_that_claimed_the_pid() {
+        let mut table = ChildTable::default();
+        assert_eq!(table.claim(100, 7), None);
+        assert_eq!(table.exited(100, DONE, false), ExitRoute::Owner(7));
+        assert_eq!(table.running(), 0);
+    }
+
+    #[test]
+    fn an_exit_reaped_before_the_claim_is_handed_over_and_leaves_nothing_behind() {
+        let mut table = ChildTable::default();
+        assert_eq!(table.exited(100, DONE, true), ExitRoute::KeptForClaim);
+        assert_eq!(table.claim(100, 7), Some(DONE));
+        assert_eq!(table.running(), 0);
+        // The kernel gives pid 100 to a child of another connection, which also exits before
+        // it is claimed: its exit must be kept for that connection, not sent to the first.
+        assert_eq!(table.exited(100, DONE, true), ExitRoute::KeptForClaim);
+        assert_eq!(table.claim(100, 8), Some(DONE));
+        // And once more, claimed before it exits.
+        assert_eq!(table.claim(100, 9), None);
+        assert_eq!(table.exited(100, DONE, false), ExitRoute::Owner(9));
+    }
+
+    #[test]
+    fn a_disowned_child_is_expected_once_unless_already_reaped() {
+        let mut table = ChildTable::default();
+        assert!(table.disown(100));
+        assert_eq!(table.running(), 1);
+        assert_eq!(table.exited(100, DONE, false), ExitRoute::Unwanted);
+        assert_eq!(table.exited(100, DONE, false), ExitRoute::Unknown);
+        assert_eq!(table.exited(200, DONE, true), ExitRoute::KeptForClaim);
+        assert!(!table.disown(200), "already reaped: nothing to kill");
+        assert_eq!(table.running(), 0);
+    }
+}
