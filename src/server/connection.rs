@@ -10,7 +10,9 @@
 //! (its socket or one of its command's pipes). `drive` makes all the progress it can: read and
 //! handle client frames, move command output into frames, feed the command's stdin, write to
 //! the socket. All I/O is non-blocking and the loop's readiness is edge-triggered, so every
-//! source is read or written until it says `WouldBlock` or until backpressure says stop.
+//! source is read or written until it says `WouldBlock` or until backpressure says stop; a
+//! source that said `WouldBlock` is not read again until its next readiness event
+//! ([`Connection::on_ready`]), and a command's pipes are read once more after its exit.
 //!
 //! Backpressure: output is read from the command's pipes only while fewer than
 //! [`OUTBOUND_CAP`] bytes wait for the socket. A slow client therefore makes the pipes fill up,
@@ -77,6 +79,16 @@ pub fn token(conn: ConnId, slot: Slot) -> Token {
 /// The connection a token belongs to.
 pub fn conn_of(token: Token) -> ConnId {
     (token.0 >> 2) as ConnId
+}
+
+/// Which of its connection's sources a token stands for.
+pub fn slot_of(token: Token) -> Slot {
+    match token.0 & 3 {
+        0 => Slot::Socket,
+        1 => Slot::Stdout,
+        2 => Slot::Stderr,
+        _ => Slot::Stdin,
+    }
 }
 
 /// What the event loop should do with a connection after [`Connection::drive`].
@@ -168,6 +180,9 @@ pub struct Connection {
     write_shut: bool,
     /// The socket is registered for writability too (replies are queued).
     registered_writable: bool,
+    /// The socket may have bytes we have not read: cleared when a read finds it drained, set by
+    /// its readiness events (see [`Self::on_ready`]).
+    socket_ready: bool,
     /// Commands spawned so far: each command's serial number, for its deadline.
     commands_started: u64,
     last_activity: Instant,
@@ -190,6 +205,7 @@ impl Connection {
             closing: false,
             write_shut: false,
             registered_writable: false,
+            socket_ready: true,
             commands_started: 0,
             last_activity: ctx.now,
         };
@@ -222,6 +238,26 @@ impl Connection {
     /// that is being closed no longer does.
     pub fn holds_handshake_slot(&self) -> bool {
         self.is_handshaking() && !self.closing
+    }
+
+    /// The poll reported `slot` ready. Sources are read only after such an event and until a
+    /// read finds them drained, not in every round of [`Self::drive`]: that would be a `read`
+    /// failing with `EAGAIN` per source each time anything happens on the connection.
+    pub fn on_ready(&mut self, slot: Slot) {
+        let stream = match slot {
+            Slot::Socket => {
+                self.socket_ready = true;
+                return;
+            }
+            Slot::Stdout => OutputStream::Stdout,
+            Slot::Stderr => OutputStream::Stderr,
+            Slot::Stdin => return, // stdin is written whenever input is pending
+        };
+        if let State::Running(command) = &mut self.state
+            && let Some(process) = &mut command.process
+        {
+            process.output_ready_event(stream);
+        }
     }
 
     /// Registers the socket for writability exactly while replies wait in the outbound buffer.
@@ -294,12 +330,15 @@ impl Connection {
     /// Records the exit of the command's process; its output may still be draining.
     pub fn on_exit(&mut self, pid: u32, status: ExitStatus) {
         if let State::Running(command) = &mut self.state
-            && command
-                .process
-                .as_ref()
-                .is_some_and(|process| process.pid() == pid)
+            && let Some(process) = &mut command.process
+            && process.pid() == pid
         {
             command.exit = Some(status);
+            // The readiness events for its last output can come after the exit: the poll may
+            // report the SIGCHLD wake-up first. Read both pipes again until they are empty
+            // before calling the output complete, or that output would be lost.
+            process.output_ready_event(OutputStream::Stdout);
+            process.output_ready_event(OutputStream::Stderr);
         }
     }
 
@@ -424,7 +463,7 @@ impl Connection {
         // Client frames are read even while output waits for the client, so that a `signal`
         // or a disconnect is seen at once. Only a client that sends requests and does not read
         // the replies (whose replies pile up past the hard cap) is no longer read from.
-        while !self.closing && self.outbound.len() < OUTBOUND_HARD_CAP {
+        while self.socket_ready && !self.closing && self.outbound.len() < OUTBOUND_HARD_CAP {
             match self.socket.read(ctx.scratch) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => {
@@ -432,7 +471,10 @@ impl Connection {
                     self.decoder.feed(&ctx.scratch[..n]);
                     self.handle_frames(ctx);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.socket_ready = false;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }

@@ -245,7 +245,7 @@ impl Server {
                         }
                     }
                     // Sporadic events for connections already closed are normal; `drive` ignores them.
-                    token => to_drive.push(connection::conn_of(token)),
+                    token => self.mark_ready(token, &mut to_drive),
                 }
             }
             self.fire_deadlines(now, &mut to_drive);
@@ -419,11 +419,20 @@ impl Server {
         Ok(())
     }
 
+    /// Tells a connection which of its sources the poll reported ready, and queues it.
+    fn mark_ready(&mut self, token: Token, to_drive: &mut Vec<ConnId>) {
+        let id = connection::conn_of(token);
+        if let Some(connection) = self.connections.get_mut(&id) {
+            connection.on_ready(connection::slot_of(token));
+        }
+        to_drive.push(id);
+    }
+
     fn route_child_events(&mut self, to_drive: &mut Vec<ConnId>) {
         for event in self.exit_watcher.take_events() {
             let (pid, status) = match event {
                 ChildEvent::Ready(token) => {
-                    to_drive.push(connection::conn_of(token));
+                    self.mark_ready(token, to_drive);
                     continue;
                 }
                 ChildEvent::Exited { pid, status } => (pid, status),

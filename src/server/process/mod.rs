@@ -14,9 +14,13 @@
 //! so the only events are exits. Windows has no readiness for anonymous pipes: there, threads
 //! read the pipes and report `Ready` for the pipe's token through the same watcher.
 //!
-//! The contract the connection relies on: once `Exited` has been reported for a child,
-//! `read_output` returning `WouldBlock` means nothing more will come from the child itself
-//! (only from background processes it left holding the pipe).
+//! On Unix `read_output` reads a pipe only after its readiness event (`output_ready_event`) and
+//! until it finds it drained, and answers `WouldBlock` without a system call in between.
+//!
+//! The contract the connection relies on: once `Exited` has been reported for a child and the
+//! connection has marked both its pipes ready again (the poll may report the exit before the
+//! last output's readiness), `read_output` returning `WouldBlock` means nothing more will come
+//! from the child itself (only from background processes it left holding the pipe).
 
 #[cfg(unix)]
 mod unix;

@@ -19,6 +19,10 @@ pub struct ChildProcess {
     stdout: Option<Receiver>,
     stderr: Option<Receiver>,
     stdin: Option<Sender>,
+    /// Per output stream (stdout, stderr): the pipe may have bytes we have not read. Cleared
+    /// once a read finds it drained, set again by its readiness event; reading only then saves
+    /// a `read` that would fail with `EAGAIN` every time anything else happens to the command.
+    output_ready: [bool; 2],
 }
 
 impl ChildProcess {
@@ -55,6 +59,7 @@ impl ChildProcess {
                 stdout: None,
                 stderr: None,
                 stdin: None,
+                output_ready: [true; 2],
             };
             // mio does not make pipes non-blocking for us; a blocking read would stall the loop.
             let mut stdout = Receiver::from(child.stdout.take().expect("stdout is piped"));
@@ -88,10 +93,28 @@ impl ChildProcess {
     /// Reads available output: `Ok(n > 0)` bytes, `Ok(0)` at end of stream, or `WouldBlock`.
     /// A stream already closed reads as end of stream.
     pub fn read_output(&mut self, stream: OutputStream, buf: &mut [u8]) -> io::Result<usize> {
-        match self.output_mut(stream) {
-            Some(pipe) => pipe.read(buf),
-            None => Ok(0),
+        let ready = self.output_ready[stream as usize];
+        let Some(pipe) = self.output_mut(stream) else {
+            return Ok(0);
+        };
+        if !ready {
+            return Err(io::ErrorKind::WouldBlock.into());
         }
+        let result = pipe.read(buf);
+        // Only `WouldBlock` says the pipe is drained. A short read does not: the writer's
+        // hang-up may be waiting behind the bytes, and it raises no new event.
+        if result
+            .as_ref()
+            .is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock)
+        {
+            self.output_ready[stream as usize] = false;
+        }
+        result
+    }
+
+    /// The poll reported `stream`'s pipe ready: the next [`Self::read_output`] reads it.
+    pub fn output_ready_event(&mut self, stream: OutputStream) {
+        self.output_ready[stream as usize] = true;
     }
 
     /// Whether `stream` is still open.

@@ -370,6 +370,10 @@ impl ChildProcess {
         }
     }
 
+    /// The poll reported `stream` ready. Nothing to do here: `read_output` only looks at the
+    /// reader thread's queue, which costs no system call.
+    pub fn output_ready_event(&mut self, _stream: OutputStream) {}
+
     /// Whether `stream` is still open.
     pub fn has_output(&self, stream: OutputStream) -> bool {
         match stream {
