@@ -3,7 +3,9 @@
 //!
 //! Entries are never removed early. A connection whose deadline moved (it became active, its
 //! command finished) just finds, when the old entry fires, that it is not yet due, and schedules
-//! the new time then. That keeps scheduling O(log n) and cancellation free.
+//! the new time then. That keeps scheduling O(log n) and cancellation free. The entries of closed
+//! connections are swept out in bulk ([`Deadlines::sweep_closed`]): left to fire, the idle
+//! checks of every connection of the last hour would pile up on a busy server.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -25,10 +27,15 @@ pub enum DeadlineKind {
     Closing,
 }
 
+/// Entries below which the heap is never swept.
+const MIN_SWEEP: usize = 1024;
+
 /// A min-heap of `(when, connection, kind)`.
 #[derive(Default)]
 pub struct Deadlines {
     heap: BinaryHeap<Reverse<(Instant, ConnId, DeadlineKind)>>,
+    /// Sweep once the heap holds this many entries: twice what the last sweep kept.
+    next_sweep: usize,
 }
 
 impl Deadlines {
@@ -55,6 +62,23 @@ impl Deadlines {
         self.heap
             .peek()
             .map(|Reverse((when, _, _))| when.saturating_duration_since(now))
+    }
+
+    /// How many deadlines are waiting, including those of connections that have closed.
+    pub fn waiting(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// Drops the deadlines of connections for which `live` does not hold, and the memory they
+    /// took, once the heap has grown to twice what the last sweep kept: the O(n) sweep then
+    /// costs O(1) per entry, however many deadlines live connections keep.
+    pub fn sweep_closed(&mut self, live: impl Fn(ConnId) -> bool) {
+        if self.heap.len() < self.next_sweep.max(MIN_SWEEP) {
+            return;
+        }
+        self.heap.retain(|Reverse((_, conn, _))| live(*conn));
+        self.heap.shrink_to(2 * self.heap.len());
+        self.next_sweep = 2 * self.heap.len();
     }
 
     /// Removes and returns the next deadline that is due at `now`.
@@ -84,5 +108,31 @@ mod tests {
         assert_eq!(deadlines.pop_due(later), Some((2, DeadlineKind::Handshake)));
         assert_eq!(deadlines.pop_due(later), Some((1, DeadlineKind::Idle)));
         assert_eq!(deadlines.pop_due(later), None);
+    }
+
+    #[test]
+    fn deadlines_of_closed_connections_are_swept_out_in_bulk() {
+        let now = Instant::now();
+        let mut deadlines = Deadlines::default();
+        let n = 2 * MIN_SWEEP as u64;
+        for conn in 1..=n {
+            deadlines.schedule(
+                now + Duration::from_secs(n - conn),
+                conn,
+                DeadlineKind::Idle,
+            );
+        }
+        let live = |conn: ConnId| conn.is_multiple_of(100);
+        deadlines.sweep_closed(live);
+        assert_eq!(deadlines.waiting(), (n / 100) as usize);
+        // Below the threshold nothing is swept: a sweep per closed connection would be O(n^2).
+        deadlines.schedule(now, 1, DeadlineKind::Idle);
+        deadlines.sweep_closed(live);
+        assert_eq!(deadlines.waiting(), (n / 100) as usize + 1);
+        let later = now + Duration::from_secs(n + 1);
+        let order: Vec<_> = std::iter::from_fn(|| deadlines.pop_due(later)).collect();
+        let mut expected = vec![(1, DeadlineKind::Idle)];
+        expected.extend((1..=n / 100).rev().map(|k| (k * 100, DeadlineKind::Idle)));
+        assert_eq!(order, expected, "still in time order");
     }
 }

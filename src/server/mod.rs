@@ -334,6 +334,11 @@ impl Server {
             debug!("{}: closed", connection.peer());
             // Dropping the connection kills its command's process tree, if one is running.
         }
+        // Its deadlines (an idle check lies an hour ahead) go in the next bulk sweep.
+        let live = &self.connections;
+        self.shared
+            .deadlines
+            .sweep_closed(|id| live.contains_key(&id));
     }
 
     fn accept_all(&mut self, now: Instant, to_drive: &mut Vec<ConnId>) {
