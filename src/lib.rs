@@ -15,6 +15,7 @@
 //! - [`server`]: the `mio` event loop ([`server`]), one client's state machine
 //!   ([`server::connection`]), child processes ([`server::process`]), timers
 //!   ([`server::deadlines`]).
+//! - [`logging`]: log lines to stderr; the server's wait until its replies are sent.
 //! - [`output`]: streaming transcoding of command output to UTF-8.
 //! - `platform` (Windows only): the code page command output is written in, for `auto`.
 //! - [`client`]: the blocking thin client, its prompt and Ctrl-C forwarding.
@@ -25,6 +26,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod logging;
 pub mod output;
 #[cfg(windows)]
 pub mod platform;

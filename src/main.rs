@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use log::info;
 
 use rcmd::client::{self, ClientError, CommandInput, Session, TerminalSink, interrupt, prompt};
+use rcmd::logging::{self, Delivery};
 use rcmd::output::OutputEncoding;
 use rcmd::secret;
 use rcmd::server::{Limits, Server, ServerConfig};
@@ -187,21 +188,23 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(default_level: &str) {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
-        .format_timestamp_millis()
-        .init();
+    logging::init(default_level, Delivery::Immediate);
 }
 
 fn fail(code: u8, message: impl std::fmt::Display) -> u8 {
+    // Log lines the server held back come first, in the order things happened.
+    logging::write_held();
     eprintln!("rcmd: {message}");
     code
 }
 
 fn serve(args: ServeArgs) -> u8 {
-    init_logging("info");
     if args.framing == Framing::Unframed {
+        init_logging("info");
         return serve_unframed(args);
     }
+    // The event loop writes its log lines after each turn's replies (see `rcmd::logging`).
+    logging::init("info", Delivery::Held);
     if args.insecure_no_auth || args.nodelay {
         return fail(
             EXIT_USAGE,
@@ -269,7 +272,10 @@ fn serve(args: ServeArgs) -> u8 {
     println!("listening on {}", server.local_addr());
     let _ = io::stdout().flush();
     match server.run() {
-        Ok(()) => 0,
+        Ok(()) => {
+            logging::write_held();
+            0
+        }
         Err(e) => fail(EXIT_FAILURE, format!("server failed: {e}")),
     }
 }
@@ -328,7 +334,10 @@ fn serve_unframed(args: ServeArgs) -> u8 {
     println!("listening on {}", server.local_addr());
     let _ = io::stdout().flush();
     match server.run() {
-        Ok(()) => 0,
+        Ok(()) => {
+            logging::write_held();
+            0
+        }
         Err(e) => fail(EXIT_FAILURE, format!("server failed: {e}")),
     }
 }

@@ -61,6 +61,13 @@ impl ChildTable {
         early
     }
 
+    /// The connection that owns `pid` has reaped it itself (`ChildProcess::try_reap`): forget
+    /// the pid, which the watcher will never report and the kernel may now reuse.
+    #[cfg_attr(windows, allow(dead_code))] // Windows exits all come through the watcher
+    pub fn reaped_by_owner(&mut self, pid: u32) {
+        self.owners.remove(&pid);
+    }
+
     /// A child started for a connection that has gone. Returns true if it is still running (the
     /// caller kills it; its exit is then expected), false if it was reaped already.
     #[cfg_attr(windows, allow(dead_code))] // only the Unix spawner threads start children late
@@ -106,6 +113,16 @@ mod tests {
         // And once more, claimed before it exits.
         assert_eq!(table.claim(100, 9), None);
         assert_eq!(table.exited(100, DONE, false), ExitRoute::Owner(9));
+    }
+
+    #[test]
+    fn a_child_reaped_by_its_owner_leaves_its_pid_free_for_the_next() {
+        let mut table = ChildTable::default();
+        assert_eq!(table.claim(100, 7), None);
+        table.reaped_by_owner(100);
+        assert_eq!(table.running(), 0);
+        assert_eq!(table.claim(100, 8), None);
+        assert_eq!(table.exited(100, DONE, false), ExitRoute::Owner(8));
     }
 
     #[test]

@@ -142,6 +142,8 @@ struct RunningCommand {
     started: Instant,
     /// Set when the process has been reaped; output may still be draining.
     exit: Option<ExitStatus>,
+    /// Whether the connection tried reaping the process itself, at the end of its output.
+    reap_tried: bool,
     timed_out: bool,
     after_exit_bytes: usize,
     stdin_pending: Vec<u8>,
@@ -160,6 +162,15 @@ impl Drop for RunningCommand {
             process.kill_tree();
         }
     }
+}
+
+/// A command's process has exited: its pipes are read again until they are empty before its
+/// output counts as complete. The readiness events for its last output can come after the
+/// exit (the poll may report the SIGCHLD wake-up first), or, for a child that exited before
+/// its pipes were registered, only in the next poll; without this that output would be lost.
+fn mark_output_ready_at_exit(process: &mut ChildProcess) {
+    process.output_ready_event(OutputStream::Stdout);
+    process.output_ready_event(OutputStream::Stderr);
 }
 
 /// One client connection.
@@ -294,8 +305,16 @@ impl Connection {
             };
             progress |= self.pump_stdin(ctx);
             progress |= self.pump_output(ctx);
-            self.finish_command_if_done(ctx);
-            match self.flush() {
+            let finished = self.finish_command_if_done(ctx);
+            let flushed = self.flush();
+            // The reply first, the housekeeping after: the finished command's pipes are closed
+            // once its exit frame is on its way.
+            if let Some(mut command) = finished
+                && let Some(process) = &mut command.process
+            {
+                process.release(ctx.registry);
+            }
+            match flushed {
                 Ok(wrote) => progress |= wrote,
                 Err(e) => {
                     self.log_disconnect(&e);
@@ -334,11 +353,7 @@ impl Connection {
             && process.pid() == pid
         {
             command.exit = Some(status);
-            // The readiness events for its last output can come after the exit: the poll may
-            // report the SIGCHLD wake-up first. Read both pipes again until they are empty
-            // before calling the output complete, or that output would be lost.
-            process.output_ready_event(OutputStream::Stdout);
-            process.output_ready_event(OutputStream::Stderr);
+            mark_output_ready_at_exit(process);
         }
     }
 
@@ -744,6 +759,7 @@ impl Connection {
             pending_signal: None,
             started: ctx.now,
             exit: None,
+            reap_tried: false,
             timed_out: false,
             after_exit_bytes: 0,
             stdin_pending: Vec::new(),
@@ -775,7 +791,7 @@ impl Connection {
 
     /// Makes a started process the running command's: routes its exit here, and applies what
     /// arrived while it was starting (an exit reaped early, a timeout, a Ctrl-C).
-    fn attach(&mut self, process: ChildProcess, ctx: &mut Context) {
+    fn attach(&mut self, mut process: ChildProcess, ctx: &mut Context) {
         let State::Running(command) = &mut self.state else {
             return; // cannot happen: callers check; dropping `process` would leak nothing
         };
@@ -786,6 +802,7 @@ impl Connection {
         );
         if let Some(status) = ctx.children.claim(pid, self.id) {
             command.exit = Some(status);
+            mark_output_ready_at_exit(&mut process);
         } else if command.timed_out {
             process.kill_tree();
         } else if let Some(signal) = command.pending_signal.take() {
@@ -948,7 +965,7 @@ impl Connection {
                     self.encoder.encode(&message, body, &mut self.outbound);
                 }
                 if done {
-                    process.close_output(stream, ctx.registry);
+                    process.end_output(stream);
                 }
                 round_progress |= read > 0 || done;
             }
@@ -959,25 +976,33 @@ impl Connection {
         }
     }
 
-    fn finish_command_if_done(&mut self, ctx: &mut Context) {
-        let State::Running(command) = &self.state else {
-            return;
+    /// Once the command's process has exited and its output is all read, queues its `exit`
+    /// frame and returns the command, for [`Self::drive`] to release its pipes.
+    fn finish_command_if_done(&mut self, ctx: &mut Context) -> Option<Box<RunningCommand>> {
+        let State::Running(command) = &mut self.state else {
+            return None;
         };
-        // An exit is only ever known for an attached process.
-        let finished = command.exit.is_some()
-            && command.process.as_ref().is_some_and(|process| {
-                !process.has_output(OutputStream::Stdout)
-                    && !process.has_output(OutputStream::Stderr)
-            });
-        if !finished {
-            return;
+        let process = command.process.as_ref()?;
+        let output_done =
+            !process.has_output(OutputStream::Stdout) && !process.has_output(OutputStream::Stderr);
+        if !output_done {
+            return None;
         }
-        let State::Running(mut command) = mem::replace(&mut self.state, State::Ready) else {
+        if command.exit.is_none() {
+            // Both pipes at end of file: the process has most likely exited (its exit closed
+            // them). Reaping it now saves the reply a trip through SIGCHLD and the exit
+            // watcher. Once: a process that closed its output itself and still runs is
+            // reported by the watcher when it exits.
+            if command.reap_tried {
+                return None;
+            }
+            command.reap_tried = true;
+            command.exit = Some(process.try_reap()?);
+            ctx.children.reaped_by_owner(process.pid());
+        }
+        let State::Running(command) = mem::replace(&mut self.state, State::Ready) else {
             unreachable!()
         };
-        if let Some(process) = &mut command.process {
-            process.close_stdin(ctx.registry);
-        }
         let status = if command.timed_out {
             ExitStatus::TimedOut
         } else {
@@ -995,6 +1020,7 @@ impl Connection {
         };
         self.send(&exit, b"");
         self.last_activity = ctx.now;
+        Some(command)
     }
 
     /// Writes queued frames until the socket would block. Ok(true) if anything was written.

@@ -216,8 +216,14 @@ impl Server {
             let now = Instant::now();
             let mut to_drive = std::mem::take(&mut self.more_work);
             // One event and no backlog: a lone client, for whom starting its command inline
-            // is fastest. Anything more: keep the loop free (see `spawner`).
-            self.shared.loop_busy = !to_drive.is_empty() || events.iter().nth(1).is_some();
+            // is fastest. Anything more: keep the loop free (see `spawner`). The SIGCHLD of
+            // the client's previous command, often reported with its next one, is no load.
+            self.shared.loop_busy = !to_drive.is_empty()
+                || events
+                    .iter()
+                    .filter(|e| e.token() != CHILD_EVENTS)
+                    .nth(1)
+                    .is_some();
             for event in events.iter() {
                 match event.token() {
                     #[cfg(unix)]
@@ -258,6 +264,8 @@ impl Server {
             for id in to_drive {
                 self.drive(id, now);
             }
+            // Only now, with this turn's replies sent, the turn's log lines (`crate::logging`).
+            crate::logging::write_held();
             if let Some(started) = self.shutdown_started
                 && (self.connections.is_empty() || started.elapsed() > SHUTDOWN_GRACE)
             {
@@ -266,6 +274,7 @@ impl Server {
         }
         self.reap_remaining_children();
         info!("shut down");
+        crate::logging::write_held();
         Ok(())
     }
 

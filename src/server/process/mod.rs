@@ -21,6 +21,11 @@
 //! connection has marked both its pipes ready again (the poll may report the exit before the
 //! last output's readiness), `read_output` returning `WouldBlock` means nothing more will come
 //! from the child itself (only from background processes it left holding the pipe).
+//!
+//! A finished command's reply does not wait for housekeeping: a pipe at end of file is only
+//! marked so (`end_output`) and closed by `release` after the exit frame is sent, and when
+//! both pipes are at end of file the connection tries `try_reap` (Unix) rather than waiting
+//! for the SIGCHLD round trip through the watcher.
 
 #[cfg(unix)]
 mod unix;

@@ -19,6 +19,9 @@ pub struct ChildProcess {
     stdout: Option<Receiver>,
     stderr: Option<Receiver>,
     stdin: Option<Sender>,
+    /// Output pipes that reached end of file, still registered: closing them waits for
+    /// [`Self::release`], after the command's exit has been sent.
+    ended: Vec<Receiver>,
     /// Per output stream (stdout, stderr): the pipe may have bytes we have not read. Cleared
     /// once a read finds it drained, set again by its readiness event; reading only then saves
     /// a `read` that would fail with `EAGAIN` every time anything else happens to the command.
@@ -59,7 +62,10 @@ impl ChildProcess {
                 stdout: None,
                 stderr: None,
                 stdin: None,
-                output_ready: [true; 2],
+                ended: Vec::new(),
+                // Registering a pipe that is already readable raises its event at once, so
+                // there is nothing to read before the first event.
+                output_ready: [false; 2],
             };
             // mio does not make pipes non-blocking for us; a blocking read would stall the loop.
             let mut stdout = Receiver::from(child.stdout.take().expect("stdout is piped"));
@@ -127,13 +133,56 @@ impl ChildProcess {
 
     /// Stops reading `stream`: deregisters and closes our end of the pipe.
     pub fn close_output(&mut self, stream: OutputStream, registry: &Registry) {
-        let pipe = match stream {
-            OutputStream::Stdout => self.stdout.take(),
-            OutputStream::Stderr => self.stderr.take(),
-        };
-        if let Some(mut pipe) = pipe {
+        if let Some(mut pipe) = self.take_output(stream) {
             let _ = registry.deregister(&mut pipe);
         }
+    }
+
+    /// `stream` reached end of file: it counts as closed from now on, but the pipe is only
+    /// deregistered and closed by [`Self::release`]. That is two system calls per pipe the
+    /// reply reporting the command's exit does not wait for.
+    pub fn end_output(&mut self, stream: OutputStream) {
+        if let Some(pipe) = self.take_output(stream) {
+            self.ended.push(pipe);
+        }
+    }
+
+    fn take_output(&mut self, stream: OutputStream) -> Option<Receiver> {
+        match stream {
+            OutputStream::Stdout => self.stdout.take(),
+            OutputStream::Stderr => self.stderr.take(),
+        }
+    }
+
+    /// Deregisters and closes every pipe still open, for a command that is finished.
+    pub fn release(&mut self, registry: &Registry) {
+        self.close_output(OutputStream::Stdout, registry);
+        self.close_output(OutputStream::Stderr, registry);
+        self.close_stdin(registry);
+        for mut pipe in self.ended.drain(..) {
+            let _ = registry.deregister(&mut pipe);
+        }
+    }
+
+    /// Reaps the child if it has exited, without waiting, and returns how it ended.
+    ///
+    /// For a command whose output pipes have both reached end of file: its process has most
+    /// likely exited (exiting closes them), and reaping it here sends the reply without waiting
+    /// for the SIGCHLD round trip through the [`ExitWatcher`]. The caller must take the pid out
+    /// of the child table, since the watcher will not see this exit.
+    pub fn try_reap(&self) -> Option<ExitStatus> {
+        let mut raw_status = 0;
+        // SAFETY: waitpid writes only to the status integer we pass. The pid is our unreaped
+        // child: only this thread reaps, and the watcher has not reported it.
+        let pid = unsafe { libc::waitpid(self.pid as libc::pid_t, &mut raw_status, libc::WNOHANG) };
+        if pid != self.pid as libc::pid_t {
+            return None; // 0: still running (it closed its output itself)
+        }
+        let status = exit_status(raw_status);
+        if status.is_none() {
+            log::debug!("pid {pid}: unexpected wait status {raw_status:#x}");
+        }
+        status
     }
 
     fn output_mut(&mut self, stream: OutputStream) -> Option<&mut Receiver> {
@@ -255,12 +304,8 @@ impl ExitWatcher {
             if pid <= 0 {
                 break; // 0: children remain but none has exited; -1: no children (ECHILD).
             }
-            let status = std::process::ExitStatus::from_raw(raw_status);
-            let status = match (status.code(), status.signal()) {
-                (Some(code), _) => ExitStatus::Exited { code },
-                (None, Some(signal)) => ExitStatus::Signaled { signal },
-                // Stopped or continued children are not reported without WUNTRACED.
-                (None, None) => continue,
+            let Some(status) = exit_status(raw_status) else {
+                continue;
             };
             exits.push(ChildEvent::Exited {
                 pid: pid as u32,
@@ -268,6 +313,17 @@ impl ExitWatcher {
             });
         }
         exits
+    }
+}
+
+/// How a child ended, from the status `waitpid` reported for it.
+fn exit_status(raw_status: libc::c_int) -> Option<ExitStatus> {
+    let status = std::process::ExitStatus::from_raw(raw_status);
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Some(ExitStatus::Exited { code }),
+        (None, Some(signal)) => Some(ExitStatus::Signaled { signal }),
+        // Stopped or continued children are not reported without WUNTRACED.
+        (None, None) => None,
     }
 }
 

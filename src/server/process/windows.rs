@@ -391,6 +391,27 @@ impl ChildProcess {
         }
     }
 
+    /// `stream` reached end of file. Its reader thread has ended; nothing is registered.
+    pub fn end_output(&mut self, stream: OutputStream) {
+        match stream {
+            OutputStream::Stdout => self.stdout = None,
+            OutputStream::Stderr => self.stderr = None,
+        }
+    }
+
+    /// Lets go of every pipe still open, for a command that is finished.
+    pub fn release(&mut self, _registry: &Registry) {
+        self.stdout = None;
+        self.stderr = None;
+        self.stdin = None;
+    }
+
+    /// Exits are only learned from the [`ExitWatcher`] here: its thread waits on the process
+    /// handle, so there is no round trip to save.
+    pub fn try_reap(&self) -> Option<ExitStatus> {
+        None
+    }
+
     /// Whether the command's stdin pipe is still open.
     pub fn has_stdin(&self) -> bool {
         self.stdin.is_some()
