@@ -321,6 +321,34 @@ fn cd_persists_for_the_connection() {
 }
 
 #[test]
+fn commands_at_the_prompt_read_dev_null_every_time() {
+    // The server keeps one /dev/null open and gives each command a duplicate: a command that
+    // reads or closes its stdin must not change what the next one gets.
+    let server = TestServer::start(&[]);
+    let mut command = server.client("connect");
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let script = "readlink /proc/self/fd/0\ncat; echo read-eof\nexec 0<&-; echo closed\n\
+                  readlink /proc/self/fd/0\nwc -c\nexit\n";
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        stdout_of(&output),
+        "/dev/null\nread-eof\nclosed\n/dev/null\n0\n",
+        "stderr: {}",
+        stderr_of(&output)
+    );
+}
+
+#[test]
 fn a_background_process_holding_the_pipe_does_not_delay_the_exit() {
     let server = TestServer::start(&[]);
     let started = Instant::now();

@@ -139,7 +139,10 @@ impl Server {
         let exit_watcher = ExitWatcher::new(poll.registry(), CHILD_EVENTS)?;
         let spawner = Spawner::new(poll.registry(), SPAWNED)?;
         #[cfg(unix)]
-        process::give_children_default_signals();
+        {
+            process::give_children_default_signals();
+            process::open_dev_null();
+        }
         // Windows: Ctrl-C and closing the console come as a shutdown request through the
         // watcher, which owns the loop's only waker (mio allows one per poll).
         #[cfg(windows)]

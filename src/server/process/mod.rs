@@ -30,7 +30,9 @@
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
-pub use unix::{ChildProcess, ExitWatcher, give_children_default_signals, kill_unwanted, start};
+pub use unix::{
+    ChildProcess, ExitWatcher, give_children_default_signals, kill_unwanted, open_dev_null, start,
+};
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]

@@ -1,9 +1,11 @@
 //! Unix child processes: `sh -c`, process groups, non-blocking pipes in the `mio` poll, SIGCHLD.
 
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 
 use mio::unix::pipe::{Receiver, Sender};
 use mio::{Interest, Registry, Token};
@@ -249,7 +251,7 @@ pub fn start(command: &str, cwd: &Path, with_stdin: bool) -> io::Result<Child> {
         .stdin(if with_stdin {
             Stdio::piped()
         } else {
-            Stdio::null()
+            dev_null()
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -257,6 +259,29 @@ pub fn start(command: &str, cwd: &Path, with_stdin: bool) -> io::Result<Child> {
         // and every other descendant that did not deliberately leave.
         .process_group(0)
         .spawn()
+}
+
+/// The /dev/null that commands without stdin read, opened once: `Stdio::null()` opens it for
+/// every command, a path lookup each time, where duplicating a descriptor is cheaper.
+static DEV_NULL: OnceLock<Option<File>> = OnceLock::new();
+
+/// Opens [`DEV_NULL`] now, at server start, so that it belongs to the server's resting set of
+/// descriptors instead of appearing with the first command.
+pub fn open_dev_null() {
+    dev_null_file();
+}
+
+fn dev_null_file() -> Option<&'static File> {
+    DEV_NULL
+        .get_or_init(|| File::open("/dev/null").ok())
+        .as_ref()
+}
+
+/// A command's stdin when it gets none; `Stdio::null()` if /dev/null could not be kept open.
+fn dev_null() -> Stdio {
+    dev_null_file()
+        .and_then(|file| file.try_clone().ok())
+        .map_or_else(Stdio::null, Stdio::from)
 }
 
 /// Kills the process group of a child that was started but is no longer wanted (its client
