@@ -18,7 +18,7 @@ use std::time::Duration;
 use log::debug;
 
 use crate::auth::{self, FrameMac, Role, SessionKeys};
-use crate::protocol::frame::{MAX_BODY_LEN, MAX_CHUNK};
+use crate::protocol::frame::{FrameRef, MAX_BODY_LEN, MAX_CHUNK};
 use crate::protocol::message::{Bytes32, PROTOCOL_NAME, STDIN_WINDOW};
 use crate::protocol::{
     ErrorCode, ExitStatus, Frame, FrameDecoder, FrameEncoder, FrameError, Message, PROTOCOL_VERSION,
@@ -380,11 +380,17 @@ impl Session {
     }
 
     fn read_frame(&mut self) -> Result<Frame, ClientError> {
-        loop {
-            if let Some(frame) = self.decoder.next_frame()? {
-                debug!("<- {}", frame.message.type_name());
-                return Ok(frame);
-            }
+        let frame = self.read_frame_ref()?;
+        Ok(Frame {
+            message: frame.message,
+            body: frame.body.to_vec(),
+        })
+    }
+
+    /// The next frame, its body still in the decoder's buffer: command output goes from there
+    /// to the sink without a copy of its own.
+    fn read_frame_ref(&mut self) -> Result<FrameRef<'_>, ClientError> {
+        while !self.decoder.frame_ready()? {
             match self.decoder.read_from(&mut self.stream, READ_SIZE) {
                 Ok(0) => return Err(ClientError::Disconnected),
                 Ok(_) => {}
@@ -405,6 +411,12 @@ impl Session {
                 Err(e) => return Err(ClientError::Io(e)),
             }
         }
+        // `frame_ready` said a whole frame is buffered, so this is a frame or an error.
+        let frame = self.decoder.next_frame_ref()?.ok_or_else(|| {
+            ClientError::Protocol("the frame decoder lost a complete frame".into())
+        })?;
+        debug!("<- {}", frame.message.type_name());
+        Ok(frame)
     }
 
     /// Runs `command` on the server, passing its output to `sink` as it arrives, and returns
@@ -448,13 +460,13 @@ impl Session {
         }
         let _interrupt_guard = interrupt::forward_to(self.sender.clone(), id);
         loop {
-            let frame = self.read_frame()?;
+            let frame = self.read_frame_ref()?;
             match frame.message {
                 Message::Stdout { id: of } if of == id => {
-                    sink.stdout(&frame.body).map_err(ClientError::LocalOutput)?
+                    sink.stdout(frame.body).map_err(ClientError::LocalOutput)?
                 }
                 Message::Stderr { id: of } if of == id => {
-                    sink.stderr(&frame.body).map_err(ClientError::LocalOutput)?
+                    sink.stderr(frame.body).map_err(ClientError::LocalOutput)?
                 }
                 Message::Exit { id: of, status, .. } if of == id => return Ok(status),
                 Message::StdinAck { id: of, bytes } if of == id => window.release(bytes),

@@ -20,6 +20,7 @@
 //! [`FrameDecoder::next_frame`] until it says `Ok(None)` ("not enough bytes yet").
 
 use std::io::{self, Read};
+use std::ops::Range;
 
 use crate::auth::{FrameMac, TAG_LEN};
 use crate::protocol::message::{ErrorCode, Message};
@@ -41,6 +42,15 @@ pub const MAX_CHUNK: usize = 64 * 1024;
 pub struct Frame {
     pub message: Message,
     pub body: Vec<u8>,
+}
+
+/// A decoded frame whose body is still in the decoder's buffer, valid until the decoder is
+/// used again: a receiver that only passes the body on (the client writing command output)
+/// is spared a copy and an allocation per frame.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FrameRef<'a> {
+    pub message: Message,
+    pub body: &'a [u8],
 }
 
 /// Why a byte stream could not be decoded. Each is fatal for the connection.
@@ -167,7 +177,7 @@ pub struct FrameDecoder {
     buf: Vec<u8>,
     start: usize,
     end: usize,
-    /// Buffer size kept when it empties; larger buffers are freed (see `take_frame`).
+    /// Buffer size kept when it empties; larger buffers are freed (see `reset_if_drained`).
     retain: usize,
     pending: Option<PendingHeader>,
     mac: Option<FrameMac>,
@@ -201,6 +211,7 @@ impl FrameDecoder {
 
     /// Adds bytes received from the peer.
     pub fn feed(&mut self, bytes: &[u8]) {
+        self.reset_if_drained();
         self.make_room(bytes.len(), bytes.len());
         self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
         self.end += bytes.len();
@@ -215,6 +226,7 @@ impl FrameDecoder {
         // Room for a few reads at once, so the remainder is rarely moved to the front. Such a
         // decoder serves a client's one connection, so it keeps that buffer when it empties.
         self.retain = self.retain.max(6 * max);
+        self.reset_if_drained();
         self.make_room(max, 4 * max);
         let n = reader.read(&mut self.buf[self.end..self.end + max])?;
         self.end += n;
@@ -259,18 +271,78 @@ impl FrameDecoder {
     /// Any [`FrameError`]; the stream cannot be resynchronised after one, so the connection
     /// should be closed.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        let tagged = self.mac.is_some();
-        self.take_frame().map_err(|error| match error {
+        let frame = self.next_frame_ref()?.map(|frame| Frame {
+            message: frame.message,
+            body: frame.body.to_vec(),
+        });
+        // The body has been copied out, so the buffer can start over (and shrink) right away.
+        self.reset_if_drained();
+        Ok(frame)
+    }
+
+    /// Like [`Self::next_frame`], with the body left in the decoder's buffer.
+    ///
+    /// # Errors
+    /// As for [`Self::next_frame`].
+    pub fn next_frame_ref(&mut self) -> Result<Option<FrameRef<'_>>, FrameError> {
+        let taken = self
+            .take_frame()
+            .map_err(|error| self.as_seen_by_receiver(error))?;
+        Ok(taken.map(|(message, body)| FrameRef {
+            message,
+            body: &self.buf[body],
+        }))
+    }
+
+    /// Whether a whole frame has arrived, so that the next [`Self::next_frame_ref`] returns it
+    /// (or fails on it). Takes nothing.
+    ///
+    /// # Errors
+    /// As for [`Self::next_frame`], for a header that has arrived and is invalid.
+    pub fn frame_ready(&mut self) -> Result<bool, FrameError> {
+        match self.complete_frame() {
+            Ok(complete) => Ok(complete.is_some()),
+            Err(error) => Err(self.as_seen_by_receiver(error)),
+        }
+    }
+
+    fn as_seen_by_receiver(&self, error: FrameError) -> FrameError {
+        match error {
             // An authenticated peer only ever sends well-formed frames, so after the handshake
             // a malformed one means the bytes were changed on the way: say so. A length over a
             // limit keeps its own error, tampered or not: the limit is what the receiver knows.
             FrameError::HeaderTooLarge { .. } | FrameError::BodyTooLarge { .. } => error,
-            _ if tagged => FrameError::Integrity,
+            _ if self.mac.is_some() => FrameError::Integrity,
             other => other,
-        })
+        }
     }
 
-    fn take_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+    /// The next frame's message and where its body lies in `buf`. The bytes stay where they
+    /// are until the next call, so that the body can be lent out.
+    fn take_frame(&mut self) -> Result<Option<(Message, Range<usize>)>, FrameError> {
+        let Some((header_len, covered, tag_len)) = self.complete_frame()? else {
+            return Ok(None);
+        };
+        let frame = &self.buf[self.start..self.end];
+        if let Some(mac) = &mut self.mac
+            && !mac.verify(&frame[..covered], &frame[covered..covered + tag_len])
+        {
+            return Err(FrameError::Integrity);
+        }
+        let body = self.start + LEN_PREFIX + header_len..self.start + covered;
+        self.start += covered + tag_len;
+        let message = self
+            .pending
+            .take()
+            .expect("complete_frame parsed it")
+            .message;
+        Ok(Some((message, body)))
+    }
+
+    /// If the next frame has arrived whole: its header's length, the length its tag covers
+    /// (prefix, header and body) and the tag's length. Parses the header once it is in.
+    fn complete_frame(&mut self) -> Result<Option<(usize, usize, usize)>, FrameError> {
+        self.reset_if_drained();
         if self.pending.is_none() {
             match self.parse_header()? {
                 Some(header) => self.pending = Some(header),
@@ -284,26 +356,22 @@ impl FrameDecoder {
         } = *self.pending.as_ref().expect("set above");
         let tag_len = if self.mac.is_some() { TAG_LEN } else { 0 };
         let covered = LEN_PREFIX + header_len + body_len;
-        let frame = &self.buf[self.start..self.end];
-        if frame.len() < covered + tag_len {
+        if self.end - self.start < covered + tag_len {
             return Ok(None);
         }
-        if let Some(mac) = &mut self.mac
-            && !mac.verify(&frame[..covered], &frame[covered..covered + tag_len])
-        {
-            return Err(FrameError::Integrity);
-        }
-        let body = frame[LEN_PREFIX + header_len..covered].to_vec();
-        self.start += covered + tag_len;
-        if self.start == self.end {
+        Ok(Some((header_len, covered, tag_len)))
+    }
+
+    /// Once every byte received has been taken as frames (and no body is lent out any more),
+    /// starts the buffer over from the front.
+    fn reset_if_drained(&mut self) {
+        if self.start == self.end && self.start > 0 {
             (self.start, self.end) = (0, 0);
             if self.buf.len() > self.retain {
                 // Give back the memory a large frame needed; idle connections should cost little.
                 self.buf = Vec::new();
             }
         }
-        let message = self.pending.take().expect("set above").message;
-        Ok(Some(Frame { message, body }))
     }
 
     fn parse_header(&self) -> Result<Option<PendingHeader>, FrameError> {
@@ -502,6 +570,44 @@ mod tests {
             0,
             "an idle connection keeps no large buffer"
         );
+    }
+
+    #[test]
+    fn a_lent_body_stays_valid_until_the_decoder_is_used_again() {
+        let mut decoder = FrameDecoder::default();
+        let mut bytes = encode(&Message::Stdout { id: 1 }, &vec![7; 3 * MAX_CHUNK]);
+        bytes.extend(encode(&Message::Stderr { id: 1 }, b"second"));
+        decoder.feed(&bytes);
+        let first = decoder.next_frame_ref().unwrap().unwrap();
+        assert_eq!(first.message, Message::Stdout { id: 1 });
+        assert_eq!(first.body, &vec![7; 3 * MAX_CHUNK][..]);
+        let second = decoder.next_frame_ref().unwrap().unwrap();
+        assert_eq!(second.message, Message::Stderr { id: 1 });
+        assert_eq!(second.body, b"second");
+        assert_eq!(decoder.next_frame_ref().unwrap(), None);
+        assert_eq!(
+            decoder.buf.len(),
+            0,
+            "drained: the large buffer is given back"
+        );
+    }
+
+    #[test]
+    fn frame_ready_says_when_a_whole_frame_is_in_and_takes_nothing() {
+        let mut decoder = FrameDecoder::default();
+        let bytes = encode(&Message::Stdout { id: 3 }, b"hello");
+        for byte in &bytes {
+            assert!(!decoder.frame_ready().unwrap());
+            decoder.feed(std::slice::from_ref(byte));
+        }
+        assert!(decoder.frame_ready().unwrap());
+        assert!(decoder.frame_ready().unwrap(), "asking again takes nothing");
+        let frame = decoder.next_frame_ref().unwrap().unwrap();
+        assert_eq!(
+            (frame.message, frame.body),
+            (Message::Stdout { id: 3 }, &b"hello"[..])
+        );
+        assert!(!decoder.frame_ready().unwrap());
     }
 
     #[test]
