@@ -143,17 +143,76 @@ impl FrameEncoder {
         );
         let start = out.len();
         out.extend_from_slice(&[0; LEN_PREFIX]);
-        serde_json::to_writer(
-            &mut *out,
-            &WireHeader {
-                message,
-                len: body.len(),
-            },
-        )
-        .expect("serializing a message to a Vec cannot fail");
+        Self::write_header(message, body.len(), out);
         let header_len = (out.len() - start - LEN_PREFIX) as u32;
         out[start..start + LEN_PREFIX].copy_from_slice(&header_len.to_be_bytes());
         out.extend_from_slice(body);
+        self.append_tag(out, start);
+    }
+
+    /// Appends one frame whose body `append_body` adds to `out` itself (at most `max_body`
+    /// bytes, e.g. read straight from a pipe), sparing the copy from a separate read buffer.
+    /// Returns what `append_body` returned; on `Ok(0)` or an error `out` is as it was.
+    ///
+    /// The header comes first but holds the body's length, known only after the read. So the
+    /// header is written for `max_body`, and once the body is in, rewritten for its real
+    /// length and the body moved left by the bytes that saves: that happens only for a body
+    /// with fewer digits in its length than `max_body`, that is a short one.
+    ///
+    /// # Errors
+    /// Whatever `append_body` returned, or `InvalidData` if it appended more than `max_body`.
+    pub fn encode_appending_body(
+        &mut self,
+        message: &Message,
+        max_body: usize,
+        out: &mut Vec<u8>,
+        append_body: impl FnOnce(&mut Vec<u8>, usize) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let start = out.len();
+        out.extend_from_slice(&[0; LEN_PREFIX]);
+        Self::write_header(message, max_body, out);
+        let body_at = out.len();
+        let appended = match append_body(out, max_body) {
+            Ok(n) if n > 0 && n <= max_body && out.len() == body_at + n => n,
+            Ok(n) if n > 0 => {
+                out.truncate(start);
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{n} bytes of body reported, at most {max_body} expected"),
+                ));
+            }
+            other => {
+                out.truncate(start);
+                return other;
+            }
+        };
+        let mut header = Vec::with_capacity(body_at - start - LEN_PREFIX);
+        Self::write_header(message, appended, &mut header);
+        let header_at = start + LEN_PREFIX;
+        let saved = body_at - header_at - header.len();
+        if saved > 0 {
+            out.copy_within(body_at.., body_at - saved);
+            out.truncate(out.len() - saved);
+        }
+        out[start..header_at].copy_from_slice(&(header.len() as u32).to_be_bytes());
+        out[header_at..header_at + header.len()].copy_from_slice(&header);
+        self.append_tag(out, start);
+        Ok(appended)
+    }
+
+    fn write_header(message: &Message, body_len: usize, out: &mut Vec<u8>) {
+        serde_json::to_writer(
+            out,
+            &WireHeader {
+                message,
+                len: body_len,
+            },
+        )
+        .expect("serializing a message to a Vec cannot fail");
+    }
+
+    /// Appends the tag of the frame that starts at `out[start]`, when tagging.
+    fn append_tag(&mut self, out: &mut Vec<u8>, start: usize) {
         if let Some(mac) = &mut self.mac {
             let tag = mac.tag(&out[start..]);
             out.extend_from_slice(&tag);
@@ -686,6 +745,79 @@ mod tests {
         let bytes = encode(&Message::Stdin { id: 1 }, &[7; 100]);
         for cut in 0..bytes.len() {
             assert_eq!(decode_all(&bytes[..cut]), Ok(None), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_body_appended_in_place_makes_the_same_frames_as_encode() {
+        let key = [9u8; 32];
+        for tagged in [false, true] {
+            let (mut appending, mut copying) = (FrameEncoder::new(), FrameEncoder::new());
+            if tagged {
+                appending.start_tagging(FrameMac::new(&key));
+                copying.start_tagging(FrameMac::new(&key));
+            }
+            let (mut got, mut want) = (b"earlier frames".to_vec(), b"earlier frames".to_vec());
+            // Lengths with fewer digits than the maximum move the body; the others do not.
+            for len in [1, 9, 10, 99, 100, 9_999, 10_000, 65_535, MAX_CHUNK] {
+                let body: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+                let message = Message::Stdout { id: 42 };
+                let appended = appending
+                    .encode_appending_body(&message, MAX_CHUNK, &mut got, |out, max| {
+                        assert_eq!(max, MAX_CHUNK);
+                        out.extend_from_slice(&body);
+                        Ok(body.len())
+                    })
+                    .unwrap();
+                assert_eq!(appended, len);
+                copying.encode(&message, &body, &mut want);
+                assert_eq!(got, want, "tagged {tagged}, body of {len} bytes");
+            }
+            // Nothing read, a failed read, or a read past the maximum: no frame at all.
+            let before = got.clone();
+            let nothing =
+                appending
+                    .encode_appending_body(&Message::Stdout { id: 1 }, 8, &mut got, |_, _| Ok(0));
+            assert_eq!(nothing.unwrap(), 0);
+            let failed = appending.encode_appending_body(
+                &Message::Stdout { id: 1 },
+                8,
+                &mut got,
+                |out, _| {
+                    out.push(1);
+                    Err(io::ErrorKind::WouldBlock.into())
+                },
+            );
+            assert_eq!(failed.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+            let too_much = appending.encode_appending_body(
+                &Message::Stdout { id: 1 },
+                8,
+                &mut got,
+                |out, _| {
+                    out.extend_from_slice(&[0; 9]);
+                    Ok(9)
+                },
+            );
+            assert_eq!(too_much.unwrap_err().kind(), io::ErrorKind::InvalidData);
+            assert_eq!(got, before);
+            // And the tag sequence was not advanced by them: the next frame still verifies.
+            let mut decoder = FrameDecoder::default();
+            if tagged {
+                decoder.start_verifying(FrameMac::new(&key));
+            }
+            appending
+                .encode_appending_body(&Message::Stderr { id: 2 }, 4, &mut got, |out, _| {
+                    out.extend_from_slice(b"last");
+                    Ok(4)
+                })
+                .unwrap();
+            decoder.feed(&got[b"earlier frames".len()..]);
+            let mut bodies = Vec::new();
+            while let Some(frame) = decoder.next_frame().unwrap() {
+                bodies.push(frame.body.len());
+            }
+            assert_eq!(bodies.last(), Some(&4));
+            assert_eq!(bodies.len(), 10);
         }
     }
 

@@ -39,6 +39,7 @@ use super::process::{ChildProcess, OutputStream, PipeTokens};
 use super::spawner::{SpawnRequest, Spawner, Start};
 use crate::auth::{self, FrameMac, Role, SessionKeys};
 use crate::output::StreamDecoder;
+use crate::protocol::frame::MAX_CHUNK;
 use crate::protocol::message::{Bytes32, PROTOCOL_NAME, STDIN_WINDOW};
 use crate::protocol::{
     ErrorCode, ExitStatus, Frame, FrameDecoder, FrameEncoder, Message, PROTOCOL_VERSION, SignalName,
@@ -52,7 +53,7 @@ pub type ConnId = u64;
 pub const OUTBOUND_CAP: usize = 256 * 1024;
 /// Queued replies past which the client is not read from until it reads what we sent. Command
 /// output alone stays below this (output is read only while under [`OUTBOUND_CAP`], and one
-/// chunk adds at most three times [`MAX_CHUNK`](crate::protocol::frame::MAX_CHUNK)); only a client flooding requests gets here.
+/// chunk adds at most three times [`MAX_CHUNK`]); only a client flooding requests gets here.
 const OUTBOUND_HARD_CAP: usize = 2 * OUTBOUND_CAP;
 /// After the command's process exits, how much more output to take from background processes
 /// still holding its pipes before calling the output complete.
@@ -926,7 +927,28 @@ impl Connection {
                 if self.outbound.len() >= OUTBOUND_CAP || !process.has_output(stream) {
                     continue;
                 }
-                let (done, read) = match process.read_output(stream, ctx.scratch) {
+                let decoder = match stream {
+                    OutputStream::Stdout => &mut command.stdout_decoder,
+                    OutputStream::Stderr => &mut command.stderr_decoder,
+                };
+                let message = match stream {
+                    OutputStream::Stdout => Message::Stdout { id: command.id },
+                    OutputStream::Stderr => Message::Stderr { id: command.id },
+                };
+                // UTF-8 output is read straight into a frame in the outbound buffer; only output
+                // to transcode goes through the read buffer (and a second one).
+                let passthrough = decoder.is_passthrough();
+                let result = if passthrough {
+                    self.encoder.encode_appending_body(
+                        &message,
+                        MAX_CHUNK,
+                        &mut self.outbound,
+                        |out, max| process.read_output_appending(stream, out, max),
+                    )
+                } else {
+                    process.read_output(stream, ctx.scratch)
+                };
+                let (done, read) = match result {
                     Ok(0) => (true, 0),
                     Ok(n) => {
                         if command.exit.is_some() {
@@ -944,25 +966,13 @@ impl Connection {
                         (true, 0)
                     }
                 };
-                let decoder = match stream {
-                    OutputStream::Stdout => &mut command.stdout_decoder,
-                    OutputStream::Stderr => &mut command.stderr_decoder,
-                };
-                // UTF-8 output is framed straight from the read buffer; only transcoded output
-                // goes through the second buffer.
-                let body: &[u8] = if decoder.is_passthrough() {
-                    &ctx.scratch[..read]
-                } else {
+                if !passthrough {
                     ctx.decoded.clear();
                     decoder.decode(&ctx.scratch[..read], done, ctx.decoded);
-                    ctx.decoded
-                };
-                if !body.is_empty() {
-                    let message = match stream {
-                        OutputStream::Stdout => Message::Stdout { id: command.id },
-                        OutputStream::Stderr => Message::Stderr { id: command.id },
-                    };
-                    self.encoder.encode(&message, body, &mut self.outbound);
+                    if !ctx.decoded.is_empty() {
+                        self.encoder
+                            .encode(&message, ctx.decoded, &mut self.outbound);
+                    }
                 }
                 if done {
                     process.end_output(stream);

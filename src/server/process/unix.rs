@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -101,6 +102,25 @@ impl ChildProcess {
     /// Reads available output: `Ok(n > 0)` bytes, `Ok(0)` at end of stream, or `WouldBlock`.
     /// A stream already closed reads as end of stream.
     pub fn read_output(&mut self, stream: OutputStream, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_output_with(stream, |pipe| pipe.read(buf))
+    }
+
+    /// Like [`Self::read_output`], appending up to `max` bytes to `out` (straight into its
+    /// spare capacity: no zeroing, no copy from another buffer).
+    pub fn read_output_appending(
+        &mut self,
+        stream: OutputStream,
+        out: &mut Vec<u8>,
+        max: usize,
+    ) -> io::Result<usize> {
+        self.read_output_with(stream, |pipe| read_appending(pipe, out, max))
+    }
+
+    fn read_output_with(
+        &mut self,
+        stream: OutputStream,
+        read: impl FnOnce(&mut Receiver) -> io::Result<usize>,
+    ) -> io::Result<usize> {
         let ready = self.output_ready[stream as usize];
         let Some(pipe) = self.output_mut(stream) else {
             return Ok(0);
@@ -108,7 +128,7 @@ impl ChildProcess {
         if !ready {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let result = pipe.read(buf);
+        let result = read(pipe);
         // Only `WouldBlock` says the pipe is drained. A short read does not: the writer's
         // hang-up may be waiting behind the bytes, and it raises no new event.
         if result
@@ -339,6 +359,24 @@ impl ExitWatcher {
         }
         exits
     }
+}
+
+/// Reads up to `max` bytes from `pipe` into the spare capacity of `out` and extends it by what
+/// was read.
+fn read_appending(pipe: &Receiver, out: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    out.reserve(max);
+    let spare = &mut out.spare_capacity_mut()[..max];
+    // SAFETY: read(2) writes at most `max` bytes into `spare`, which is `max` bytes long, and
+    // never reads from it, so it may be uninitialized.
+    let n = unsafe { libc::read(pipe.as_raw_fd(), spare.as_mut_ptr().cast(), max) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the kernel initialized the `n <= max` bytes after the old length, within the
+    // capacity reserved above.
+    unsafe { out.set_len(out.len() + n) };
+    Ok(n)
 }
 
 /// How a child ended, from the status `waitpid` reported for it.

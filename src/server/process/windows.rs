@@ -370,6 +370,21 @@ impl ChildProcess {
         }
     }
 
+    /// Like [`Self::read_output`], appending up to `max` bytes to `out`. (Output arrives here
+    /// as chunks from reader threads, so this copies; only the Unix version saves a copy.)
+    pub fn read_output_appending(
+        &mut self,
+        stream: OutputStream,
+        out: &mut Vec<u8>,
+        max: usize,
+    ) -> io::Result<usize> {
+        let len = out.len();
+        out.resize(len + max, 0);
+        let result = self.read_output(stream, &mut out[len..]);
+        out.truncate(len + result.as_ref().map_or(0, |n| *n));
+        result
+    }
+
     /// The poll reported `stream` ready. Nothing to do here: `read_output` only looks at the
     /// reader thread's queue, which costs no system call.
     pub fn output_ready_event(&mut self, _stream: OutputStream) {}
