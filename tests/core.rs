@@ -281,29 +281,34 @@ fn fifty_concurrent_clients_each_get_their_own_output() {
     }
 }
 
+/// Types `script` at `rcmd connect`'s prompt (its stdin a pipe) and waits for it to finish.
+fn at_the_prompt(server: &TestServer, script: &str) -> std::process::Output {
+    let mut command = server.client("connect");
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn cd_persists_for_the_connection() {
     let server = TestServer::start(&[]);
     let dir = tempfile::tempdir().unwrap();
     let canonical = dir.path().canonicalize().unwrap();
     std::fs::create_dir(canonical.join("sub")).unwrap();
-    let mut command = server.client("connect");
-    command.stdin(Stdio::piped());
     let script = format!(
         "cd {}\npwd\ncd sub\npwd\ncd /no/such/dir\npwd\ncd -\npwd\nexit\n",
         canonical.display()
     );
-    let output = {
-        command.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = command.spawn().unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let output = at_the_prompt(&server, &script);
     let sub = canonical.join("sub");
     let expected = format!(
         "{}\n{}\n{}\n{}\n",
@@ -325,21 +330,9 @@ fn commands_at_the_prompt_read_dev_null_every_time() {
     // The server keeps one /dev/null open and gives each command a duplicate: a command that
     // reads or closes its stdin must not change what the next one gets.
     let server = TestServer::start(&[]);
-    let mut command = server.client("connect");
-    command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap();
     let script = "readlink /proc/self/fd/0\ncat; echo read-eof\nexec 0<&-; echo closed\n\
                   readlink /proc/self/fd/0\nwc -c\nexit\n";
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = at_the_prompt(&server, script);
     assert_eq!(
         stdout_of(&output),
         "/dev/null\nread-eof\nclosed\n/dev/null\n0\n",
