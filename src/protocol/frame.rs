@@ -18,6 +18,11 @@
 //! The decoder is incremental: [`FrameDecoder::feed`] whatever bytes arrived (or let it
 //! [`FrameDecoder::read_from`] a socket straight into its buffer), then take complete frames with
 //! [`FrameDecoder::next_frame`] until it says `Ok(None)` ("not enough bytes yet").
+//!
+//! Streamed output is most of what crosses the wire, so two variants spare it a copy each: a
+//! sender can have a body read straight into its frame ([`FrameEncoder::encode_appending_body`]),
+//! and a receiver that only passes a body on can borrow it from the decoder's buffer
+//! ([`FrameDecoder::next_frame_ref`]).
 
 use std::io::{self, Read};
 use std::ops::Range;
