@@ -257,8 +257,8 @@ impl ChildProcess {
 /// else /dev/null), in a new process group whose id is the child's pid.
 ///
 /// This blocks until the child has called `exec` (std reports a failed `exec` through a pipe),
-/// which takes about a millisecond: the server calls it from [`super::Spawner`] threads when
-/// the loop is busy.
+/// which takes about a millisecond: the server calls it from
+/// [`crate::server::spawner::Spawner`] threads when the loop is busy.
 ///
 /// # Errors
 /// The process could not be created (out of processes, memory, or `cwd` is gone).
@@ -285,8 +285,9 @@ pub fn start(command: &str, cwd: &Path, with_stdin: bool) -> io::Result<Child> {
 /// every command, a path lookup each time, where duplicating a descriptor is cheaper.
 static DEV_NULL: OnceLock<Option<File>> = OnceLock::new();
 
-/// Opens [`DEV_NULL`] now, at server start, so that it belongs to the server's resting set of
-/// descriptors instead of appearing with the first command.
+/// Opens the /dev/null that commands without stdin read now, at server start, so that it
+/// belongs to the server's resting set of descriptors instead of appearing with the first
+/// command.
 pub fn open_dev_null() {
     dev_null_file();
 }
