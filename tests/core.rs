@@ -283,7 +283,11 @@ fn fifty_concurrent_clients_each_get_their_own_output() {
 
 /// Types `script` at `rcmd connect`'s prompt (its stdin a pipe) and waits for it to finish.
 fn at_the_prompt(server: &TestServer, script: &str) -> std::process::Output {
-    let mut command = server.client("connect");
+    typed_into(server.client("connect"), script)
+}
+
+/// Runs `command` with `script` as its stdin and waits for it to finish.
+fn typed_into(mut command: std::process::Command, script: &str) -> std::process::Output {
     command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -453,18 +457,7 @@ fn the_demo_runs_a_prompt_against_its_own_loopback_server() {
     let secret = SecretFile::new();
     let mut command = std::process::Command::new(rcmd_bin());
     command.args(["demo", "--secret-file"]).arg(&secret.path);
-    command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"echo hello from the demo\nexit 3\n")
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = typed_into(command, "echo hello from the demo\nexit 3\n");
     assert_eq!(stdout_of(&output), "hello from the demo\n");
     assert_eq!(output.status.code(), Some(3), "{}", stderr_of(&output));
 }
