@@ -8,6 +8,8 @@
 //! ```text
 //! loadgen rtt        --addr A --secret-file P --n N [--cmd CMD --expect OUT]
 //! loadgen spawn      --n N [--piped] [--cmd CMD --expect OUT]
+//! loadgen bare-server                  (prints its address, serves until killed)
+//! loadgen bare-rtt   --addr A --n N
 //! loadgen exec       --n N [--expect OUT] -- PROGRAM ARGS...
 //! loadgen stream     --addr A --secret-file P --bytes B [--delay-us U] [--server-pid PID]
 //! loadgen idle       --addr A --secret-file P --n N --server-pid PID
@@ -73,6 +75,18 @@ enum Cmd {
         /// Capture stdout and stderr through pipes (as the server does) instead of /dev/null.
         #[arg(long)]
         piped: bool,
+    },
+    /// The smallest remote spawn over TCP, as a second floor: one byte in, `/bin/sh -c true`
+    /// with piped stdout and stderr (as rcmd's server runs it), one byte out with its exit code.
+    /// Blocking I/O, no protocol, no authentication, no event loop. Serves one connection at a
+    /// time until killed.
+    BareServer,
+    /// Round trips against `bare-server`: what being remote costs before any protocol.
+    BareRtt {
+        #[arg(long)]
+        addr: String,
+        #[arg(long, default_value_t = 1000)]
+        n: usize,
     },
     /// Whole-process timing: run PROGRAM ARGS N times, check exit 0 and stdout.
     Exec {
@@ -153,6 +167,8 @@ fn main() -> ExitCode {
             expect,
             piped,
         } => spawn(n, &cmd, &expect, piped),
+        Cmd::BareServer => bare_server(),
+        Cmd::BareRtt { addr, n } => bare_rtt(&addr, n),
         Cmd::Exec { n, expect, argv } => exec(n, &expect, &argv),
         Cmd::Stream {
             target,
@@ -330,6 +346,57 @@ fn rtt(target: &Target, n: usize, cmd: &str, expect: &str) -> Result<Value> {
     for _ in 0..n {
         let start = Instant::now();
         run_checked(&mut session, cmd, expect)?;
+        samples.push(start.elapsed());
+    }
+    Ok(latency_stats(&mut samples))
+}
+
+fn bare_server() -> Result<Value> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // The address first, on a line of its own, for whoever started us.
+    println!("{addr}");
+    io::Write::flush(&mut io::stdout()).map_err(|e| e.to_string())?;
+    for stream in listener.incoming() {
+        let mut stream = stream.map_err(|e| format!("accept: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut request = [0u8; 1];
+        while stream.read_exact(&mut request).is_ok() {
+            let output = sh("true", true)
+                .output()
+                .map_err(|e| format!("spawn sh: {e}"))?;
+            let code = output.status.code().unwrap_or(255) as u8;
+            if stream.write_all(&[code]).is_err() {
+                break;
+            }
+        }
+    }
+    Ok(json!({}))
+}
+
+fn bare_rtt(addr: &str, n: usize) -> Result<Value> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut once = || -> Result<()> {
+        let mut reply = [0u8; 1];
+        stream
+            .write_all(b"x")
+            .and_then(|()| stream.read_exact(&mut reply))
+            .map_err(|e| format!("bare round trip: {e}"))?;
+        match reply[0] {
+            0 => Ok(()),
+            code => Err(format!("sh -c true exited {code} on the bare server")),
+        }
+    };
+    for _ in 0..n.min(50) {
+        once()?;
+    }
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        once()?;
         samples.push(start.elapsed());
     }
     Ok(latency_stats(&mut samples))

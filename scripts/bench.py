@@ -322,13 +322,19 @@ Ciphers aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.
         rounds = 6 if self.quick else 20
         n = 100 if self.quick else 200
         srv = self.server()
-        pooled = {"rcmd": [], "spawn": [], "spawn_piped": []}
+        # A second floor: the smallest remote spawn over TCP (no protocol, blocking I/O).
+        bare = start([self.loadgen, "bare-server"], stdout=subprocess.PIPE,
+                     stdin=subprocess.DEVNULL)
+        bare_addr = bare.stdout.readline().decode().strip()
+        pooled = {"rcmd": [], "spawn": [], "spawn_piped": [], "bare": []}
         cpu_before = cpu_secs(srv.pid)
         for r in range(rounds):
             # Interleaved, so drift in the machine's load hits all of them alike.
             pooled["rcmd"] += self.lg("rtt", *self.target_args(srv), "--n", n)["samples_us"]
             pooled["spawn"] += self.lg("spawn", "--n", n)["samples_us"]
             pooled["spawn_piped"] += self.lg("spawn", "--n", n, "--piped")["samples_us"]
+            pooled["bare"] += self.lg("bare-rtt", "--addr", bare_addr, "--n", n)["samples_us"]
+        stop(bare)
         server_cpu_us = (cpu_secs(srv.pid) - cpu_before) / (rounds * (n + 50)) * 1e6
         med = {k: statistics.median(v) for k, v in pooled.items()}
         p99 = {k: percentile(v, 0.99) for k, v in pooled.items()}
@@ -346,6 +352,7 @@ Ciphers aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.
             "rcmd_rtt": {"p50_us": med["rcmd"], "p99_us": p99["rcmd"]},
             "local_spawn": {"p50_us": med["spawn"], "p99_us": p99["spawn"]},
             "local_spawn_piped": {"p50_us": med["spawn_piped"], "p99_us": p99["spawn_piped"]},
+            "bare_remote_spawn": {"p50_us": med["bare"], "p99_us": p99["bare"]},
             "server_cpu_us_per_command": server_cpu_us,
             "rcmd_run_process": strip(run_true),
             "ssh_mux": strip(mux), "ssh_fresh": strip(fresh),
@@ -358,6 +365,9 @@ Ciphers aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.
                  f"local `sh -c true`: {us(med['spawn'], p99['spawn'])}", f"{ratio:.2f}x")
         self.row(S, "", "", f"local `sh -c true`, piped stdout/stderr: "
                  f"{us(med['spawn_piped'], p99['spawn_piped'])}", f"{ratio_piped:.2f}x")
+        self.row(S, "", "", f"bare TCP remote spawn, no protocol (`loadgen bare-server`; itself "
+                 f"{med['bare'] / floor:.2f}x the local spawn): {us(med['bare'], p99['bare'])}",
+                 f"{med['rcmd'] / med['bare']:.2f}x")
         self.row(S, "ssh, multiplexed (ControlMaster)", us(mux["p50_us"], mux["p99_us"]),
                  "rcmd live connection", f"{mux['p50_us'] / med['rcmd']:.1f}x slower")
         self.row(S, "ssh, fresh connection", us(fresh["p50_us"], fresh["p99_us"]),
@@ -365,7 +375,8 @@ Ciphers aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.
         self.row(S, "`rcmd run -- true` (whole process)", us(run_true["p50_us"], run_true["p99_us"]))
         self.target("latency <= 1.10x local `sh -c true`", ratio <= 1.10,
                     f"{med['rcmd']:.0f} us vs {floor:.0f} us = {ratio:.2f}x "
-                    f"({ratio_piped:.2f}x the piped spawn, {med['spawn_piped']:.0f} us); "
+                    f"({ratio_piped:.2f}x the piped spawn, {med['spawn_piped']:.0f} us; "
+                    f"{med['rcmd'] / med['bare']:.2f}x a bare TCP remote spawn, {med['bare']:.0f} us); "
                     f"server CPU {server_cpu_us:.0f} us per command")
         self.target("latency < ssh multiplexed", med["rcmd"] < mux["p50_us"],
                     f"{med['rcmd']:.0f} us vs {mux['p50_us']:.0f} us")
