@@ -204,6 +204,20 @@ fn main() -> ExitCode {
 
 // ---------------------------------------------------------------- statistics
 
+/// Runs `once` up to 50 times to warm up, then `n` times under the clock: the latency figures.
+fn timed(n: usize, mut once: impl FnMut() -> Result<()>) -> Result<Value> {
+    for _ in 0..n.min(50) {
+        once()?;
+    }
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        once()?;
+        samples.push(start.elapsed());
+    }
+    Ok(latency_stats(&mut samples))
+}
+
 /// Median, p99 and friends of latency samples, in microseconds.
 fn latency_stats(samples: &mut [Duration]) -> Value {
     samples.sort_unstable();
@@ -339,16 +353,7 @@ fn token() -> u64 {
 fn rtt(target: &Target, n: usize, cmd: &str, expect: &str) -> Result<Value> {
     let secret = load_secret(target)?;
     let mut session = connect(target, &secret)?;
-    for _ in 0..n.min(50) {
-        run_checked(&mut session, cmd, expect)?;
-    }
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        let start = Instant::now();
-        run_checked(&mut session, cmd, expect)?;
-        samples.push(start.elapsed());
-    }
-    Ok(latency_stats(&mut samples))
+    timed(n, || run_checked(&mut session, cmd, expect))
 }
 
 fn bare_server() -> Result<Value> {
@@ -379,7 +384,7 @@ fn bare_rtt(addr: &str, n: usize) -> Result<Value> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let mut once = || -> Result<()> {
+    let once = || -> Result<()> {
         let mut reply = [0u8; 1];
         stream
             .write_all(b"x")
@@ -390,16 +395,7 @@ fn bare_rtt(addr: &str, n: usize) -> Result<Value> {
             code => Err(format!("sh -c true exited {code} on the bare server")),
         }
     };
-    for _ in 0..n.min(50) {
-        once()?;
-    }
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        let start = Instant::now();
-        once()?;
-        samples.push(start.elapsed());
-    }
-    Ok(latency_stats(&mut samples))
+    timed(n, once)
 }
 
 fn spawn(n: usize, cmd: &str, expect: &str, piped: bool) -> Result<Value> {
@@ -422,16 +418,7 @@ fn spawn(n: usize, cmd: &str, expect: &str, piped: bool) -> Result<Value> {
             Ok(())
         }
     };
-    for _ in 0..n.min(50) {
-        once()?;
-    }
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        let start = Instant::now();
-        once()?;
-        samples.push(start.elapsed());
-    }
-    Ok(latency_stats(&mut samples))
+    timed(n, once)
 }
 
 fn exec(n: usize, expect: &str, argv: &[String]) -> Result<Value> {
