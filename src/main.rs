@@ -9,11 +9,13 @@ use std::io::{self, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use log::info;
 
+use rcmd::client::stats::{CountingReader, CountingSink, TransferReport};
 use rcmd::client::{self, ClientError, CommandInput, Session, TerminalSink, interrupt, prompt};
 use rcmd::logging::{self, Delivery};
 use rcmd::output::OutputEncoding;
@@ -147,6 +149,10 @@ struct RunArgs {
     /// Ask the server to kill the command after this many seconds.
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
+    /// At the end, print on stderr the bytes of stdout and stderr received, of stdin sent,
+    /// the time taken and the rate (like `ssh -v`'s "Transferred:" line).
+    #[arg(long)]
+    stats: bool,
     /// The command, run by the server's shell (`sh -c` / `cmd /C`).
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -446,16 +452,20 @@ fn run(args: RunArgs) -> u8 {
         Err(code) => return code,
     };
     let command = args.command.join(" ");
-    let input = if io::stdin().is_terminal() {
-        CommandInput::None
+    let (input, stdin_count) = if io::stdin().is_terminal() {
+        (CommandInput::None, None)
     } else {
-        CommandInput::Forward(Box::new(io::stdin()))
+        let (stdin, count) = CountingReader::new(io::stdin());
+        (CommandInput::Forward(Box::new(stdin)), Some(count))
     };
-    let mut sink = match TerminalSink::new() {
+    let mut terminal = match TerminalSink::new() {
         Ok(sink) => sink,
         Err(e) => return fail(EXIT_CLIENT_FAILURE, ClientError::LocalOutput(e)),
     };
-    match session.run(&command, input, args.timeout, &mut sink) {
+    let mut sink = CountingSink::new(&mut terminal);
+    let started = Instant::now();
+    let outcome = session.run(&command, input, args.timeout, &mut sink);
+    let code = match outcome {
         Ok(status) => {
             if status == rcmd::protocol::ExitStatus::TimedOut {
                 eprintln!("rcmd: command timed out");
@@ -466,7 +476,18 @@ fn run(args: RunArgs) -> u8 {
         // connection, and the server kills the command.
         Err(ClientError::LocalOutput(e)) if e.kind() == io::ErrorKind::BrokenPipe => 0,
         Err(e) => fail(EXIT_CLIENT_FAILURE, e),
+    };
+    if args.stats {
+        let (stdout_bytes, stderr_bytes) = sink.counts();
+        let report = TransferReport {
+            stdout_bytes,
+            stderr_bytes,
+            stdin_bytes: stdin_count.map_or(0, |count| count.load(Ordering::Relaxed)),
+            elapsed: started.elapsed(),
+        };
+        eprintln!("rcmd: {report}");
     }
+    code
 }
 
 fn keygen(args: KeygenArgs) -> u8 {

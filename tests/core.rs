@@ -103,6 +103,45 @@ fn stdin_is_forwarded_with_end_of_file() {
 }
 
 #[test]
+fn run_stats_counts_every_stream_and_changes_nothing_else() {
+    let server = TestServer::start(&[]);
+    let mut command = server.client("run");
+    command
+        .args([
+            "--stats",
+            "--",
+            "wc -c; head -c 300000 /dev/zero; printf oops >&2; exit 7",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = thread::spawn(move || stdin.write_all(&[b'x'; 12345]));
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+
+    assert_eq!(output.status.code(), Some(7), "{}", stderr_of(&output));
+    let count_line = "12345\n";
+    assert_eq!(output.stdout.len(), count_line.len() + 300_000);
+    assert!(output.stdout.starts_with(count_line.as_bytes()));
+    // The command's stderr first, untouched; then one line of ours.
+    let stderr = stderr_of(&output);
+    let (command_stderr, report) = stderr.split_at(4);
+    assert_eq!(command_stderr, "oops");
+    let received = format!(
+        "rcmd: received {} bytes of stdout and 4 of stderr, sent 12345 of stdin, in ",
+        output.stdout.len()
+    );
+    assert!(report.starts_with(&received), "report: {report:?}");
+    assert!(report.ends_with("/s)\n") && report.lines().count() == 1);
+
+    // Without the flag, no report.
+    let output = server.run("printf oops >&2");
+    assert_eq!(stderr_of(&output), "oops");
+}
+
+#[test]
 fn output_is_streamed_as_it_is_produced() {
     let server = TestServer::start(&[]);
     let mut command = server.client("run");

@@ -8,6 +8,7 @@
 
 pub mod interrupt;
 pub mod prompt;
+pub mod stats;
 
 use std::fmt;
 use std::io::{self, Read, Write};
