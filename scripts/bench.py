@@ -645,9 +645,10 @@ Ciphers aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.
         load = m["load_before"][0]
         if load > 0.5 * m["nproc"]:
             self.notes.append(
-                f"The machine was busy with other work when this run started (1-minute load "
-                f"average {load:.1f} on {m['nproc']} cores, none of it ours): absolute figures "
-                "are lower and noisier than on an idle machine; the same-run ratios are the "
+                f"The machine was busy when this run started (1-minute load average "
+                f"{load:.1f} on {m['nproc']} cores: other work, or the tail of a run that ended "
+                "minutes before, as the load average decays over minutes): absolute figures "
+                "may be lower and noisier than on an idle machine; the same-run ratios are the "
                 "figures to read.")
         notes = "\n".join(f"- {n}" for n in self.notes)
         return (f"{header}\n\n{self.table()}\n\nTargets:\n\n{self.target_table()}\n\n{notes}\n")
@@ -692,7 +693,7 @@ Ciphers aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.
         ]
         lines = [
             f"Medians from one run of `bash scripts/bench.sh` on {m['nproc']} x {m['cpu']} "
-            f"({m['date']}, load average {m['load_before'][0]:.1f} from other work when it "
+            f"({m['date']}, load average {m['load_before'][0]:.1f} when it "
             "started); every ratio is taken in the same run. Method, full results and what "
             "the profiles say about each miss: [docs/benchmarks.md](docs/benchmarks.md).",
             "",
