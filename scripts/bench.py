@@ -755,6 +755,18 @@ def mib(b):
 # ------------------------------------------------------------------ main
 
 
+
+def wait_for_quiet(limit_secs):
+    """Waits, at most `limit_secs`, for the 1-minute load average to fall below half the
+    cores. A run started right after another inherits the load average of its 1,000 client
+    threads, which decays over minutes; the load recorded with the results is the one at the
+    start, after this wait."""
+    deadline = time.time() + limit_secs
+    half = (os.cpu_count() or 1) / 2
+    while os.getloadavg()[0] >= half and time.time() < deadline:
+        log(f"waiting for the machine to settle: load average {os.getloadavg()[0]:.2f}")
+        time.sleep(10)
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller counts: a fast check")
@@ -767,6 +779,9 @@ def main():
     ap.add_argument("--command", default=None, help="the command line to record")
     ap.add_argument("--summary-from", metavar="JSON",
                     help="only rewrite docs/benchmarks-summary.md from a saved results file")
+    ap.add_argument("--settle", type=int, default=240, metavar="SECS",
+                    help="full runs first wait up to SECS for the load average to fall below "
+                         "half the cores (0: start at once)")
     ap.add_argument("--no-nice", action="store_true",
                     help="(for bench.sh) run at normal priority")
     args = ap.parse_args()
@@ -782,6 +797,8 @@ def main():
             f.write(bench.summary(saved["machine"]))
         shutil.rmtree(bench.tmp, ignore_errors=True)
         return 0
+    if not args.quick:
+        wait_for_quiet(args.settle)
     machine = bench.machine()
     command = args.command or "bash scripts/bench.sh" + (" --quick" if args.quick else "")
     only = args.only.split(",")
