@@ -788,14 +788,25 @@ def main():
 
     bench = Bench(args)
     if args.summary_from:
-        saved = json.load(open(args.summary_from))
-        bench.results = saved["results"]
-        bench.results["concurrency"] = {int(k): v for k, v in
-                                        bench.results["concurrency"].items()}
-        bench.targets = [tuple(t) for t in saved["targets"]]
-        with open(os.path.join(ROOT, "docs", "benchmarks-summary.md"), "w") as f:
-            f.write(bench.summary(saved["machine"]))
         shutil.rmtree(bench.tmp, ignore_errors=True)
+        try:
+            with open(args.summary_from) as f:
+                saved = json.load(f)
+            bench.results = saved["results"]
+            bench.results["concurrency"] = {int(k): v for k, v in
+                                            bench.results["concurrency"].items()}
+            bench.targets = [tuple(t) for t in saved["targets"]]
+            summary = bench.summary(saved["machine"])
+        except (OSError, ValueError) as e:
+            log(f"bench.py: cannot read {args.summary_from}: {e}")
+            return 2
+        except (KeyError, TypeError, AttributeError) as e:
+            # A file from a partial run (--only) or from an older bench.py lacks some figures.
+            log(f"bench.py: {args.summary_from} lacks the figure {e} that the summary needs "
+                "(a partial run, or written by an older bench.py); run the full benchmark again")
+            return 2
+        with open(os.path.join(ROOT, "docs", "benchmarks-summary.md"), "w") as f:
+            f.write(summary)
         return 0
     if not args.quick:
         wait_for_quiet(args.settle)
