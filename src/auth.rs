@@ -292,6 +292,18 @@ mod tests {
             to_hex(&server.tag(&exit)),
             "95290977aa343d4302e25b7706552023c0a05e075134fc5db1941017b2015d53"
         );
+        // Three BLAKE3 chunks, so the digest goes through the tree mode.
+        let body: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        let long = frame(br#"{"type":"stdout","id":1,"len":3000}"#, &body);
+        assert_eq!(long.len(), 3039);
+        assert_eq!(
+            blake3::hash(&long).to_hex().as_str(),
+            "3481496923c0920c6a954e714c0cb3fb71e601041a377d0161bf77796afb1a05"
+        );
+        assert_eq!(
+            to_hex(&server.tag(&long)),
+            "d1da343d7014428f6f2aab1d549f00fbde6e192947c965d27b3566cac13c9a0a"
+        );
     }
 
     #[test]
