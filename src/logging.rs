@@ -94,6 +94,28 @@ impl Write for HeldStderr {
     }
 }
 
+/// `eprintln!` that cannot panic, for rcmd's own messages to the user. `eprintln!` panics when
+/// stderr cannot be written (a full disk, a closed pipe), which would turn a defined exit code
+/// into a crash; such a message is lost instead.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `println!` that cannot panic, flushed at once: for the few lines rcmd prints on stdout
+/// (the address it listens on, which a script may be waiting for).
+#[macro_export]
+macro_rules! say_out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, $($arg)*).and_then(|()| out.flush());
+    }};
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@ use rcmd::output::OutputEncoding;
 use rcmd::secret;
 use rcmd::server::{Limits, Server, ServerConfig};
 use rcmd::sticky;
+use rcmd::{say, say_out};
 
 /// The client could not do its job (like ssh's 255).
 const EXIT_CLIENT_FAILURE: u8 = 255;
@@ -200,7 +201,7 @@ fn init_logging(default_level: &str) {
 fn fail(code: u8, message: impl std::fmt::Display) -> u8 {
     // Log lines the server held back come first, in the order things happened.
     logging::write_held();
-    eprintln!("rcmd: {message}");
+    say!("rcmd: {message}");
     code
 }
 
@@ -275,7 +276,7 @@ fn serve(args: ServeArgs) -> u8 {
         }
     };
     // The first line of output is the real address, so scripts and tests can use port 0.
-    println!("listening on {}", server.local_addr());
+    say_out!("listening on {}", server.local_addr());
     let _ = io::stdout().flush();
     match server.run() {
         Ok(()) => {
@@ -337,7 +338,7 @@ fn serve_unframed(args: ServeArgs) -> u8 {
         Err(e) => return fail(EXIT_FAILURE, e),
     };
     // The same first line as the framed server, so scripts and tests work with either.
-    println!("listening on {}", server.local_addr());
+    say_out!("listening on {}", server.local_addr());
     let _ = io::stdout().flush();
     match server.run() {
         Ok(()) => {
@@ -468,7 +469,7 @@ fn run(args: RunArgs) -> u8 {
     let code = match outcome {
         Ok(status) => {
             if status == rcmd::protocol::ExitStatus::TimedOut {
-                eprintln!("rcmd: command timed out");
+                say!("rcmd: command timed out");
             }
             local_exit_code(status.shell_code())
         }
@@ -485,7 +486,7 @@ fn run(args: RunArgs) -> u8 {
             stdin_bytes: stdin_count.map_or(0, |count| count.load(Ordering::Relaxed)),
             elapsed: started.elapsed(),
         };
-        eprintln!("rcmd: {report}");
+        say!("rcmd: {report}");
     }
     code
 }
@@ -497,7 +498,7 @@ fn keygen(args: KeygenArgs) -> u8 {
     };
     match secret::generate(&path, args.force) {
         Ok(()) => {
-            println!("wrote a new secret to {}", path.display());
+            say_out!("wrote a new secret to {}", path.display());
             0
         }
         Err(e) => fail(EXIT_FAILURE, e),
@@ -530,11 +531,15 @@ fn demo(args: DemoArgs) -> u8 {
     let addr = server.local_addr();
     std::thread::spawn(move || {
         if let Err(e) = server.run() {
-            eprintln!("rcmd: demo server failed: {e}");
+            say!("rcmd: demo server failed: {e}");
         }
     });
-    eprintln!(
-        "rcmd demo: a server on {addr} runs your commands; `rcmd connect {addr}` reaches it from another terminal."
+    // The command to reach it from elsewhere, with the secret it needs if it is not the default.
+    let secret_arg = secret_flag.map_or(String::new(), |path| {
+        format!(" --secret-file {}", path.display())
+    });
+    say!(
+        "rcmd demo: a server on {addr} runs your commands; `rcmd connect {addr}{secret_arg}` reaches it from another terminal."
     );
     match start_session(&addr.to_string(), secret_flag) {
         Ok(mut session) => prompt_exit_code(prompt::run_prompt(&mut session, history_path())),

@@ -9,6 +9,8 @@
 pub mod interrupt;
 pub mod prompt;
 pub mod stats;
+#[cfg(unix)]
+pub mod terminal;
 
 use std::fmt;
 use std::io::{self, Read, Write};

@@ -5,54 +5,72 @@
 //! so `rcmd connect < script` runs a script, the way `sh < script` does.
 
 use std::io::{self, BufRead, IsTerminal};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 
-use super::{ClientError, CommandInput, Session, TerminalSink};
+use super::{ClientError, CommandInput, OutputSink, Session, TerminalSink};
 
 /// The prompt shown before each command.
 pub const PROMPT: &str = ">>: ";
+
+/// The status of a command that never ran (refused by the server, or it could not start), as
+/// `rcmd run` reports it: a script run through `connect` must not read it as success.
+pub const NOT_RUN_STATUS: i32 = 255;
 
 /// What the user typed, classified.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line<'a> {
     /// Nothing to do.
     Empty,
-    /// `quit` or `exit`: leave.
-    Quit,
+    /// `quit`, `exit` or `exit N`: leave, with status N if given (else the last command's,
+    /// as a shell does).
+    Quit(Option<i32>),
     /// Run this on the server.
     Command(&'a str),
 }
 
 /// Classifies one input line.
 pub fn classify(line: &str) -> Line<'_> {
-    match line.trim() {
-        "" => Line::Empty,
-        "quit" | "exit" => Line::Quit,
-        command => Line::Command(command),
+    let line = line.trim();
+    let mut words = line.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (None, ..) => Line::Empty,
+        (Some("quit" | "exit"), None, _) => Line::Quit(None),
+        // `exit 3` leaves with status 3, as it would end an ssh session; the status is taken
+        // modulo 256 like a shell's. `exit abc` goes to the server, whose shell explains.
+        (Some("exit"), Some(status), None) => match status.parse::<i64>() {
+            Ok(status) => Line::Quit(Some(status.rem_euclid(256) as i32)),
+            Err(_) => Line::Command(line),
+        },
+        _ => Line::Command(line),
     }
 }
 
 /// Runs the prompt until `quit`, `exit` or end of input. Returns the exit status of the last
-/// command, as a shell does.
+/// command, as a shell does, or the one `exit N` gave.
 ///
 /// # Errors
 /// A session-ending [`ClientError`]; refused commands are reported and the prompt goes on.
 pub fn run_prompt(session: &mut Session, history: Option<PathBuf>) -> Result<i32, ClientError> {
     let mut last_status = 0;
-    let mut sink = TerminalSink::new().map_err(ClientError::LocalOutput)?;
+    let mut sink = LineTrackingSink::new(TerminalSink::new().map_err(ClientError::LocalOutput)?);
     if io::stdin().is_terminal() {
+        #[cfg(unix)]
+        super::terminal::restore_on_termination();
         let mut editor = DefaultEditor::new().map_err(|e| ClientError::Io(io::Error::other(e)))?;
         if let Some(path) = &history {
             let _ = editor.load_history(path);
         }
-        eprintln!(
+        crate::say!(
             "connected to {}; type commands, `exit` or Ctrl-D to leave",
             session.peer()
         );
         loop {
+            // The prompt is drawn from the start of the line, over whatever is there: after
+            // output that did not end its line, move to a new one first.
+            sink.end_partial_line();
             match editor.readline(PROMPT) {
                 Ok(line) => {
                     if !line.trim().is_empty() {
@@ -60,9 +78,12 @@ pub fn run_prompt(session: &mut Session, history: Option<PathBuf>) -> Result<i32
                     }
                     match classify(&line) {
                         Line::Empty => {}
-                        Line::Quit => break,
+                        Line::Quit(status) => {
+                            last_status = status.unwrap_or(last_status);
+                            break;
+                        }
                         Line::Command(command) => {
-                            last_status = run_one(session, &mut sink, command, last_status)?
+                            last_status = run_one(session, &mut sink, command)?
                         }
                     }
                 }
@@ -73,42 +94,120 @@ pub fn run_prompt(session: &mut Session, history: Option<PathBuf>) -> Result<i32
             }
         }
         if let Some(path) = &history {
-            let _ = editor.save_history(path);
+            save_history(&mut editor, path);
         }
     } else {
         for line in io::stdin().lock().lines() {
             let line = line.map_err(ClientError::Io)?;
             match classify(&line) {
                 Line::Empty => {}
-                Line::Quit => break,
-                Line::Command(command) => {
-                    last_status = run_one(session, &mut sink, command, last_status)?
+                Line::Quit(status) => {
+                    last_status = status.unwrap_or(last_status);
+                    break;
                 }
+                Line::Command(command) => last_status = run_one(session, &mut sink, command)?,
             }
         }
     }
     Ok(last_status)
 }
 
+/// Runs one command and returns its status; a command that did not run counts as
+/// [`NOT_RUN_STATUS`].
 fn run_one(
     session: &mut Session,
-    sink: &mut TerminalSink,
+    sink: &mut LineTrackingSink,
     command: &str,
-    last_status: i32,
 ) -> Result<i32, ClientError> {
     match session.run(command, CommandInput::None, None, sink) {
         Ok(status) => {
             let code = status.shell_code();
             if code != 0 {
-                eprintln!("rcmd: {status}");
+                sink.end_partial_line();
+                crate::say!("rcmd: {status}");
             }
             Ok(code)
         }
         Err(ClientError::Refused { message, .. }) => {
-            eprintln!("rcmd: {message}");
-            Ok(last_status)
+            sink.end_partial_line();
+            crate::say!("rcmd: {message}");
+            Ok(NOT_RUN_STATUS)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Saves the history, creating its directory (private, like the secret's) if need be.
+fn save_history(editor: &mut DefaultEditor, path: &Path) {
+    if let Some(dir) = path.parent().filter(|dir| !dir.exists()) {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        if builder.create(dir).is_err() {
+            return;
+        }
+    }
+    let _ = editor.save_history(path);
+}
+
+/// The terminal sink, remembering whether the output so far stopped in the middle of a line
+/// (`printf abc`). The prompt and rcmd's own messages then start on a new line instead of
+/// overwriting that text (the line editor redraws its line from column 0) or running into it.
+struct LineTrackingSink {
+    inner: TerminalSink,
+    stdout_is_terminal: bool,
+    stderr_is_terminal: bool,
+    /// The last bytes that reached the terminal did not end a line.
+    terminal_mid_line: bool,
+    /// The last bytes written to stderr did not end a line (matters when stderr is a file).
+    stderr_mid_line: bool,
+}
+
+impl LineTrackingSink {
+    fn new(inner: TerminalSink) -> LineTrackingSink {
+        LineTrackingSink {
+            inner,
+            stdout_is_terminal: io::stdout().is_terminal(),
+            stderr_is_terminal: io::stderr().is_terminal(),
+            terminal_mid_line: false,
+            stderr_mid_line: false,
+        }
+    }
+
+    /// Writes a newline to stderr if what rcmd writes next would otherwise share a line with
+    /// the command's unfinished last line.
+    fn end_partial_line(&mut self) {
+        if self.terminal_mid_line || self.stderr_mid_line {
+            let _ = self.inner.stderr(b"\n");
+        }
+        self.terminal_mid_line = false;
+        self.stderr_mid_line = false;
+    }
+}
+
+fn ends_mid_line(bytes: &[u8]) -> bool {
+    bytes.last().is_some_and(|&last| last != b'\n')
+}
+
+impl OutputSink for LineTrackingSink {
+    fn stdout(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.inner.stdout(bytes)?;
+        if self.stdout_is_terminal && !bytes.is_empty() {
+            self.terminal_mid_line = ends_mid_line(bytes);
+        }
+        Ok(())
+    }
+
+    fn stderr(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.inner.stderr(bytes)?;
+        if !bytes.is_empty() {
+            self.stderr_mid_line = ends_mid_line(bytes);
+            if self.stderr_is_terminal {
+                self.terminal_mid_line = self.stderr_mid_line;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -119,8 +218,29 @@ mod tests {
     #[test]
     fn classifies_lines() {
         assert_eq!(classify("   "), Line::Empty);
-        assert_eq!(classify(" exit "), Line::Quit);
-        assert_eq!(classify("quit"), Line::Quit);
+        assert_eq!(classify(" exit "), Line::Quit(None));
+        assert_eq!(classify("quit"), Line::Quit(None));
         assert_eq!(classify(" ls -la "), Line::Command("ls -la"));
+    }
+
+    #[test]
+    fn exit_with_a_status_leaves_with_it_modulo_256() {
+        assert_eq!(classify("exit 3"), Line::Quit(Some(3)));
+        assert_eq!(classify(" exit   0 "), Line::Quit(Some(0)));
+        assert_eq!(classify("exit 300"), Line::Quit(Some(44)));
+        assert_eq!(classify("exit -1"), Line::Quit(Some(255)));
+        // Anything else is the shell's business, which explains the mistake.
+        assert_eq!(classify("exit abc"), Line::Command("exit abc"));
+        assert_eq!(classify("exit 1 2"), Line::Command("exit 1 2"));
+        assert_eq!(classify("exit;"), Line::Command("exit;"));
+        assert_eq!(classify("quit 3"), Line::Command("quit 3"));
+    }
+
+    #[test]
+    fn a_line_ends_mid_line_only_without_a_final_newline() {
+        assert!(ends_mid_line(b"abc"));
+        assert!(ends_mid_line(b"a\nb"));
+        assert!(!ends_mid_line(b"abc\n"));
+        assert!(!ends_mid_line(b""));
     }
 }

@@ -293,7 +293,7 @@ pub fn run_prompt(
         }
         let command = match prompt::classify(&line) {
             Line::Empty => continue,
-            Line::Quit => return Ok(()),
+            Line::Quit(_) => return Ok(()),
             Line::Command(command) => command,
         };
         let shown = match client.exchange(command)? {
@@ -331,7 +331,7 @@ pub fn connect_and_prompt(
     let mut client = UnframedClient::connect(addr, secret, options)?;
     let interactive = io::stdin().is_terminal();
     if interactive {
-        eprintln!(
+        crate::say!(
             "connected to {addr} WITHOUT framing: each command gets one read of at most {} bytes. \
              `exit` or Ctrl-D to leave.",
             options.recv_size

@@ -1,0 +1,186 @@
+//! `rcmd connect` at a terminal: the tests give it a pseudo-terminal, type into it and read the
+//! screen's bytes, the way a user at a terminal emulator would see them.
+#![cfg(unix)]
+
+mod util;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use util::*;
+
+/// A pseudo-terminal: the program gets the terminal side, the test types into and reads from
+/// the other.
+struct Terminal {
+    typing: File,
+    screen: Arc<Mutex<Vec<u8>>>,
+    /// The program's side, kept open to read its settings (raw mode or not).
+    program_side: File,
+}
+
+impl Terminal {
+    fn open() -> Terminal {
+        // SAFETY: plain libc calls on descriptors we own; each result is checked.
+        let (ours, theirs) = unsafe {
+            let ours = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+            assert!(ours >= 0, "posix_openpt");
+            assert_eq!(libc::grantpt(ours), 0, "grantpt");
+            assert_eq!(libc::unlockpt(ours), 0, "unlockpt");
+            let name = libc::ptsname(ours);
+            assert!(!name.is_null(), "ptsname");
+            let theirs = libc::open(name, libc::O_RDWR | libc::O_NOCTTY);
+            assert!(theirs >= 0, "open the terminal side");
+            (File::from_raw_fd(ours), File::from_raw_fd(theirs))
+        };
+        let screen = Arc::new(Mutex::new(Vec::new()));
+        let mut reader = ours.try_clone().unwrap();
+        let sink = screen.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Ends with EIO once the program and `program_side` are gone.
+            while let Ok(n @ 1..) = reader.read(&mut buf) {
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Terminal {
+            typing: ours,
+            screen,
+            program_side: theirs,
+        }
+    }
+
+    /// Starts `rcmd connect` on this terminal, against `server`, with its history in a
+    /// temporary directory rather than the user's.
+    fn connect(&self, server: &TestServer, config: &tempfile::TempDir) -> Child {
+        let side = || Stdio::from(self.program_side.try_clone().unwrap());
+        let mut command = server.client("connect");
+        command
+            .env("XDG_CONFIG_HOME", config.path())
+            .stdin(side())
+            .stdout(side())
+            .stderr(side());
+        command.spawn().expect("start rcmd connect")
+    }
+
+    fn type_text(&mut self, text: &str) {
+        self.typing.write_all(text.as_bytes()).unwrap();
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.screen.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until the screen shows `needle` `count` times in all.
+    #[track_caller]
+    fn wait_for(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.screen().matches(needle).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "the screen never showed {needle:?} {count} times:\n{:?}",
+                self.screen()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the terminal is in the line editor's raw mode (no canonical input, no echo).
+    fn is_raw(&self) -> bool {
+        // SAFETY: tcgetattr fills the termios on success, checked before it is read.
+        unsafe {
+            let mut settings: libc::termios = std::mem::zeroed();
+            assert_eq!(
+                libc::tcgetattr(self.program_side.as_raw_fd(), &mut settings),
+                0
+            );
+            settings.c_lflag & (libc::ICANON | libc::ECHO) == 0
+        }
+    }
+}
+
+const PROMPT: &str = ">>: ";
+
+#[track_caller]
+fn exit_code(child: &mut Child) -> Option<i32> {
+    wait_within(child, Duration::from_secs(20))
+        .expect("rcmd connect did not exit")
+        .code()
+}
+
+#[test]
+fn lines_typed_while_a_command_runs_all_run_afterwards() {
+    let server = TestServer::start(&[]);
+    let config = tempfile::tempdir().unwrap();
+    let mut terminal = Terminal::open();
+    let mut client = terminal.connect(&server, &config);
+    terminal.wait_for(PROMPT, 1);
+    terminal.type_text("sleep 1\r");
+    thread::sleep(Duration::from_millis(300));
+    // Typed ahead, as a user does while waiting; a shell runs each of them in turn.
+    terminal.type_text("echo ahead-1\recho ahead-2\recho ahead-3\r");
+    terminal.wait_for("\nahead-3\r\n", 1);
+    let screen = terminal.screen();
+    assert!(screen.contains("\nahead-1\r\n"), "{screen:?}");
+    assert!(screen.contains("\nahead-2\r\n"), "{screen:?}");
+    terminal.type_text("exit\r");
+    assert_eq!(exit_code(&mut client), Some(0));
+}
+
+#[test]
+fn output_without_a_final_newline_is_not_drawn_over_by_the_prompt() {
+    let server = TestServer::start(&[]);
+    let config = tempfile::tempdir().unwrap();
+    let mut terminal = Terminal::open();
+    let mut client = terminal.connect(&server, &config);
+    terminal.wait_for(PROMPT, 1);
+    terminal.type_text("printf abc\r");
+    terminal.wait_for(PROMPT, 2);
+    // The line editor draws its prompt from column 0 ("\r", then "erase to the end of the
+    // line"): without a newline first, `abc` would be erased.
+    let screen = terminal.screen();
+    assert!(screen.contains("abc\r\n"), "{screen:?}");
+    terminal.type_text("printf oops >&2; exit 3\r");
+    terminal.wait_for(PROMPT, 3);
+    let screen = terminal.screen();
+    assert!(screen.contains("oops\r\nrcmd: exit status 3"), "{screen:?}");
+    terminal.type_text("exit\r");
+    assert_eq!(
+        exit_code(&mut client),
+        Some(3),
+        "exit keeps the last status"
+    );
+}
+
+#[test]
+fn exit_with_a_status_leaves_with_that_status() {
+    let server = TestServer::start(&[]);
+    let config = tempfile::tempdir().unwrap();
+    let mut terminal = Terminal::open();
+    let mut client = terminal.connect(&server, &config);
+    terminal.wait_for(PROMPT, 1);
+    terminal.type_text("exit 7\r");
+    assert_eq!(exit_code(&mut client), Some(7));
+    // History went to the configuration directory, which the client created.
+    assert!(config.path().join("rcmd/history").exists());
+}
+
+#[test]
+fn sigterm_at_the_prompt_puts_the_terminal_back_as_it_was() {
+    let server = TestServer::start(&[]);
+    let config = tempfile::tempdir().unwrap();
+    let terminal = Terminal::open();
+    assert!(!terminal.is_raw());
+    let mut client = terminal.connect(&server, &config);
+    terminal.wait_for(PROMPT, 1);
+    // The line editor is waiting for a line, so the terminal is raw.
+    assert!(eventually(Duration::from_secs(10), || terminal.is_raw()));
+    signal(client.id(), "TERM");
+    let status = wait_within(&mut client, Duration::from_secs(20)).expect("still running");
+    assert!(!status.success());
+    assert!(!terminal.is_raw(), "the terminal was left in raw mode");
+}
