@@ -76,8 +76,9 @@ enum Framing {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// Address to listen on (IPv4 or IPv6); port 0 picks a free port.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9999")]
+    /// Address to listen on: an IPv4 or IPv6 address or a host name, with or without a port
+    /// (9999 if none); port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9999", value_parser = parse_listen)]
     listen: SocketAddr,
     #[command(flatten)]
     secret: SecretArg,
@@ -192,6 +193,16 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo(args),
     };
     ExitCode::from(code)
+}
+
+/// `--listen`'s value, read like a client's address (`localhost`, `::1`, `host:0`): the first
+/// address it resolves to.
+fn parse_listen(value: &str) -> Result<SocketAddr, String> {
+    client::resolve(value)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("{value} resolves to no address"))
 }
 
 fn init_logging(default_level: &str) {
@@ -448,11 +459,15 @@ fn local_exit_code(code: i32) -> u8 {
 
 fn run(args: RunArgs) -> u8 {
     init_logging("warn");
+    // Joined with spaces, as ssh does: `rcmd run host -- ls -la` runs `ls -la`.
+    let command = args.command.join(" ");
+    if command.trim().is_empty() {
+        return fail(EXIT_USAGE, "the command is empty");
+    }
     let mut session = match start_session(&args.addr, args.secret.secret_file.as_deref()) {
         Ok(session) => session,
         Err(code) => return code,
     };
-    let command = args.command.join(" ");
     let (input, stdin_count) = if io::stdin().is_terminal() {
         (CommandInput::None, None)
     } else {
@@ -556,5 +571,26 @@ fn demo_sticky() -> u8 {
         Ok(()) => 0,
         Err(sticky::demo::DemoError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => 0,
         Err(e) => fail(EXIT_FAILURE, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_are_read_like_client_addresses() {
+        assert_eq!(
+            parse_listen("127.0.0.1"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], client::DEFAULT_PORT)))
+        );
+        assert_eq!(
+            parse_listen("127.0.0.1:0"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 0)))
+        );
+        assert_eq!(parse_listen("[::1]:7"), Ok("[::1]:7".parse().unwrap()));
+        let localhost = parse_listen("localhost:0").expect("localhost resolves");
+        assert!(localhost.ip().is_loopback() && localhost.port() == 0);
+        assert!(parse_listen("127.0.0.1:99999").is_err());
     }
 }

@@ -281,3 +281,34 @@ fn an_unwritable_stderr_does_not_turn_an_error_into_a_panic() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn an_empty_command_is_a_usage_error_found_before_connecting() {
+    // Nothing listens on port 1: had it connected first, this would be 255.
+    let output = Command::new(rcmd_bin())
+        .args(["run", "127.0.0.1:1", "--", "  "])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("the command is empty"));
+}
+
+#[test]
+fn a_connection_error_names_the_port_it_tried() {
+    let secret = SecretFile::new();
+    let output = Command::new(rcmd_bin())
+        .args(["run", "localhost:1", "--secret-file"])
+        .arg(&secret.path)
+        .args(["--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(255), "{stderr}");
+    // `localhost` resolves to 127.0.0.1 or ::1; either way the message shows what was tried.
+    assert!(
+        stderr.contains("cannot connect to localhost:1 (") && stderr.contains(":1)"),
+        "{stderr}"
+    );
+}

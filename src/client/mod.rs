@@ -254,13 +254,18 @@ impl Session {
         for candidate in resolve(addr)? {
             match TcpStream::connect_timeout(&candidate, HANDSHAKE_TIMEOUT) {
                 Ok(stream) => return Session::handshake(stream, candidate, secret),
-                Err(e) => last_error = Some(e),
+                Err(e) => last_error = Some((candidate, e)),
             }
         }
-        Err(ClientError::Connect(
-            addr.to_owned(),
-            last_error.expect("resolve returns at least one address"),
-        ))
+        let (tried, error) = last_error
+            .ok_or_else(|| ClientError::BadAddress(addr.to_owned(), "no addresses".into()))?;
+        // Name the port too when the user left it out (`host` means `host:9999`).
+        let shown = if tried.to_string() == addr {
+            addr.to_owned()
+        } else {
+            format!("{addr} ({tried})")
+        };
+        Err(ClientError::Connect(shown, error))
     }
 
     fn handshake(
