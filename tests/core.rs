@@ -369,6 +369,67 @@ fn cd_persists_for_the_connection() {
 }
 
 #[test]
+fn cd_understands_quotes_escapes_variables_tilde_and_comments() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let spaced = root.join("dir with space");
+    std::fs::create_dir_all(spaced.join("sub")).unwrap();
+    // The server's environment, which `$NAME` and `~` come from.
+    let server = TestServer::start_in_shell(
+        &format!(
+            "export RCMD_TEST_ROOT='{0}' HOME='{0}/dir with space'",
+            root.display()
+        ),
+        &[],
+    );
+    let script = format!(
+        "cd \"{root}/dir with space\"\npwd\n\
+         cd '{root}'\ncd 'dir with space'/sub\npwd\n\
+         cd {root}\ncd dir\\ with\\ space # a comment\npwd\n\
+         cd $RCMD_TEST_ROOT\npwd\n\
+         cd \"${{RCMD_TEST_ROOT}}/dir with space\"/sub\npwd\n\
+         cd /\ncd ~/sub\npwd\n\
+         cd \"\"\npwd\nexit\n",
+        root = root.display()
+    );
+    let output = at_the_prompt(&server, &script);
+    let (spaced, sub) = (spaced.display(), spaced.join("sub"));
+    let (root, sub) = (root.display(), sub.display());
+    assert_eq!(
+        stdout_of(&output),
+        format!("{spaced}\n{sub}\n{spaced}\n{root}\n{sub}\n{sub}\n{sub}\n"),
+        "stderr: {}",
+        stderr_of(&output)
+    );
+    assert_eq!(stderr_of(&output), "");
+}
+
+#[test]
+fn a_removed_working_directory_is_named_when_a_command_cannot_start() {
+    let server = TestServer::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let gone = root.join("gone");
+    std::fs::create_dir(&gone).unwrap();
+    let script = format!(
+        "cd {gone}\nrmdir {gone}\necho unreachable\ncd {root}\npwd\nexit\n",
+        gone = gone.display(),
+        root = root.display()
+    );
+    let output = at_the_prompt(&server, &script);
+    assert_eq!(stdout_of(&output), format!("{}\n", root.display()));
+    let expected = format!(
+        "cannot start the command: the working directory {} no longer exists (cd somewhere else)",
+        gone.display()
+    );
+    assert!(
+        stderr_of(&output).contains(&expected),
+        "{}",
+        stderr_of(&output)
+    );
+}
+
+#[test]
 fn commands_at_the_prompt_read_dev_null_every_time() {
     // The server keeps one /dev/null open and gives each command a duplicate: a command that
     // reads or closes its stdin must not change what the next one gets.

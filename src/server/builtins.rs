@@ -1,11 +1,20 @@
 //! Commands the server answers itself instead of handing them to the shell.
 //!
-//! Each command runs in a fresh `sh -c`, so a `cd` there would change the directory of a shell
-//! that exits at once. To make the prompt feel like a shell, a command that is exactly
-//! `cd [DIR]` changes the connection's working directory instead, which every later command
-//! of the connection starts in. Anything more complex (`cd /tmp && ls`) goes to the shell as
-//! usual and, as in any subshell, its `cd` does not outlive it.
+//! Each command runs in a fresh `sh -c` (`cmd /C` on Windows), so a `cd` there would change
+//! the directory of a shell that exits at once. To make the prompt feel like a shell, a
+//! command that is only a `cd` changes the connection's working directory instead, which
+//! every later command of the connection starts in. Anything more complex (`cd /tmp && ls`)
+//! goes to the shell as usual and, as in any subshell, its `cd` does not outlive it.
+//!
+//! Why a small parser: people type `cd "My Documents"`, `cd dir\ with\ space`, `cd $HOME/src`
+//! or `cd ~/.config`. Splitting on whitespace would send all of these to the shell, where
+//! they would silently do nothing, and a directory with a space in its name could not be
+//! entered at all. So [`parse_sh_cd`] reads the one argument word the way `sh` would (quotes,
+//! backslashes, `$NAME`, `~`, a `#` comment), and [`parse_cmd_cd`] the way `cmd.exe` reads
+//! its `cd`. Whatever needs the real shell (`;`, pipes, redirections, `$(...)`, globs, several
+//! words, options) is refused, and the command goes to the shell unchanged.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 /// Where a `cd` asks to go.
@@ -15,26 +24,224 @@ pub enum CdTarget {
     Home,
     /// `cd -`: the previous directory.
     Previous,
-    /// `cd DIR`, relative to the current directory or absolute.
+    /// `cd DIR`, relative to the current directory or absolute, quotes and variables already
+    /// resolved.
     Path(String),
 }
 
-/// Recognises `cd`, `cd DIR`, `cd ~` and `cd -`. A `DIR` with shell syntax in it (quotes,
-/// variables, globs, several words, `&&`) is not ours: `None` sends the command to the shell.
-pub fn parse_cd(command: &str) -> Option<CdTarget> {
-    let mut words = command.split_whitespace();
-    if words.next()? != "cd" {
+/// Recognises a command that is only a `cd`, read with the rules of the server's shell:
+/// [`parse_sh_cd`] on Unix, [`parse_cmd_cd`] on Windows. `cwd` and `previous` are what `$PWD`
+/// and `$OLDPWD` mean on Unix. `None` sends the command to the shell.
+pub fn parse_cd(command: &str, cwd: &Path, previous: Option<&Path>) -> Option<CdTarget> {
+    if cfg!(windows) {
+        parse_cmd_cd(command)
+    } else {
+        parse_sh_cd(command, |name| shell_variable(name, cwd, previous))
+    }
+}
+
+/// The value `sh` would see for `$name`: the server's environment, except `PWD` (the
+/// connection's working directory; the shell starts there) and `OLDPWD` (the connection's
+/// previous directory, what `cd -` goes to; unset before the first `cd`).
+fn shell_variable(name: &str, cwd: &Path, previous: Option<&Path>) -> Option<OsString> {
+    match name {
+        "PWD" => std::path::absolute(cwd).ok().map(PathBuf::into_os_string),
+        "OLDPWD" => previous.map(|dir| dir.as_os_str().to_owned()),
+        _ => std::env::var_os(name),
+    }
+}
+
+/// Reads `command` as `sh` would and recognises `cd`, `cd ~`, `cd -` and `cd WORD`, where
+/// WORD may use single quotes, double quotes, backslashes, `$NAME`, `${NAME}`, a leading `~`
+/// or `~/`, and be followed by a `#` comment. `var` gives a variable's value (`None`: unset,
+/// which expands to nothing, as in `sh`).
+///
+/// `None` (the shell runs it) for anything else: more than one argument, an option such as
+/// `-P`, a command separator, pipe, redirection or parenthesis, `$(...)` or backticks, other
+/// `$` forms (`$1`, `${X:-y}`), an unquoted glob character or brace, `~user`, an unquoted
+/// variable whose value would be split or globbed (a space, tab, newline, `*`, `?` or `[`
+/// in it), a value that is not UTF-8, or an unfinished quote.
+pub fn parse_sh_cd(command: &str, var: impl Fn(&str) -> Option<OsString>) -> Option<CdTarget> {
+    let words = sh_words(command, &var)?;
+    let (cd, args) = words.split_first()?;
+    if cd.tilde || cd.text != "cd" {
         return None;
     }
-    let target = words.next();
-    if words.next().is_some() {
+    match args {
+        [] => Some(CdTarget::Home),
+        [arg] if arg.tilde && arg.text.is_empty() => Some(CdTarget::Home),
+        [arg] if arg.tilde => {
+            // `~/sub`: `$HOME` then the rest, which starts with `/`. Without a home the shell
+            // decides (dash keeps the `~`).
+            let home = var("HOME")?.into_string().ok().filter(|h| !h.is_empty())?;
+            Some(CdTarget::Path(home + &arg.text))
+        }
+        [arg] if arg.text == "-" => Some(CdTarget::Previous),
+        [arg] if arg.text.starts_with('-') => None, // an option: -P, -L, --
+        [arg] => Some(CdTarget::Path(arg.text.clone())),
+        _ => None,
+    }
+}
+
+/// One word of a shell command after quote removal and expansion.
+#[derive(Debug, Default)]
+struct Word {
+    /// It started with an unquoted `~` followed by `/` or nothing; `text` is what follows it.
+    tilde: bool,
+    text: String,
+}
+
+/// Splits a shell command into words, resolving quotes, backslashes and `$NAME`. `None` if
+/// it uses anything more (see [`parse_sh_cd`]).
+fn sh_words(command: &str, var: &dyn Fn(&str) -> Option<OsString>) -> Option<Vec<Word>> {
+    let mut words = Vec::new();
+    let mut chars = command.chars().peekable();
+    loop {
+        // Between words: blanks, the end, a newline or a comment.
+        while chars.next_if(|&c| c == ' ' || c == '\t').is_some() {}
+        match chars.peek() {
+            None => return Some(words),
+            Some('#') => {
+                while chars.next_if(|&c| c != '\n').is_some() {}
+                continue;
+            }
+            Some('\n') => {
+                // A newline ends the command: fine at the end, but not before another one.
+                let only_blanks = chars.all(|c| matches!(c, ' ' | '\t' | '\n'));
+                return only_blanks.then_some(words);
+            }
+            Some(_) => {}
+        }
+        let mut word = Word::default();
+        // Whether the word exists even if empty: `""` is a word, an unquoted `$UNSET` is not.
+        let mut quoted = false;
+        if chars.next_if_eq(&'~').is_some() {
+            match chars.peek() {
+                None | Some('/' | ' ' | '\t' | '\n') => word.tilde = true,
+                Some(_) => return None, // ~user, ~+, ~-, ~"x": the shell's business
+            }
+        }
+        while let Some(&c) = chars.peek() {
+            if matches!(c, ' ' | '\t' | '\n') {
+                break;
+            }
+            chars.next();
+            match c {
+                '\'' => {
+                    quoted = true;
+                    loop {
+                        match chars.next()? {
+                            '\'' => break,
+                            c => word.text.push(c),
+                        }
+                    }
+                }
+                '"' => {
+                    quoted = true;
+                    loop {
+                        match chars.next()? {
+                            '"' => break,
+                            '\\' => match chars.next()? {
+                                '\n' => {} // a line continuation
+                                c @ ('$' | '`' | '"' | '\\') => word.text.push(c),
+                                c => {
+                                    word.text.push('\\');
+                                    word.text.push(c);
+                                }
+                            },
+                            '$' => word.text.push_str(&expand(&mut chars, var)?),
+                            '`' => return None,
+                            c => word.text.push(c),
+                        }
+                    }
+                }
+                '\\' => match chars.next()? {
+                    '\n' => {} // a line continuation
+                    c => {
+                        quoted = true;
+                        word.text.push(c);
+                    }
+                },
+                '$' => {
+                    let value = expand(&mut chars, var)?;
+                    // Unquoted, the shell would split it into words and expand globs.
+                    if value.contains([' ', '\t', '\n', '*', '?', '[']) {
+                        return None;
+                    }
+                    word.text.push_str(&value);
+                }
+                ';' | '&' | '|' | '<' | '>' | '(' | ')' | '`' | '*' | '?' | '[' | '{' | '}' => {
+                    return None;
+                }
+                c => word.text.push(c),
+            }
+        }
+        if word.tilde || quoted || !word.text.is_empty() {
+            words.push(word);
+        }
+    }
+}
+
+/// The value of `$NAME` or `${NAME}`, the `$` already read. `None` for any other `$` form.
+fn expand(
+    chars: &mut std::iter::Peekable<std::str::Chars>,
+    var: &dyn Fn(&str) -> Option<OsString>,
+) -> Option<String> {
+    let braced = chars.next_if_eq(&'{').is_some();
+    let mut name = String::new();
+    while let Some(c) = chars.next_if(|&c| c == '_' || c.is_ascii_alphanumeric()) {
+        name.push(c);
+    }
+    if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+        return None; // $1, $?, $$, $(, a lone $, ...
+    }
+    if braced && chars.next() != Some('}') {
+        return None; // ${X:-y} and the like
+    }
+    match var(&name) {
+        None => Some(String::new()),
+        Some(value) => value.into_string().ok(),
+    }
+}
+
+/// Reads `command` as `cmd.exe` reads its `cd`: `cd` (any case), then the rest of the line is
+/// the directory, spaces included (`cd C:\Program Files`); surrounding double quotes are
+/// removed; a leading `/d` (also change the drive, which ours always does) is skipped.
+/// Backslashes are path separators. `cd`, `cd ~` and `cd -` are as on Unix.
+///
+/// `None` (cmd runs it) if the line has `&`, `|`, `<`, `>`, `^` or `%` (cmd syntax and
+/// variables), a wildcard `*` or `?`, a `"` other than one surrounding pair, another switch,
+/// an empty `""`, or if `cd` is not followed by a blank (`cd..`, `cdx`).
+pub fn parse_cmd_cd(command: &str) -> Option<CdTarget> {
+    let line = command.trim_matches([' ', '\t']);
+    if !line.get(..2)?.eq_ignore_ascii_case("cd") {
         return None;
     }
-    match target {
-        None | Some("~") => Some(CdTarget::Home),
-        Some("-") => Some(CdTarget::Previous),
-        Some(dir) if dir.contains(|c: char| "\"'`$\\;&|<>(){}*?[]~#!".contains(c)) => None,
-        Some(dir) => Some(CdTarget::Path(dir.to_owned())),
+    let rest = &line[2..];
+    if rest.is_empty() {
+        return Some(CdTarget::Home);
+    }
+    if !rest.starts_with([' ', '\t']) || rest.contains(['&', '|', '<', '>', '^', '%', '*', '?']) {
+        return None;
+    }
+    let mut dir = rest.trim_start_matches([' ', '\t']);
+    if let Some(after) = dir.strip_prefix("/d").or_else(|| dir.strip_prefix("/D")) {
+        if !after.starts_with([' ', '\t']) {
+            return None;
+        }
+        dir = after.trim_start_matches([' ', '\t']);
+    }
+    if dir.contains('"') {
+        dir = dir.strip_prefix('"')?.strip_suffix('"')?;
+        if dir.is_empty() || dir.contains('"') {
+            return None;
+        }
+    }
+    match dir {
+        "~" => Some(CdTarget::Home),
+        "-" => Some(CdTarget::Previous),
+        _ if dir.starts_with('/') => None, // a switch cmd knows and we do not
+        _ => Some(CdTarget::Path(dir.to_owned())),
     }
 }
 
@@ -61,9 +268,15 @@ pub fn resolve_cd(
     match std::fs::metadata(&wanted) {
         Ok(meta) if meta.is_dir() => {
             // Canonical, so `cd ..` twice climbs two levels and `pwd` shows a clean path.
-            wanted
+            let canonical = wanted
                 .canonicalize()
-                .map_err(|e| format!("cd: {shown}: {e}"))
+                .map_err(|e| format!("cd: {shown}: {e}"))?;
+            let usable = if cfg!(windows) {
+                canonical.to_str().and_then(without_verbatim_prefix)
+            } else {
+                None
+            };
+            Ok(usable.map_or(canonical, PathBuf::from))
         }
         Ok(_) => Err(format!("cd: {shown}: Not a directory")),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -71,6 +284,19 @@ pub fn resolve_cd(
         }
         Err(e) => Err(format!("cd: {shown}: {e}")),
     }
+}
+
+/// `\\?\C:\dir` as `C:\dir`, `\\?\UNC\host\share` as `\\host\share`; `None` for other paths.
+/// Windows' canonical paths are "verbatim" ones, which `cmd.exe` refuses as its current
+/// directory (it falls back to the Windows directory).
+fn without_verbatim_prefix(path: &str) -> Option<String> {
+    if let Some(rest) = path.strip_prefix(r"\\?\UNC\") {
+        return Some(format!(r"\\{rest}"));
+    }
+    let rest = path.strip_prefix(r"\\?\")?;
+    let drive = rest.as_bytes();
+    (drive.len() >= 2 && drive[0].is_ascii_alphabetic() && drive[1] == b':')
+        .then(|| rest.to_owned())
 }
 
 fn home_dir() -> Option<PathBuf> {
@@ -84,24 +310,259 @@ fn home_dir() -> Option<PathBuf> {
 mod tests {
     use super::*;
 
+    /// The environment the `sh` tests see.
+    fn env(name: &str) -> Option<OsString> {
+        let value = match name {
+            "HOME" => "/home/u",
+            "DIR" => "/usr/local",
+            "SPACED" => "dir with space",
+            "GLOB" => "a*",
+            "EMPTY" => "",
+            _ => return None,
+        };
+        Some(value.into())
+    }
+
+    fn sh(command: &str) -> Option<CdTarget> {
+        parse_sh_cd(command, env)
+    }
+
+    fn path(dir: &str) -> Option<CdTarget> {
+        Some(CdTarget::Path(dir.to_owned()))
+    }
+
     #[test]
-    fn recognises_only_plain_cd() {
-        assert_eq!(parse_cd("cd"), Some(CdTarget::Home));
+    fn sh_keeps_the_plain_forms() {
+        assert_eq!(sh("cd"), Some(CdTarget::Home));
+        assert_eq!(sh("cd ~"), Some(CdTarget::Home));
+        assert_eq!(sh("cd -"), Some(CdTarget::Previous));
+        assert_eq!(sh("  cd   /tmp "), path("/tmp"));
+        assert_eq!(sh("cd\t/tmp\n"), path("/tmp"));
+        assert_eq!(sh("cd sub/dir"), path("sub/dir"));
+        assert_eq!(sh("cd .."), path(".."));
+        // Quote removal comes first: these are the same commands to sh.
+        assert_eq!(sh("cd \"-\""), Some(CdTarget::Previous));
+        assert_eq!(sh("\"cd\" /tmp"), path("/tmp"));
+    }
+
+    #[test]
+    fn sh_reads_quotes_and_backslashes() {
+        assert_eq!(sh("cd \"dir with space\""), path("dir with space"));
+        assert_eq!(sh("cd 'dir with space'"), path("dir with space"));
+        assert_eq!(sh("cd 'dir with space'/sub"), path("dir with space/sub"));
+        assert_eq!(sh(r"cd dir\ with\ space"), path("dir with space"));
+        assert_eq!(sh("cd \"/usr\""), path("/usr"));
+        assert_eq!(sh(r"cd /us'r'/\l'o'cal"), path("/usr/local"));
+        assert_eq!(sh(r"cd 'it'\''s'"), path("it's"));
+        assert_eq!(sh(r#"cd 'a"b\c'"#), path(r#"a"b\c"#));
+        assert_eq!(sh(r#"cd "a'b""#), path("a'b"));
+        // In double quotes a backslash escapes only " \ $ ` (and a newline); else it stays.
+        assert_eq!(sh(r#"cd "a\"b\\c\$d\`e\f""#), path(r#"a"b\c$d`e\f"#));
+        assert_eq!(sh("cd \"a\\\nb\""), path("ab"));
+        assert_eq!(sh("cd a\\\nb"), path("ab"));
+        // Quoted, these characters are only characters.
         assert_eq!(
-            parse_cd("  cd   /tmp "),
-            Some(CdTarget::Path("/tmp".into()))
+            sh("cd 'a;b&c|d<e>f(g)h*i?j[k]l{m}n`o$p'"),
+            path("a;b&c|d<e>f(g)h*i?j[k]l{m}n`o$p")
         );
-        assert_eq!(parse_cd("cd -"), Some(CdTarget::Previous));
-        assert_eq!(parse_cd("cd /tmp && ls"), None);
-        assert_eq!(parse_cd("cd $HOME"), None);
-        assert_eq!(parse_cd("cdx"), None);
-        assert_eq!(parse_cd("echo cd"), None);
+        assert_eq!(sh("cd \"a;b*c?d#e~f\""), path("a;b*c?d#e~f"));
+        assert_eq!(sh(r"cd \*\;\$\~"), path("*;$~"));
+        // A `#` or `~` inside a word is an ordinary character.
+        assert_eq!(sh("cd a#b"), path("a#b"));
+        assert_eq!(sh("cd a~b"), path("a~b"));
+        assert_eq!(sh("cd \"~\""), path("~"));
+        assert_eq!(sh("cd '~'/x"), path("~/x"));
+        assert_eq!(sh(r"cd \~"), path("~"));
+    }
+
+    #[test]
+    fn sh_expands_variables_from_the_environment() {
+        assert_eq!(sh("cd $HOME"), path("/home/u"));
+        assert_eq!(sh("cd ${HOME}/x"), path("/home/u/x"));
+        assert_eq!(sh("cd ${HOME}_x"), path("/home/u_x"));
+        assert_eq!(sh("cd $DIR/bin"), path("/usr/local/bin"));
+        assert_eq!(sh("cd \"$SPACED\""), path("dir with space"));
+        assert_eq!(sh("cd \"${SPACED}\"/sub"), path("dir with space/sub"));
+        assert_eq!(sh("cd /tmp/$DIR"), path("/tmp//usr/local"));
+        // Single quotes and backslashes stop expansion.
+        assert_eq!(sh("cd '$HOME'"), path("$HOME"));
+        assert_eq!(sh(r"cd \$HOME"), path("$HOME"));
+        // Unset (or empty) and unquoted, the word disappears, as in sh: `cd` alone.
+        assert_eq!(sh("cd $UNSET"), Some(CdTarget::Home));
+        assert_eq!(sh("cd $EMPTY"), Some(CdTarget::Home));
+        assert_eq!(sh("cd $UNSET/x"), path("/x"));
+        // Quoted, it is an empty word.
+        assert_eq!(sh("cd \"$UNSET\""), path(""));
+        assert_eq!(sh("cd $UNSET\"\""), path(""));
+    }
+
+    #[test]
+    fn sh_expands_a_leading_tilde_to_home() {
+        assert_eq!(sh("cd ~/.config"), path("/home/u/.config"));
+        assert_eq!(sh("cd ~/"), path("/home/u/"));
+        assert_eq!(sh("cd ~/'dir with space'"), path("/home/u/dir with space"));
+        let no_home = |command| parse_sh_cd(command, |_: &str| None);
+        assert_eq!(no_home("cd ~"), Some(CdTarget::Home)); // "cd: HOME not set" later
+        assert_eq!(no_home("cd ~/x"), None);
+    }
+
+    #[test]
+    fn sh_ignores_a_comment() {
+        assert_eq!(sh("cd /usr # comment"), path("/usr"));
+        assert_eq!(sh("cd /usr #"), path("/usr"));
+        assert_eq!(sh("cd # comment"), Some(CdTarget::Home));
+        assert_eq!(sh("cd \"a b\" # c d e"), path("a b"));
+        assert_eq!(sh("cd /usr # ; && | $(x)"), path("/usr"));
+        assert_eq!(sh("cd /usr # c\n"), path("/usr"));
+        assert_eq!(sh("cd /usr # c\nls"), None);
+        assert_eq!(sh("cd /usr\n \t\n"), path("/usr"));
+        assert_eq!(sh("cd /usr\n\r"), None);
+    }
+
+    #[test]
+    fn sh_leaves_the_rest_to_the_shell() {
+        for command in [
+            "cd /tmp && ls",
+            "cd /tmp; ls",
+            "cd /tmp | cat",
+            "cd /tmp > f",
+            "cd < f",
+            "cd (x)",
+            "cd /tmp &",
+            "cd /tmp\nls",
+            "cd a b",
+            "cd \"a\" b",
+            "cd 'a b' c",
+            "cd $SPACED",
+            "cd $GLOB",
+            "cd *",
+            "cd a?",
+            "cd [ab]",
+            "cd {a,b}",
+            "cd $(pwd)",
+            "cd \"$(pwd)\"",
+            "cd `pwd`",
+            "cd \"`pwd`\"",
+            "cd $1",
+            "cd $?",
+            "cd $$",
+            "cd ${HOME:-/}",
+            "cd ${}",
+            "cd $",
+            "cd \"$\"",
+            "cd ~user",
+            "cd ~+",
+            "cd ~\"x\"",
+            "cd -P /tmp",
+            "cd -P",
+            "cd -L",
+            "cd --",
+            "cd \"unfinished",
+            "cd 'unfinished",
+            "cd a\\",
+            "cdx",
+            "cd-",
+            "echo cd",
+            "X=1 cd /tmp",
+            "~/cd",
+            "# cd /tmp",
+            "",
+        ] {
+            assert_eq!(sh(command), None, "{command:?}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn sh_leaves_a_variable_that_is_not_utf8_to_the_shell() {
+        use std::os::unix::ffi::OsStringExt;
+        let var = |_: &str| Some(OsString::from_vec(vec![b'/', 0xff]));
+        assert_eq!(parse_sh_cd("cd \"$X\"", var), None);
+        assert_eq!(parse_sh_cd("cd /tmp", var), path("/tmp"));
+    }
+
+    #[test]
+    fn pwd_and_oldpwd_are_the_connections() {
+        let (cwd, previous) = (Path::new("/srv/a"), Path::new("/srv/b"));
+        let var = |name: &str| shell_variable(name, cwd, Some(previous));
+        assert_eq!(parse_sh_cd("cd $PWD/..", var), path("/srv/a/.."));
+        assert_eq!(parse_sh_cd("cd \"$OLDPWD\"", var), path("/srv/b"));
+        let var = |name: &str| shell_variable(name, cwd, None);
+        assert_eq!(parse_sh_cd("cd $OLDPWD", var), Some(CdTarget::Home));
+    }
+
+    #[test]
+    fn cmd_takes_the_rest_of_the_line_with_backslashes() {
+        let cmd = parse_cmd_cd;
+        assert_eq!(cmd(r"cd C:\Users"), path(r"C:\Users"));
+        assert_eq!(cmd(r#"cd "C:\Program Files""#), path(r"C:\Program Files"));
+        assert_eq!(cmd(r"cd C:\Program Files"), path(r"C:\Program Files"));
+        assert_eq!(
+            cmd(r"cd C:\Program Files (x86)\a b  "),
+            path(r"C:\Program Files (x86)\a b")
+        );
+        assert_eq!(cmd(r"CD D:\x"), path(r"D:\x"));
+        assert_eq!(cmd("Cd\tsub\\dir"), path(r"sub\dir"));
+        assert_eq!(cmd(r"cd /d D:\x"), path(r"D:\x"));
+        assert_eq!(cmd(r#"cd /D "D:\a b""#), path(r"D:\a b"));
+        assert_eq!(cmd(r"cd \"), path(r"\"));
+        assert_eq!(cmd("cd .."), path(".."));
+        assert_eq!(cmd("cd $HOME"), path("$HOME"));
+        assert_eq!(cmd("cd a'b"), path("a'b"));
+        assert_eq!(cmd("  cd  "), Some(CdTarget::Home));
+        assert_eq!(cmd("cd ~"), Some(CdTarget::Home));
+        assert_eq!(cmd("cd -"), Some(CdTarget::Previous));
+    }
+
+    #[test]
+    fn cmd_leaves_the_rest_to_cmd() {
+        for command in [
+            "cd..",
+            r"cd\",
+            "cdx",
+            "echo cd",
+            r"cd C:\a & dir",
+            r"cd C:\a && dir",
+            "cd a|b",
+            "cd a > f",
+            "cd %USERPROFILE%",
+            "cd a^ b",
+            "cd a*",
+            "cd a?",
+            r#"cd "a"b""#,
+            r#"cd "a"#,
+            r#"cd a"b"#,
+            r#"cd """#,
+            "cd /x",
+            "cd /d",
+            "cd /dx",
+            "",
+        ] {
+            assert_eq!(parse_cmd_cd(command), None, "{command:?}");
+        }
+    }
+
+    #[test]
+    fn verbatim_paths_lose_their_prefix() {
+        assert_eq!(
+            without_verbatim_prefix(r"\\?\C:\Program Files").as_deref(),
+            Some(r"C:\Program Files")
+        );
+        assert_eq!(
+            without_verbatim_prefix(r"\\?\UNC\host\share\x").as_deref(),
+            Some(r"\\host\share\x")
+        );
+        assert_eq!(without_verbatim_prefix(r"C:\x"), None);
+        assert_eq!(without_verbatim_prefix(r"\\?\Volume{1}\x"), None);
     }
 
     #[test]
     fn resolves_relative_paths_and_reports_missing_ones() {
         let root = std::env::temp_dir().canonicalize().unwrap();
         let resolved = resolve_cd(&CdTarget::Path(".".into()), &root, None).unwrap();
+        assert_eq!(resolved, root);
+        // `cd ""` stays where it is, as in dash and bash.
+        let resolved = resolve_cd(&CdTarget::Path(String::new()), &root, None).unwrap();
         assert_eq!(resolved, root);
         let error =
             resolve_cd(&CdTarget::Path("no-such-dir-rcmd".into()), &root, None).unwrap_err();

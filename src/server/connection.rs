@@ -719,7 +719,8 @@ impl Connection {
                 return self.send(&Message::command_error(id, code, why), b"");
             }
         };
-        if let Some(target) = builtins::parse_cd(&command) {
+        if let Some(target) = builtins::parse_cd(&command, &self.cwd, self.previous_cwd.as_deref())
+        {
             return self.change_directory(id, &target, ctx.now);
         }
         self.commands_started += 1;
@@ -783,7 +784,21 @@ impl Connection {
 
     fn refuse_spawn(&mut self, id: u32, error: &io::Error) {
         warn!("{}: cannot start command {id}: {error}", self.peer);
-        let why = format!("cannot start the command: {error}");
+        // The usual cause is a working directory removed since `cd`; the OS error alone
+        // ("No such file or directory") would read as if the shell were missing.
+        let why = match std::fs::metadata(&self.cwd) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => format!(
+                "cannot start the command: the working directory {} no longer exists \
+                 (cd somewhere else)",
+                self.cwd.display()
+            ),
+            Ok(meta) if !meta.is_dir() => format!(
+                "cannot start the command: the working directory {} is no longer a directory \
+                 (cd somewhere else)",
+                self.cwd.display()
+            ),
+            _ => format!("cannot start the command: {error}"),
+        };
         self.send(
             &Message::command_error(id, ErrorCode::SpawnFailed, why),
             b"",
