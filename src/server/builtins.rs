@@ -62,6 +62,19 @@ fn shell_variable(name: &str, cwd: &Path, previous: Option<&Path>) -> Option<OsS
 /// variable whose value would be split or globbed (a space, tab, newline, `*`, `?` or `[`
 /// in it), a value that is not UTF-8, or an unfinished quote.
 pub fn parse_sh_cd(command: &str, var: impl Fn(&str) -> Option<OsString>) -> Option<CdTarget> {
+    // Every command passes through here: leave the others at once, before reading the rest
+    // of a possibly long command. The first word, quotes and backslashes aside, must be `cd`.
+    let first_word = command
+        .trim_start_matches([' ', '\t'])
+        .split([' ', '\t', '\n'])
+        .next()?;
+    if !first_word
+        .chars()
+        .filter(|c| !matches!(c, '"' | '\'' | '\\'))
+        .eq("cd".chars())
+    {
+        return None;
+    }
     let words = sh_words(command, &var)?;
     let (cd, args) = words.split_first()?;
     if cd.tilde || cd.text != "cd" {
