@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEGIN = "<!-- bench:results:begin -->"
@@ -754,6 +755,18 @@ def mib(b):
 
 # ------------------------------------------------------------------ main
 
+
+
+def bench_for_experiments():
+    """A Bench over the release binaries with a fresh secret, for the experiment scripts
+    (latency-wakeups.py, callgrind-per-command.py), so that they start servers and run loadgen
+    exactly as this script does."""
+    bench = Bench(types.SimpleNamespace(
+        quick=False, rcmd=os.path.join(ROOT, "target/release/rcmd"),
+        loadgen=os.path.join(ROOT, "target/release/examples/loadgen")))
+    subprocess.run([bench.rcmd, "keygen", "--secret-file", bench.secret], check=True,
+                   stdout=subprocess.DEVNULL)
+    return bench
 
 
 def wait_for_quiet(limit_secs):

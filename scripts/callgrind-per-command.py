@@ -24,7 +24,6 @@ import re
 import signal
 import subprocess
 import tempfile
-import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VALGRIND = ["valgrind", "--tool=callgrind", "--trace-children=no"]
@@ -84,11 +83,7 @@ def main():
         ap.error("--many must be larger than --few")
 
     b = load_bench()
-    bench = b.Bench(types.SimpleNamespace(
-        quick=False, rcmd=os.path.join(ROOT, "target/release/rcmd"),
-        loadgen=os.path.join(ROOT, "target/release/examples/loadgen")))
-    subprocess.run([bench.rcmd, "keygen", "--secret-file", bench.secret], check=True,
-                   stdout=subprocess.DEVNULL)
+    bench = b.bench_for_experiments()
     outdir = tempfile.mkdtemp(prefix="rcmd-callgrind-")
     per_command = {}
     for name in ("rcmd", "bare"):

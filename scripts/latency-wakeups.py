@@ -21,7 +21,6 @@ import importlib.util
 import os
 import statistics
 import subprocess
-import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,11 +47,7 @@ def main():
     args = ap.parse_args()
 
     b = load_bench()
-    bench = b.Bench(types.SimpleNamespace(
-        quick=False, rcmd=os.path.join(ROOT, "target/release/rcmd"),
-        loadgen=os.path.join(ROOT, "target/release/examples/loadgen")))
-    subprocess.run([bench.rcmd, "keygen", "--secret-file", bench.secret], check=True,
-                   stdout=subprocess.DEVNULL)
+    bench = b.bench_for_experiments()
     server = bench.server()
     bare = b.start([bench.loadgen, "bare-server"], stdout=subprocess.PIPE,
                    stdin=subprocess.DEVNULL)

@@ -208,36 +208,12 @@ fn run_true_against(addr: std::net::SocketAddr) -> std::process::Output {
     output_within(command, Duration::from_secs(30))
 }
 
-/// Runs `rcmd connect` on `server` with `script` as its stdin (no terminal: no prompts).
-fn connect_script(server: &TestServer, script: &str) -> std::process::Output {
-    let mut command = server.client("connect");
-    command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().expect("start rcmd connect");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let stdout = read_in_background(child.stdout.take().unwrap());
-    let stderr = read_in_background(child.stderr.take().unwrap());
-    let status = wait_within(&mut child, Duration::from_secs(30)).expect("connect hung");
-    std::process::Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
-}
-
 #[test]
 fn a_script_through_connect_ends_with_255_when_its_last_command_did_not_run() {
     let server = TestServer::start(&["--max-command-len", "100"]);
     let too_long = format!("echo {}", "a".repeat(200));
     // `true` first: the refusal must not leave the status of the command before it.
-    let output = connect_script(&server, &format!("true\n{too_long}\n"));
+    let output = at_the_prompt(&server, &format!("true\n{too_long}\n"));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(255), "{stderr}");
     assert!(stderr.contains("limit"), "{stderr}");
@@ -247,7 +223,7 @@ fn a_script_through_connect_ends_with_255_when_its_last_command_did_not_run() {
 #[test]
 fn exit_with_a_status_ends_a_connect_script_there() {
     let server = TestServer::start(&[]);
-    let output = connect_script(&server, "echo before\nexit 4\necho after\n");
+    let output = at_the_prompt(&server, "echo before\nexit 4\necho after\n");
     assert_eq!(output.status.code(), Some(4));
     assert_eq!(output.stdout, b"before\n");
 }

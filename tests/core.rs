@@ -320,27 +320,6 @@ fn fifty_concurrent_clients_each_get_their_own_output() {
     }
 }
 
-/// Types `script` at `rcmd connect`'s prompt (its stdin a pipe) and waits for it to finish.
-fn at_the_prompt(server: &TestServer, script: &str) -> std::process::Output {
-    typed_into(server.client("connect"), script)
-}
-
-/// Runs `command` with `script` as its stdin and waits for it to finish.
-fn typed_into(mut command: std::process::Command, script: &str) -> std::process::Output {
-    command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
 #[test]
 fn cd_persists_for_the_connection() {
     let server = TestServer::start(&[]);

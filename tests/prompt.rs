@@ -105,6 +105,17 @@ impl Terminal {
 
 const PROMPT: &str = ">>: ";
 
+/// A server, and `rcmd connect` to it on a new terminal, showing its first prompt. The
+/// server and the configuration directory live as long as the returned values.
+fn connect_at_a_terminal() -> (TestServer, tempfile::TempDir, Terminal, Child) {
+    let server = TestServer::start(&[]);
+    let config = tempfile::tempdir().unwrap();
+    let terminal = Terminal::open();
+    let client = terminal.connect(&server, &config);
+    terminal.wait_for(PROMPT, 1);
+    (server, config, terminal, client)
+}
+
 #[track_caller]
 fn exit_code(child: &mut Child) -> Option<i32> {
     wait_within(child, Duration::from_secs(20))
@@ -114,11 +125,7 @@ fn exit_code(child: &mut Child) -> Option<i32> {
 
 #[test]
 fn lines_typed_while_a_command_runs_all_run_afterwards() {
-    let server = TestServer::start(&[]);
-    let config = tempfile::tempdir().unwrap();
-    let mut terminal = Terminal::open();
-    let mut client = terminal.connect(&server, &config);
-    terminal.wait_for(PROMPT, 1);
+    let (_server, _config, mut terminal, mut client) = connect_at_a_terminal();
     terminal.type_text("sleep 1\r");
     thread::sleep(Duration::from_millis(300));
     // Typed ahead, as a user does while waiting; a shell runs each of them in turn.
@@ -133,11 +140,7 @@ fn lines_typed_while_a_command_runs_all_run_afterwards() {
 
 #[test]
 fn output_without_a_final_newline_is_not_drawn_over_by_the_prompt() {
-    let server = TestServer::start(&[]);
-    let config = tempfile::tempdir().unwrap();
-    let mut terminal = Terminal::open();
-    let mut client = terminal.connect(&server, &config);
-    terminal.wait_for(PROMPT, 1);
+    let (_server, _config, mut terminal, mut client) = connect_at_a_terminal();
     terminal.type_text("printf abc\r");
     terminal.wait_for(PROMPT, 2);
     // The line editor draws its prompt from column 0 ("\r", then "erase to the end of the
@@ -158,11 +161,7 @@ fn output_without_a_final_newline_is_not_drawn_over_by_the_prompt() {
 
 #[test]
 fn exit_with_a_status_leaves_with_that_status() {
-    let server = TestServer::start(&[]);
-    let config = tempfile::tempdir().unwrap();
-    let mut terminal = Terminal::open();
-    let mut client = terminal.connect(&server, &config);
-    terminal.wait_for(PROMPT, 1);
+    let (_server, config, mut terminal, mut client) = connect_at_a_terminal();
     terminal.type_text("exit 7\r");
     assert_eq!(exit_code(&mut client), Some(7));
     // History went to the configuration directory, which the client created.

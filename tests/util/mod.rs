@@ -180,6 +180,34 @@ pub fn output_within(mut command: Command, timeout: Duration) -> Output {
     }
 }
 
+/// Runs `command` with `script` as its stdin (a pipe) and waits for it, at most 60 s.
+#[track_caller]
+pub fn typed_into(mut command: Command, script: &str) -> Output {
+    command.stdin(Stdio::piped());
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn client");
+    let stdout = read_in_background(child.stdout.take().unwrap());
+    let stderr = read_in_background(child.stderr.take().unwrap());
+    // Dropped at the end of the statement: the client sees the end of its input.
+    let _ = child.stdin.take().unwrap().write_all(script.as_bytes());
+    let status = wait_within(&mut child, Duration::from_secs(60)).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("{command:?} did not finish within 60 s");
+    });
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+/// Types `script` at `rcmd connect`'s prompt (its stdin a pipe, so no prompts are shown) and
+/// waits for it to finish.
+#[track_caller]
+pub fn at_the_prompt(server: &TestServer, script: &str) -> Output {
+    typed_into(server.client("connect"), script)
+}
+
 pub fn read_in_background(mut source: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
     thread::spawn(move || {
         let mut bytes = Vec::new();
