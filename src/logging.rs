@@ -33,6 +33,22 @@ pub fn init(default_level: &str, delivery: Delivery) {
     let env = env_logger::Env::default().default_filter_or(default_level);
     let mut builder = env_logger::Builder::from_env(env);
     builder.format_timestamp_millis();
+    if delivery == Delivery::Immediate {
+        // A command-line client's warnings read like its other messages, `rcmd: warning: ...`
+        // (as ssh's do), not like a server's log; the debug lines `RUST_LOG` asks for keep
+        // the log format with its timestamps.
+        builder.format(|buf, record| match record.level() {
+            log::Level::Error => writeln!(buf, "rcmd: error: {}", record.args()),
+            log::Level::Warn => writeln!(buf, "rcmd: warning: {}", record.args()),
+            level => writeln!(
+                buf,
+                "[{} {level:<5} {}] {}",
+                buf.timestamp_millis(),
+                record.target(),
+                record.args()
+            ),
+        });
+    }
     if delivery == Delivery::Held {
         // `env_logger` only detects a terminal for its own stdout/stderr targets; through a
         // pipe target it needs telling.

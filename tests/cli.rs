@@ -288,3 +288,24 @@ fn a_connection_error_names_the_port_it_tried() {
         "{stderr}"
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn a_client_warning_reads_like_its_other_messages() {
+    use std::os::unix::fs::PermissionsExt;
+    let secret = SecretFile::new();
+    std::fs::set_permissions(&secret.path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = Command::new(rcmd_bin())
+        .args(["run", "127.0.0.1:1", "--secret-file"])
+        .arg(&secret.path)
+        .args(["--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("rcmd: warning: secret file ") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+    assert_eq!(output.status.code(), Some(255));
+}
