@@ -5,6 +5,7 @@
 //! so `rcmd connect < script` runs a script, the way `sh < script` does.
 
 use std::io::{self, BufRead, IsTerminal};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use rustyline::DefaultEditor;
@@ -76,15 +77,8 @@ pub fn run_prompt(session: &mut Session, history: Option<PathBuf>) -> Result<i32
                     if !line.trim().is_empty() {
                         let _ = editor.add_history_entry(line.as_str());
                     }
-                    match classify(&line) {
-                        Line::Empty => {}
-                        Line::Quit(status) => {
-                            last_status = status.unwrap_or(last_status);
-                            break;
-                        }
-                        Line::Command(command) => {
-                            last_status = run_one(session, &mut sink, command)?
-                        }
+                    if handle_line(session, &mut sink, &line, &mut last_status)?.is_break() {
+                        break;
                     }
                 }
                 // Ctrl-C at the prompt abandons the line, as in a shell.
@@ -99,17 +93,31 @@ pub fn run_prompt(session: &mut Session, history: Option<PathBuf>) -> Result<i32
     } else {
         for line in io::stdin().lock().lines() {
             let line = line.map_err(ClientError::Io)?;
-            match classify(&line) {
-                Line::Empty => {}
-                Line::Quit(status) => {
-                    last_status = status.unwrap_or(last_status);
-                    break;
-                }
-                Line::Command(command) => last_status = run_one(session, &mut sink, command)?,
+            if handle_line(session, &mut sink, &line, &mut last_status)?.is_break() {
+                break;
             }
         }
     }
     Ok(last_status)
+}
+
+/// Acts on one line: runs it, or says to leave (with `last_status` set to the status to leave
+/// with).
+fn handle_line(
+    session: &mut Session,
+    sink: &mut LineTrackingSink,
+    line: &str,
+    last_status: &mut i32,
+) -> Result<ControlFlow<()>, ClientError> {
+    match classify(line) {
+        Line::Empty => {}
+        Line::Quit(status) => {
+            *last_status = status.unwrap_or(*last_status);
+            return Ok(ControlFlow::Break(()));
+        }
+        Line::Command(command) => *last_status = run_one(session, sink, command)?,
+    }
+    Ok(ControlFlow::Continue(()))
 }
 
 /// Runs one command and returns its status; a command that did not run counts as
