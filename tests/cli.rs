@@ -238,12 +238,8 @@ fn an_unwritable_stderr_does_not_turn_an_error_into_a_panic() {
             .open("/dev/full")
             .unwrap()
     };
-    // Nothing listens on port 1: a connection failure, whose message cannot be written.
-    let status = Command::new(rcmd_bin())
-        .args(["run", "127.0.0.1:1", "--secret-file"])
-        .arg(&secret.path)
-        .args(["--", "true"])
-        .stdin(Stdio::null())
+    // A connection failure, whose message cannot be written.
+    let status = run_where_nothing_listens(&secret)
         .stderr(full())
         .status()
         .unwrap();
@@ -295,17 +291,22 @@ fn a_client_warning_reads_like_its_other_messages() {
     use std::os::unix::fs::PermissionsExt;
     let secret = SecretFile::new();
     std::fs::set_permissions(&secret.path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let output = Command::new(rcmd_bin())
-        .args(["run", "127.0.0.1:1", "--secret-file"])
-        .arg(&secret.path)
-        .args(["--", "true"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let output = run_where_nothing_listens(&secret).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.starts_with("rcmd: warning: secret file ") && stderr.contains("chmod 600"),
         "{stderr}"
     );
     assert_eq!(output.status.code(), Some(255));
+}
+
+/// `rcmd run 127.0.0.1:1 -- true`: nothing listens on port 1, so it fails to connect.
+fn run_where_nothing_listens(secret: &SecretFile) -> Command {
+    let mut command = Command::new(rcmd_bin());
+    command
+        .args(["run", "127.0.0.1:1", "--secret-file"])
+        .arg(&secret.path)
+        .args(["--", "true"])
+        .stdin(Stdio::null());
+    command
 }

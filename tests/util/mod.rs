@@ -164,35 +164,32 @@ impl Drop for TestServer {
 
 /// Runs `command` to completion, killing it if it takes longer than `timeout`.
 #[track_caller]
-pub fn output_within(mut command: Command, timeout: Duration) -> Output {
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().expect("spawn client");
-    let stdout = read_in_background(child.stdout.take().unwrap());
-    let stderr = read_in_background(child.stderr.take().unwrap());
-    let status = wait_within(&mut child, timeout).unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!("{command:?} did not finish within {timeout:?}");
-    });
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
+pub fn output_within(command: Command, timeout: Duration) -> Output {
+    run_within(command, None, timeout)
 }
 
 /// Runs `command` with `script` as its stdin (a pipe) and waits for it, at most 60 s.
 #[track_caller]
-pub fn typed_into(mut command: Command, script: &str) -> Output {
-    command.stdin(Stdio::piped());
+pub fn typed_into(command: Command, script: &str) -> Output {
+    run_within(command, Some(script.as_bytes()), Duration::from_secs(60))
+}
+
+#[track_caller]
+fn run_within(mut command: Command, input: Option<&[u8]>, timeout: Duration) -> Output {
+    if input.is_some() {
+        command.stdin(Stdio::piped());
+    }
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = command.spawn().expect("spawn client");
     let stdout = read_in_background(child.stdout.take().unwrap());
     let stderr = read_in_background(child.stderr.take().unwrap());
-    // Dropped at the end of the statement: the client sees the end of its input.
-    let _ = child.stdin.take().unwrap().write_all(script.as_bytes());
-    let status = wait_within(&mut child, Duration::from_secs(60)).unwrap_or_else(|| {
+    if let Some(input) = input {
+        // Dropped at the end of the statement: the client sees the end of its input.
+        let _ = child.stdin.take().unwrap().write_all(input);
+    }
+    let status = wait_within(&mut child, timeout).unwrap_or_else(|| {
         let _ = child.kill();
-        panic!("{command:?} did not finish within 60 s");
+        panic!("{command:?} did not finish within {timeout:?}");
     });
     Output {
         status,
