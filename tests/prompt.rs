@@ -183,3 +183,22 @@ fn sigterm_at_the_prompt_puts_the_terminal_back_as_it_was() {
     assert!(!status.success());
     assert!(!terminal.is_raw(), "the terminal was left in raw mode");
 }
+
+#[test]
+fn the_prompt_says_at_once_when_the_server_ends_the_session() {
+    let server = TestServer::start(&["--idle-timeout", "1"]);
+    let config = tempfile::tempdir().unwrap();
+    let mut terminal = Terminal::open();
+    let mut client = terminal.connect(&server, &config);
+    terminal.wait_for(PROMPT, 1);
+    // Nothing typed: the idle timeout closes the session, and the prompt says so unasked.
+    terminal.wait_for("the server ended the session", 1);
+    terminal.type_text("echo never\r");
+    assert_eq!(exit_code(&mut client), Some(255));
+    terminal.wait_for("idle", 1);
+    assert!(
+        !terminal.screen().contains("\nnever"),
+        "{:?}",
+        terminal.screen()
+    );
+}

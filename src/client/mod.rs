@@ -11,6 +11,8 @@ pub mod prompt;
 pub mod stats;
 #[cfg(unix)]
 pub mod terminal;
+#[cfg(unix)]
+pub mod watch;
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -377,6 +379,34 @@ impl Session {
     /// The server's address.
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The connection, for watching it between commands (see [`watch`]).
+    #[cfg(unix)]
+    pub fn connection(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Why the server ended the session while no command ran: reads what it sent, a fatal
+    /// error or the end of the connection, and returns it as the error that ends the session.
+    pub fn ending(&mut self) -> ClientError {
+        loop {
+            match self.read_frame_ref() {
+                Err(e) => return e,
+                Ok(frame) => {
+                    if let Message::Error {
+                        fatal: true,
+                        code,
+                        message,
+                        ..
+                    } = frame.message
+                    {
+                        return ClientError::Server { code, message };
+                    }
+                    // Anything else is a leftover of an earlier command.
+                }
+            }
+        }
     }
 
     fn send(&self, message: &Message, body: &[u8]) -> Result<(), ClientError> {

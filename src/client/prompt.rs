@@ -8,7 +8,14 @@ use std::io::{self, BufRead, IsTerminal};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
+#[cfg(unix)]
+use std::sync::atomic::{AtomicBool, Ordering};
+#[cfg(unix)]
+use std::sync::{Arc, Mutex};
+
 use rustyline::DefaultEditor;
+#[cfg(unix)]
+use rustyline::ExternalPrinter;
 use rustyline::error::ReadlineError;
 
 use super::{ClientError, CommandInput, OutputSink, Session, TerminalSink};
@@ -68,11 +75,25 @@ pub fn run_prompt(session: &mut Session, history: Option<PathBuf>) -> Result<i32
             "connected to {}; type commands, `exit` or Ctrl-D to leave",
             session.peer()
         );
+        #[cfg(unix)]
+        let ended = EndedNotice::new(&mut editor);
         loop {
             // The prompt is drawn from the start of the line, over whatever is there: after
             // output that did not end its line, move to a new one first.
             sink.end_partial_line();
-            match editor.readline(PROMPT) {
+            #[cfg(unix)]
+            let watch = ended.watch(session);
+            let read = editor.readline(PROMPT);
+            #[cfg(unix)]
+            {
+                drop(watch);
+                if ended.happened() {
+                    // Whatever was typed is not sent: the server is gone.
+                    save_history_to(&mut editor, history.as_deref());
+                    return Err(session.ending());
+                }
+            }
+            match read {
                 Ok(line) => {
                     if !line.trim().is_empty() {
                         let _ = editor.add_history_entry(line.as_str());
@@ -87,9 +108,7 @@ pub fn run_prompt(session: &mut Session, history: Option<PathBuf>) -> Result<i32
                 Err(e) => return Err(ClientError::Io(io::Error::other(e))),
             }
         }
-        if let Some(path) = &history {
-            save_history(&mut editor, path);
-        }
+        save_history_to(&mut editor, history.as_deref());
     } else {
         for line in io::stdin().lock().lines() {
             let line = line.map_err(ClientError::Io)?;
@@ -142,6 +161,55 @@ fn run_one(
             Ok(NOT_RUN_STATUS)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Tells the user, while the prompt waits, that the server has ended the session (see
+/// [`super::watch`]), through the line editor so that the line being typed is redrawn below.
+#[cfg(unix)]
+struct EndedNotice {
+    printer: Option<Arc<Mutex<dyn ExternalPrinter + Send>>>,
+    happened: Arc<AtomicBool>,
+}
+
+#[cfg(unix)]
+impl EndedNotice {
+    fn new(editor: &mut DefaultEditor) -> EndedNotice {
+        let printer = editor
+            .create_external_printer()
+            .ok()
+            .map(|printer| Arc::new(Mutex::new(printer)) as Arc<Mutex<dyn ExternalPrinter + Send>>);
+        EndedNotice {
+            printer,
+            happened: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Watches `session`'s connection until the returned guard is dropped.
+    fn watch(&self, session: &Session) -> Option<super::watch::HangupWatch> {
+        let (printer, happened) = (self.printer.clone(), self.happened.clone());
+        super::watch::HangupWatch::start(session.connection(), move || {
+            happened.store(true, Ordering::SeqCst);
+            let notice = "rcmd: the server ended the session; press Enter to leave";
+            match printer {
+                Some(printer) => {
+                    let mut printer = printer.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = printer.print(format!("{notice}\n"));
+                }
+                None => crate::say!("{notice}"),
+            }
+        })
+        .ok()
+    }
+
+    fn happened(&self) -> bool {
+        self.happened.load(Ordering::SeqCst)
+    }
+}
+
+fn save_history_to(editor: &mut DefaultEditor, path: Option<&Path>) {
+    if let Some(path) = path {
+        save_history(editor, path);
     }
 }
 
