@@ -293,6 +293,13 @@ class Connection:
         except OSError:
             pass
 
+    # `with Connection(...) as c:` closes it at the end of the block, whatever happens.
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 # --------------------------------------------------------------------------------------------
 # Running one command (§7)
@@ -566,11 +573,8 @@ class SelfTest:
         return c
 
     def run1(self, command, **kw):
-        c = self.connect()
-        try:
+        with self.connect() as c:
             return run_command(c, 1, command, **kw)
-        finally:
-            c.close()
 
     def expect_fatal_then_eof(self, c, code):
         """Reads until a fatal error arrives; asserts its code; then expects end-of-stream."""
@@ -807,8 +811,7 @@ class SelfTest:
         return "%d stdin_ack frames" % acked
 
     def t_two_commands(self):
-        c = self.connect()
-        try:
+        with self.connect() as c:
             r1 = run_command(c, 1, "echo first")
             r2 = run_command(c, 2, "cd /")
             r3 = run_command(c, 3, "pwd; echo second >&2; exit 7")
@@ -817,12 +820,9 @@ class SelfTest:
             assert bytes(r3.stdout) == b"/\n" and bytes(r3.stderr) == b"second\n", r3.stdout
             assert r3.status() == 7
             return "send seq now %d, recv seq %d" % (c.send_seq, c.recv_seq)
-        finally:
-            c.close()
 
     def t_busy(self):
-        c = self.connect()
-        try:
+        with self.connect() as c:
             c.send({"type": "exec", "id": 1, "stdin": False}, b"sleep 0.5; echo done")
             r2 = run_command(c, 2, "echo too-early")
             assert r2.error is not None and r2.error["code"] == "busy", r2.error
@@ -838,22 +838,16 @@ class SelfTest:
             assert m["id"] == 1 and m["code"] == 0 and out == b"done\n", (m, out)
             r3 = run_command(c, 3, "echo after")
             assert bytes(r3.stdout) == b"after\n"
-        finally:
-            c.close()
 
     def t_empty(self):
-        c = self.connect()
-        try:
+        with self.connect() as c:
             r = run_command(c, 1, "   ")
             assert r.error and r.error["code"] == "empty_command" and not r.error["fatal"]
             r = run_command(c, 2, "echo ok")
             assert bytes(r.stdout) == b"ok\n"
-        finally:
-            c.close()
 
     def t_signal(self):
-        c = self.connect()
-        try:
+        with self.connect() as c:
             c.send({"type": "exec", "id": 1, "stdin": False}, b"echo ready; sleep 10")
             m, body = c.recv_frame()
             assert m["type"] == "stdout" and body == b"ready\n", (m, body)
@@ -865,8 +859,6 @@ class SelfTest:
             assert m["reason"] == "signaled" and m["signal"] == 2, m
             assert r.status() == 130
             return "exit %r" % m
-        finally:
-            c.close()
 
     def t_timeout(self):
         r = self.run1("sleep 5", timeout_secs=1)
@@ -876,8 +868,7 @@ class SelfTest:
         return "duration_ms %d" % r.exit["duration_ms"]
 
     def _tampered(self, mutate, expect="integrity", commands_first=1):
-        c = self.connect()
-        try:
+        with self.connect() as c:
             for i in range(commands_first):       # advance both sequence numbers first
                 r = run_command(c, i + 1, "echo warmup")
                 assert bytes(r.stdout) == b"warmup\n"
@@ -887,8 +878,6 @@ class SelfTest:
             self.server_alive()
             assert not os.path.exists(os.path.join(self.tmp, "x")), "tampered exec ran"
             return "got %s (read as seq %d, tag verified)" % (m["code"], c.recv_seq - 1)
-        finally:
-            c.close()
 
     def t_flip_tag(self):
         return self._tampered(lambda f, c: f[:-1] + bytes([f[-1] ^ 0x01]))
@@ -897,8 +886,7 @@ class SelfTest:
         return self._tampered(lambda f, c: f[:-40] + bytes([f[-40] ^ 0x20]) + f[-39:])
 
     def t_replay(self):
-        c = self.connect()
-        try:
+        with self.connect() as c:
             frame = c.build({"type": "exec", "id": 1, "stdin": False}, b"echo once")
             c.send_raw(frame)
             m, body = c.recv_frame()
@@ -907,8 +895,6 @@ class SelfTest:
             assert m["type"] == "exit"
             c.send_raw(frame)                   # same bytes, but the server expects seq 1
             return "got %s" % self.expect_fatal_then_eof(c, "integrity")["code"]
-        finally:
-            c.close()
 
     def t_bad_json_after(self):
         def mutate(frame, c):
@@ -928,27 +914,21 @@ class SelfTest:
         return self._tampered(mutate, expect="body_too_large")
 
     def t_flow_control(self):
-        c = self.connect()
-        try:
+        with self.connect() as c:
             c.send({"type": "exec", "id": 1, "stdin": True}, b"cat >/dev/null")
             c.send({"type": "stdin", "id": 1}, b"x" * (300 * 1024))
             m = self.expect_fatal_then_eof(c, "flow_control")
             self.server_alive()
             return "got %s" % m["code"]
-        finally:
-            c.close()
 
     def _pre(self, data, expect):
-        c = self.connect(auth=False)
-        try:
+        with self.connect(auth=False) as c:
             m, _ = c.recv_frame()
             assert m["type"] == "hello", m
             c.send_raw(data)
             m = self.expect_fatal_then_eof(c, expect)
             self.server_alive()
             return "got %s: %s" % (m["code"], m.get("message"))
-        finally:
-            c.close()
 
     def t_bad_pre(self):
         header = b'{"type":"auth"} '               # trailing whitespace inside the header
