@@ -9,8 +9,11 @@
 //! replies are out: the same lines in the same order, at most one turn of the loop later.
 //! Memory stays bounded: past [`WRITE_AT_ONCE_FROM`] bytes the held lines are written at once.
 
+use std::fmt::{self, Display};
 use std::io::{self, IsTerminal, Write};
 use std::sync::{Mutex, MutexGuard};
+
+use env_logger::fmt::style::{AnsiColor, Effects, Style};
 
 /// How log lines reach stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,41 +31,101 @@ pub const WRITE_AT_ONCE_FROM: usize = 64 * 1024;
 static HELD: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
 /// Installs the logger: `RUST_LOG` filters, `default_level` applies when it is not set.
-/// Colours as `env_logger` would choose them for stderr, unless `RUST_LOG_STYLE` says otherwise.
+/// Levels are coloured when stderr is a terminal, unless `RUST_LOG_STYLE` (`always`, `never`,
+/// `auto`) says otherwise.
 pub fn init(default_level: &str, delivery: Delivery) {
     let env = env_logger::Env::default().default_filter_or(default_level);
     let mut builder = env_logger::Builder::from_env(env);
-    builder.format_timestamp_millis();
-    if delivery == Delivery::Immediate {
-        // A command-line client's warnings read like its other messages, `rcmd: warning: ...`
-        // (as ssh's do), not like a server's log; the debug lines `RUST_LOG` asks for keep
-        // the log format with its timestamps.
-        builder.format(|buf, record| match record.level() {
-            log::Level::Error => writeln!(buf, "rcmd: error: {}", record.args()),
-            log::Level::Warn => writeln!(buf, "rcmd: warning: {}", record.args()),
-            level => writeln!(
-                buf,
-                "[{} {level:<5} {}] {}",
-                buf.timestamp_millis(),
-                record.target(),
-                record.args()
-            ),
-        });
-    }
-    if delivery == Delivery::Held {
-        // `env_logger` only detects a terminal for its own stdout/stderr targets; through a
-        // pipe target it needs telling.
-        if std::env::var_os("RUST_LOG_STYLE").is_none() {
-            builder.write_style(if io::stderr().is_terminal() {
-                env_logger::WriteStyle::Always
+    // Our own line format rather than env_logger's default, for speed: the server logs two
+    // lines per command, and the default format (which indents continuation lines, and
+    // writes colour codes that are then stripped again byte by byte when colour is off) was a
+    // third of the server's user-space instructions per command (docs/benchmarks.md,
+    // callgrind). This format writes colour codes only when colour is wanted, so the
+    // formatted line can be passed through untouched (`WriteStyle::Always`).
+    let colour = wants_colour();
+    builder.write_style(env_logger::WriteStyle::Always);
+    builder.format(move |buf, record| {
+        if delivery == Delivery::Immediate && record.level() <= log::Level::Warn {
+            // A command-line client's errors and warnings read like its other messages,
+            // `rcmd: warning: ...` (as ssh's do), not like a server's log; the debug lines
+            // `RUST_LOG` asks for keep the log format with its timestamps.
+            let kind = if record.level() == log::Level::Error {
+                "error"
             } else {
-                env_logger::WriteStyle::Never
-            });
+                "warning"
+            };
+            return writeln!(buf, "rcmd: {kind}: {}", record.args());
         }
+        let time = buf.timestamp_millis();
+        write_line(buf, &time, record, colour)
+    });
+    if delivery == Delivery::Held {
         builder.target(env_logger::Target::Pipe(Box::new(HeldStderr)));
     }
     // A second initialisation (e.g. several servers in one test process) keeps the first.
     let _ = builder.try_init();
+}
+
+/// Whether log levels are coloured: as `RUST_LOG_STYLE` says, else if stderr is a terminal.
+fn wants_colour() -> bool {
+    match std::env::var("RUST_LOG_STYLE").as_deref() {
+        Ok("always") => true,
+        Ok("never") => false,
+        _ => io::stderr().is_terminal(),
+    }
+}
+
+/// One log line: `[2026-11-22T10:03:04.123Z INFO  rcmd::server] message`, the layout of
+/// env_logger's default format with millisecond timestamps.
+fn write_line(
+    out: &mut dyn Write,
+    time: &dyn Display,
+    record: &log::Record,
+    colour: bool,
+) -> io::Result<()> {
+    let level = record.level();
+    let style = if colour {
+        level_style(level)
+    } else {
+        Style::new()
+    };
+    writeln!(
+        out,
+        "[{time} {style}{level:<5}{style:#} {}] {}",
+        record.target(),
+        record.args()
+    )
+}
+
+/// env_logger's colours for the levels.
+fn level_style(level: log::Level) -> Style {
+    match level {
+        log::Level::Trace => AnsiColor::Cyan.on_default(),
+        log::Level::Debug => AnsiColor::Blue.on_default(),
+        log::Level::Info => AnsiColor::Green.on_default(),
+        log::Level::Warn => AnsiColor::Yellow.on_default(),
+        log::Level::Error => AnsiColor::Red.on_default().effects(Effects::BOLD),
+    }
+}
+
+/// A string as `{:?}` writes it (in quotes, with control characters, quotes and backslashes
+/// escaped), so that a command in a log line cannot forge lines of its own, but cheaper for
+/// the common case: a string of printable ASCII without quotes or backslashes is written in
+/// one piece rather than character by character.
+pub struct Quoted<'a>(pub &'a str);
+
+impl Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plain = self
+            .0
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
+        if plain {
+            write!(f, "\"{}\"", self.0)
+        } else {
+            write!(f, "{:?}", self.0)
+        }
+    }
 }
 
 /// Writes the held log lines to stderr. Cheap when there are none.
@@ -135,6 +198,56 @@ macro_rules! say_out {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_line_has_the_time_level_target_and_message() {
+        let line = |colour| {
+            let mut out = Vec::new();
+            let record = log::Record::builder()
+                .level(log::Level::Info)
+                .target("rcmd::server")
+                .args(format_args!("127.0.0.1:5000: command 7 finished"))
+                .build();
+            write_line(&mut out, &"2026-11-22T10:03:04.123Z", &record, colour).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            line(false),
+            "[2026-11-22T10:03:04.123Z INFO  rcmd::server] 127.0.0.1:5000: command 7 finished\n"
+        );
+        assert_eq!(
+            line(true),
+            "[2026-11-22T10:03:04.123Z \x1b[32mINFO \x1b[0m rcmd::server] \
+             127.0.0.1:5000: command 7 finished\n"
+        );
+    }
+
+    #[test]
+    fn quoted_commands_read_as_debug_formatting_writes_them() {
+        for command in [
+            "ls -la",
+            "",
+            "echo \"hi\"",
+            "a\\b",
+            "line\nforged",
+            "tab\t",
+            "\u{7f}",
+            "é €",
+        ] {
+            assert_eq!(
+                Quoted(command).to_string(),
+                format!("{command:?}"),
+                "{command:?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_string_is_quoted_as_debug_formatting_quotes_it(command in ".*") {
+            proptest::prop_assert_eq!(Quoted(&command).to_string(), format!("{command:?}"));
+        }
+    }
 
     #[test]
     fn lines_are_held_in_order_until_written() {

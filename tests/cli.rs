@@ -310,3 +310,35 @@ fn run_where_nothing_listens(secret: &SecretFile) -> Command {
         .stdin(Stdio::null());
     command
 }
+
+#[test]
+fn the_server_logs_each_command_on_one_line_it_cannot_forge() {
+    let server = TestServer::start(&[]);
+    // A newline in the command must not start a log line of the command's own making.
+    let output = server.run("echo one; : '\n[2026-01-01T00:00:00.000Z INFO  forged] line'");
+    assert!(output.status.success(), "{output:?}");
+    server.wait_for_log("finished", Duration::from_secs(10));
+    let log = server.log();
+    let started = log
+        .lines()
+        .find(|line| line.contains(": command 1 (pid "))
+        .unwrap_or_else(|| panic!("no start line in:\n{log}"));
+    // `[<RFC 3339 time, milliseconds> INFO  <target>] <peer>: command 1 (pid N): "<command>"`
+    let (time, rest) = started[1..].split_once(' ').unwrap();
+    assert!(
+        time.len() == 24 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+        "{started}"
+    );
+    assert!(
+        rest.starts_with("INFO  rcmd::server::connection] 127.0.0.1:"),
+        "{started}"
+    );
+    assert!(
+        started.ends_with(r#": "echo one; : '\n[2026-01-01T00:00:00.000Z INFO  forged] line'""#),
+        "{started}"
+    );
+    assert!(
+        !log.lines().any(|line| line.starts_with("[2026-01-01")),
+        "{log}"
+    );
+}

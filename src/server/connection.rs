@@ -38,6 +38,7 @@ use super::deadlines::{DeadlineKind, Deadlines};
 use super::process::{ChildProcess, OutputStream, PipeTokens};
 use super::spawner::{SpawnRequest, Spawner, Start};
 use crate::auth::{self, FrameMac, Role, SessionKeys};
+use crate::logging::Quoted;
 use crate::output::StreamDecoder;
 use crate::protocol::frame::MAX_CHUNK;
 use crate::protocol::message::{Bytes32, PROTOCOL_NAME, STDIN_WINDOW};
@@ -813,8 +814,10 @@ impl Connection {
         };
         let pid = process.pid();
         info!(
-            "{}: command {} (pid {pid}): {:?}",
-            self.peer, command.id, command.command
+            "{}: command {} (pid {pid}): {}",
+            self.peer,
+            command.id,
+            Quoted(&command.command)
         );
         if let Some(status) = ctx.children.claim(pid, self.id) {
             command.exit = Some(status);
@@ -1035,8 +1038,10 @@ impl Connection {
         };
         let duration = ctx.now.saturating_duration_since(command.started);
         info!(
-            "{}: command {} finished: {status} after {duration:?}: {:?}",
-            self.peer, command.id, command.command
+            "{}: command {} finished: {status} after {duration:?}: {}",
+            self.peer,
+            command.id,
+            Quoted(&command.command)
         );
         let exit = Message::Exit {
             id: command.id,
