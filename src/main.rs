@@ -50,6 +50,9 @@ enum Command {
     Connect(ConnectArgs),
     /// Run one command on a server, like `ssh host cmd`: its stdout, stderr and exit status
     /// become ours; our stdin is forwarded when it is not a terminal.
+    #[command(
+        override_usage = "rcmd run [OPTIONS] ADDR CMD...\n       rcmd run [OPTIONS] [ADDR] -- CMD..."
+    )]
     Run(RunArgs),
     /// Write a new random shared secret (mode 0600).
     Keygen(KeygenArgs),
@@ -143,9 +146,14 @@ struct ConnectArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Server address: host, host:port or [ipv6]:port.
-    #[arg(default_value = client::DEFAULT_ADDR)]
-    addr: String,
+    /// The server's address: host, host:port or [ipv6]:port [default: 127.0.0.1:9999, written
+    /// `rcmd run -- CMD...`].
+    #[arg(value_name = "ADDR")]
+    addr: Option<String>,
+    /// The command, run by the server's shell (`sh -c` / `cmd /C`). As with ssh, everything
+    /// after ADDR is the command, options included, its words joined with spaces.
+    #[arg(value_name = "CMD", allow_hyphen_values = true)]
+    command: Vec<String>,
     #[command(flatten)]
     secret: SecretArg,
     /// Ask the server to kill the command after this many seconds.
@@ -155,9 +163,35 @@ struct RunArgs {
     /// the time taken and the rate (like `ssh -v`'s "Transferred:" line).
     #[arg(long)]
     stats: bool,
-    /// The command, run by the server's shell (`sh -c` / `cmd /C`).
-    #[arg(last = true, required = true, value_name = "CMD")]
-    command: Vec<String>,
+    /// The command when it follows `--` (`rcmd run [ADDR] -- CMD...`).
+    #[arg(last = true, value_name = "CMD", hide = true)]
+    after_dashes: Vec<String>,
+}
+
+impl RunArgs {
+    /// The address and the command words: `ADDR CMD...`, `ADDR -- CMD...` or `-- CMD...`.
+    fn address_and_command(&self) -> Result<(&str, &[String]), String> {
+        match (
+            self.addr.as_deref(),
+            self.command.as_slice(),
+            self.after_dashes.as_slice(),
+        ) {
+            (None, _, []) => Err("no command given: rcmd run [ADDR] [--] CMD...".into()),
+            (None, _, command) => Ok((client::DEFAULT_ADDR, command)),
+            (Some(addr), [], []) => Err(format!(
+                "no command given for {addr}: rcmd run {addr} CMD... \
+                 (or rcmd run -- {addr} to run it on {})",
+                client::DEFAULT_ADDR
+            )),
+            (Some(addr), [], command) | (Some(addr), command, []) => Ok((addr, command)),
+            (Some(addr), before, after) => Err(format!(
+                "give the command either after the address or after --, not both: \
+                 rcmd run {addr} {} -- {}",
+                before.join(" "),
+                after.join(" ")
+            )),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -459,12 +493,16 @@ fn local_exit_code(code: i32) -> u8 {
 
 fn run(args: RunArgs) -> u8 {
     init_logging("warn");
-    // Joined with spaces, as ssh does: `rcmd run host -- ls -la` runs `ls -la`.
-    let command = args.command.join(" ");
+    let (addr, words) = match args.address_and_command() {
+        Ok(parts) => parts,
+        Err(usage) => return fail(EXIT_USAGE, usage),
+    };
+    // Joined with spaces, as ssh does: `rcmd run host ls -la` runs `ls -la`.
+    let command = words.join(" ");
     if command.trim().is_empty() {
         return fail(EXIT_USAGE, "the command is empty");
     }
-    let mut session = match start_session(&args.addr, args.secret.secret_file.as_deref()) {
+    let mut session = match start_session(addr, args.secret.secret_file.as_deref()) {
         Ok(session) => session,
         Err(code) => return code,
     };
@@ -592,5 +630,40 @@ mod tests {
         let localhost = parse_listen("localhost:0").expect("localhost resolves");
         assert!(localhost.ip().is_loopback() && localhost.port() == 0);
         assert!(parse_listen("127.0.0.1:99999").is_err());
+    }
+
+    /// What `rcmd run ARGS...` would run, and where.
+    fn run_target(args: &str) -> Result<(String, String), String> {
+        let argv = ["rcmd", "run"].into_iter().chain(args.split_whitespace());
+        let Command::Run(run) = Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        else {
+            unreachable!("parsed as run")
+        };
+        let (addr, words) = run.address_and_command()?;
+        Ok((addr.to_owned(), words.join(" ")))
+    }
+
+    #[test]
+    fn run_takes_the_address_then_the_command_as_ssh_does() {
+        let at = |addr: &str, command: &str| Ok((addr.to_owned(), command.to_owned()));
+        assert_eq!(run_target("host ls -la"), at("host", "ls -la"));
+        assert_eq!(run_target("host -- ls -la"), at("host", "ls -la"));
+        assert_eq!(run_target("-- ls -la"), at(client::DEFAULT_ADDR, "ls -la"));
+        assert_eq!(
+            run_target("--stats host:7 tar --stats"),
+            at("host:7", "tar --stats")
+        );
+        // After the address everything is the command, as with ssh: `--` included.
+        assert_eq!(run_target("host ls -- -x"), at("host", "ls -- -x"));
+        assert_eq!(
+            run_target("--timeout 5 -- true"),
+            at(client::DEFAULT_ADDR, "true")
+        );
+        let usage = |args| run_target(args).expect_err(args);
+        assert!(usage("").starts_with("no command given"));
+        assert!(usage("host").starts_with("no command given for host"));
+        assert!(usage("-x host true").contains("unexpected argument '-x'"));
     }
 }

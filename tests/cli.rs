@@ -342,3 +342,20 @@ fn the_server_logs_each_command_on_one_line_it_cannot_forge() {
         "{log}"
     );
 }
+
+#[test]
+fn run_takes_the_command_after_the_address_without_dashes_as_ssh_does() {
+    let server = TestServer::start(&[]);
+    let mut command = Command::new(rcmd_bin());
+    command
+        .args(["run", "--secret-file"])
+        .arg(&server.secret.path)
+        .arg(server.addr.to_string())
+        // Options among the command's words are the command's, not rcmd's.
+        .args(["echo", "a", "--stats", "-x"])
+        .stdin(Stdio::null());
+    let output = output_within(command, Duration::from_secs(60));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "a --stats -x\n");
+    assert!(output.stderr.is_empty(), "{output:?}");
+    assert_eq!(output.status.code(), Some(0));
+}
