@@ -1,5 +1,6 @@
-//! Where log lines go: `env_logger`'s filter (`RUST_LOG`) and format, written to stderr either
-//! at once or, for the server, after the event loop has sent the replies of its current turn.
+//! Where log lines go: `env_logger`'s filter (`RUST_LOG`) with rcmd's own line format (cheaper
+//! than `env_logger`'s default, see [`init`]), written to stderr either at once or, for the
+//! server, after the event loop has sent the replies of its current turn.
 //!
 //! Why the server holds its lines back: a log line is a `write` to stderr, and the server logs
 //! twice per command, once when it starts and once when it finishes. Written inline, the
