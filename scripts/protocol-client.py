@@ -428,18 +428,20 @@ def cmd_run(args):
     if not command:
         print("protocol-client: no command given", file=sys.stderr)
         return 2
+    def failed(e):
+        # §11: a connection or protocol failure is 255, as with ssh.
+        what = "server error %s" % e if isinstance(e, RemoteError) else str(e)
+        print("protocol-client: %s" % what, file=sys.stderr)
+        return 255
+
     try:
         secret = read_secret(args.secret_file)
         host, port = parse_addr(args.connect)
         conn = Connection(host, port, timeout=10.0)   # 10 s per handshake step, like rcmd
         conn.handshake(secret)
         conn.sock.settimeout(args.io_timeout)         # None: wait indefinitely (§6.1)
-    except RemoteError as e:
-        print("protocol-client: server error %s" % e, file=sys.stderr)
-        return 255
-    except (OSError, ProtocolError) as e:
-        print("protocol-client: %s" % e, file=sys.stderr)
-        return 255
+    except (OSError, ProtocolError, RemoteError) as e:
+        return failed(e)
 
     forward = None if args.no_stdin or sys.stdin.isatty() else sys.stdin.buffer
     presses = [0]
@@ -474,12 +476,8 @@ def cmd_run(args):
         except Exception:
             pass
         os._exit(0)
-    except RemoteError as e:
-        print("protocol-client: server error %s" % e, file=sys.stderr)
-        return 255
-    except (OSError, ProtocolError) as e:
-        print("protocol-client: %s" % e, file=sys.stderr)
-        return 255
+    except (OSError, ProtocolError, RemoteError) as e:
+        return failed(e)
     finally:
         conn.close()
     if res.error is not None:
