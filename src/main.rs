@@ -150,8 +150,9 @@ struct RunArgs {
     /// `rcmd run -- CMD...`].
     #[arg(value_name = "ADDR")]
     addr: Option<String>,
-    /// The command, run by the server's shell (`sh -c` / `cmd /C`). As with ssh, everything
-    /// after ADDR is the command, options included, its words joined with spaces.
+    /// The command, run by the server's shell (`sh -c` / `cmd /C`). As with ssh, from its
+    /// first word on everything is the command, options included; its words are joined with
+    /// spaces.
     #[arg(value_name = "CMD", allow_hyphen_values = true)]
     command: Vec<String>,
     #[command(flatten)]
@@ -184,6 +185,8 @@ impl RunArgs {
                 client::DEFAULT_ADDR
             )),
             (Some(addr), [], command) | (Some(addr), command, []) => Ok((addr, command)),
+            // Not reached through clap, which keeps a `--` after the command's first word as
+            // a word of the command (`rcmd run host ls -- -x` runs `ls -- -x`, as ssh would).
             (Some(addr), before, after) => Err(format!(
                 "give the command either after the address or after --, not both: \
                  rcmd run {addr} {} -- {}",
