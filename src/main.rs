@@ -160,6 +160,11 @@ struct RunArgs {
     /// Ask the server to kill the command after this many seconds.
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
+    /// Forward no stdin: the command reads /dev/null (as with `ssh -n`). For loops such as
+    /// `while read host; do rcmd run -n "$host" uptime; done <hosts`, whose input rcmd would
+    /// otherwise forward to the first command.
+    #[arg(short = 'n', long)]
+    no_stdin: bool,
     /// At the end, print on stderr the bytes of stdout and stderr received, of stdin sent,
     /// the time taken and the rate (like `ssh -v`'s "Transferred:" line).
     #[arg(long)]
@@ -509,7 +514,7 @@ fn run(args: RunArgs) -> u8 {
         Ok(session) => session,
         Err(code) => return code,
     };
-    let (input, stdin_count) = if io::stdin().is_terminal() {
+    let (input, stdin_count) = if args.no_stdin || io::stdin().is_terminal() {
         (CommandInput::None, None)
     } else {
         let (stdin, count) = CountingReader::new(io::stdin());

@@ -359,3 +359,27 @@ fn run_takes_the_command_after_the_address_without_dashes_as_ssh_does() {
     assert!(output.stderr.is_empty(), "{output:?}");
     assert_eq!(output.status.code(), Some(0));
 }
+
+#[cfg(unix)]
+#[test]
+fn run_with_no_stdin_leaves_stdin_to_the_loop_around_it() {
+    let server = TestServer::start(&[]);
+    // The classic `ssh` pitfall: without -n the first command is given the rest of the loop's
+    // input (here `cat` reads it all), and the loop ends after one line.
+    let loop_over_lines = |flag: &str| {
+        let script = format!(
+            "printf 'one\\ntwo\\nthree\\n' | while read word; do \
+             '{rcmd}' run {flag} --secret-file '{secret}' {addr} \"echo $word; cat >/dev/null\" || exit 9; done",
+            rcmd = rcmd_bin(),
+            secret = server.secret.path.display(),
+            addr = server.addr,
+        );
+        let mut command = Command::new("/bin/sh");
+        command.args(["-c", &script]).stdin(Stdio::null());
+        let output = output_within(command, Duration::from_secs(60));
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert_eq!(loop_over_lines("-n"), "one\ntwo\nthree\n");
+    assert_eq!(loop_over_lines(""), "one\n");
+}
