@@ -16,6 +16,7 @@
 //!   ([`server::connection`]), child processes ([`server::process`]), timers
 //!   ([`server::deadlines`]).
 //! - [`logging`]: log lines to stderr; the server's wait until its replies are sent.
+//! - [`tcp`]: the socket options both ends set (no Nagle delay, keepalive).
 //! - [`output`]: streaming transcoding of command output to UTF-8.
 //! - `platform` (Windows only): the code page command output is written in, for `auto`.
 //! - [`client`]: the blocking thin client, its prompt and Ctrl-C forwarding.
@@ -34,3 +35,4 @@ pub mod protocol;
 pub mod secret;
 pub mod server;
 pub mod sticky;
+pub mod tcp;

@@ -385,3 +385,58 @@ fn many_connections_with_commands_leave_no_zombies_and_no_leaked_descriptors() {
     );
     assert!(rss_after < rss_before + 32 * 1024);
 }
+
+/// A peer that vanishes without a FIN (powered off, cable pulled) is noticed only if something
+/// probes the silence: both ends turn TCP keepalive on (`src/tcp.rs`). Checked where Linux
+/// shows it, the timer of each end's socket in /proc/net/tcp while a command runs in silence:
+/// 2 is the keepalive timer, 0 none.
+#[cfg(target_os = "linux")]
+#[test]
+fn both_ends_of_a_silent_command_keep_probing_each_other() {
+    let server = TestServer::start(&[]);
+    let mut command = server.client("run");
+    command
+        .args(["--", "sleep 5"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let mut client = command.spawn().unwrap();
+    server.wait_for_log("command 1 (pid", WAIT);
+    let port = server.addr.port();
+    let (mut server_end, mut client_end) = (None, None);
+    let both_probing = eventually(Duration::from_secs(3), || {
+        for (local, remote, timer) in established_loopback_sockets() {
+            if local == port {
+                server_end = Some(timer);
+            } else if remote == port {
+                client_end = Some(timer);
+            }
+        }
+        server_end == Some(2) && client_end == Some(2)
+    });
+    let _ = client.kill();
+    let _ = client.wait();
+    assert!(
+        both_probing,
+        "timers: server end {server_end:?}, client end {client_end:?}"
+    );
+}
+
+/// (local port, remote port, active timer) of each established IPv4 TCP socket in this network
+/// namespace, from /proc/net/tcp (`sl local rem st tx:rx tr:when ...`, ports in hex).
+#[cfg(target_os = "linux")]
+fn established_loopback_sockets() -> Vec<(u16, u16, u8)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = |address: &str| u16::from_str_radix(address.rsplit(':').next()?, 16).ok();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(3) != Some(&"01") {
+                return None; // not ESTABLISHED
+            }
+            let timer = u8::from_str_radix(fields.get(5)?.split(':').next()?, 16).ok()?;
+            Some((port(fields[1])?, port(fields[2])?, timer))
+        })
+        .collect()
+}

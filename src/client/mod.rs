@@ -28,6 +28,7 @@ use crate::protocol::message::{Bytes32, PROTOCOL_NAME, STDIN_WINDOW};
 use crate::protocol::{
     ErrorCode, ExitStatus, Frame, FrameDecoder, FrameEncoder, FrameError, Message, PROTOCOL_VERSION,
 };
+use crate::tcp;
 
 /// Port used when an address names only a host.
 pub const DEFAULT_PORT: u16 = 9999;
@@ -275,7 +276,7 @@ impl Session {
         peer: SocketAddr,
         secret: &[u8],
     ) -> Result<Session, ClientError> {
-        stream.set_nodelay(true).map_err(ClientError::Io)?;
+        tcp::configure(&stream).map_err(ClientError::Io)?;
         stream
             .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
             .map_err(ClientError::Io)?;

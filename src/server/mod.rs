@@ -415,9 +415,7 @@ impl Server {
         now: Instant,
         to_drive: &mut Vec<ConnId>,
     ) -> io::Result<()> {
-        // Our frames leave in one write each, but a client's `exec` after a reply would still
-        // meet Nagle's algorithm waiting for a delayed ACK: 40 ms per command. Turn it off.
-        socket.set_nodelay(true)?;
+        crate::tcp::configure(&socket)?;
         let id = self.next_id;
         self.next_id += 1;
         // Readable only: writability is asked for only while replies are queued (see
