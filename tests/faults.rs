@@ -389,7 +389,8 @@ fn many_connections_with_commands_leave_no_zombies_and_no_leaked_descriptors() {
 /// A peer that vanishes without a FIN (powered off, cable pulled) is noticed only if something
 /// probes the silence: both ends turn TCP keepalive on (`src/tcp.rs`). Checked where Linux
 /// shows it, the timer of each end's socket in /proc/net/tcp while a command runs in silence:
-/// 2 is the keepalive timer, 0 none.
+/// the keepalive timer, due about 60 s after the last packet (a delayed ACK, the other timer
+/// of that kind, is due within a fraction of a second).
 #[cfg(target_os = "linux")]
 #[test]
 fn both_ends_of_a_silent_command_keep_probing_each_other() {
@@ -402,16 +403,19 @@ fn both_ends_of_a_silent_command_keep_probing_each_other() {
     let mut client = command.spawn().unwrap();
     server.wait_for_log("command 1 (pid", WAIT);
     let port = server.addr.port();
+    let keepalive = |timer: Option<SocketTimer>| {
+        timer.is_some_and(|t| t.kind == 2 && t.due_in > Duration::from_secs(30))
+    };
     let (mut server_end, mut client_end) = (None, None);
     let both_probing = eventually(Duration::from_secs(3), || {
-        for (local, remote, timer) in established_loopback_sockets() {
-            if local == port {
-                server_end = Some(timer);
-            } else if remote == port {
-                client_end = Some(timer);
+        for socket in established_sockets() {
+            if socket.local_port == port {
+                server_end = Some(socket.timer);
+            } else if socket.remote_port == port {
+                client_end = Some(socket.timer);
             }
         }
-        server_end == Some(2) && client_end == Some(2)
+        keepalive(server_end) && keepalive(client_end)
     });
     let _ = client.kill();
     let _ = client.wait();
@@ -421,10 +425,26 @@ fn both_ends_of_a_silent_command_keep_probing_each_other() {
     );
 }
 
-/// (local port, remote port, active timer) of each established IPv4 TCP socket in this network
-/// namespace, from /proc/net/tcp (`sl local rem st tx:rx tr:when ...`, ports in hex).
 #[cfg(target_os = "linux")]
-fn established_loopback_sockets() -> Vec<(u16, u16, u8)> {
+struct TcpSocket {
+    local_port: u16,
+    remote_port: u16,
+    timer: SocketTimer,
+}
+
+/// `tr:tm->when` of /proc/net/tcp: which timer is pending (0 none, 1 retransmit, 2 keepalive or
+/// delayed ACK, 3 TIME_WAIT, 4 zero-window probe) and when it is due.
+#[cfg(target_os = "linux")]
+#[derive(Debug, Clone, Copy)]
+struct SocketTimer {
+    kind: u8,
+    due_in: Duration,
+}
+
+/// The established IPv4 TCP sockets of this network namespace, from /proc/net/tcp
+/// (`sl local rem st tx:rx tr:when ...`; ports in hex, `when` in clock ticks of 1/100 s).
+#[cfg(target_os = "linux")]
+fn established_sockets() -> Vec<TcpSocket> {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
     let port = |address: &str| u16::from_str_radix(address.rsplit(':').next()?, 16).ok();
     table
@@ -435,8 +455,16 @@ fn established_loopback_sockets() -> Vec<(u16, u16, u8)> {
             if fields.get(3) != Some(&"01") {
                 return None; // not ESTABLISHED
             }
-            let timer = u8::from_str_radix(fields.get(5)?.split(':').next()?, 16).ok()?;
-            Some((port(fields[1])?, port(fields[2])?, timer))
+            let (kind, when) = fields.get(5)?.split_once(':')?;
+            let timer = SocketTimer {
+                kind: u8::from_str_radix(kind, 16).ok()?,
+                due_in: Duration::from_millis(10 * u64::from_str_radix(when, 16).ok()?),
+            };
+            Some(TcpSocket {
+                local_port: port(fields[1])?,
+                remote_port: port(fields[2])?,
+                timer,
+            })
         })
         .collect()
 }
