@@ -10,7 +10,8 @@
 //! replies are out: the same lines in the same order, at most one turn of the loop later.
 //! Memory stays bounded: past [`WRITE_AT_ONCE_FROM`] bytes the held lines are written at once.
 
-use std::fmt::{self, Display};
+use std::borrow::Cow;
+use std::fmt::{self, Display, Write as _};
 use std::io::{self, IsTerminal, Write};
 use std::sync::{Mutex, MutexGuard};
 
@@ -77,7 +78,7 @@ fn wants_colour() -> bool {
 }
 
 /// One log line: `[2026-11-22T10:03:04.123Z INFO  rcmd::server] message`, the layout of
-/// env_logger's default format with millisecond timestamps.
+/// env_logger's default format with millisecond timestamps. Always one line: see [`OneLine`].
 fn write_line(
     out: &mut dyn Write,
     time: &dyn Display,
@@ -90,12 +91,42 @@ fn write_line(
     } else {
         Style::new()
     };
+    let message = match record.args().as_str() {
+        Some(constant) => Cow::Borrowed(constant),
+        None => Cow::Owned(record.args().to_string()),
+    };
     writeln!(
         out,
         "[{time} {style}{level:<5}{style:#} {}] {}",
         record.target(),
-        record.args()
+        OneLine(&message)
     )
+}
+
+/// A log message with its control characters escaped as `{:?}` would (`\n`, `\r`, `\u{1b}`).
+///
+/// Log messages carry what clients sent: a command, a directory, the message of an error a
+/// client reports, the name of a message type a stranger made up (in a parse error, before any
+/// authentication). A newline in any of them would start a line of the sender's making in the
+/// server's log, and an escape sequence would reach the terminal or journal that shows it.
+/// Escaping here, where every line is written, covers them all; the common message, with no
+/// control characters, is written as it is.
+struct OneLine<'a>(&'a str);
+
+impl Display for OneLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.0.chars().any(char::is_control) {
+            return f.write_str(self.0);
+        }
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_debug())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// env_logger's colours for the levels.
@@ -220,6 +251,30 @@ mod tests {
             line(true),
             "[2026-11-22T10:03:04.123Z \x1b[32mINFO \x1b[0m rcmd::server] \
              127.0.0.1:5000: command 7 finished\n"
+        );
+    }
+
+    #[test]
+    fn a_log_line_stays_one_line_whatever_its_message_holds() {
+        let mut out = Vec::new();
+        let forged =
+            "cd /tmp/x\n[2026-01-01T00:00:00.000Z WARN  rcmd::server] forged \x1b[31mred\r";
+        // One statement: the arguments of `format_args!` live until its end.
+        write_line(
+            &mut out,
+            &"T",
+            &log::Record::builder()
+                .level(log::Level::Info)
+                .target("rcmd::server")
+                .args(format_args!("{forged}"))
+                .build(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "[T INFO  rcmd::server] cd /tmp/x\\n[2026-01-01T00:00:00.000Z WARN  rcmd::server] \
+             forged \\u{1b}[31mred\\r\n"
         );
     }
 

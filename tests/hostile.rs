@@ -559,3 +559,35 @@ fn a_burst_of_hostile_connections_leaves_memory_bounded() {
     );
     target.assert_nothing_ran();
 }
+
+/// Nothing a client sends becomes a line of its own in the server's log (`logging::OneLine`):
+/// neither a made-up message type with a newline in its name, before any authentication, nor
+/// a directory with a newline and an escape sequence in its name, through the `cd` built-in.
+#[cfg(unix)]
+#[test]
+fn nothing_a_client_sends_can_forge_a_line_in_the_servers_log() {
+    let target = Target::start(&[]);
+    let forged = "\n[2026-01-01T00:00:00.000Z WARN  rcmd::server] forged \u{1b}[31m";
+    let header = serde_json::json!({"type": format!("x{forged}"), "id": 1}).to_string();
+    pre_auth_case(
+        &target,
+        &raw_header_frame(header.as_bytes()),
+        ErrorCode::UnknownType,
+    );
+    let parent = tempfile::tempdir().unwrap();
+    let odd = parent.path().join(format!("d{forged}"));
+    std::fs::create_dir(&odd).unwrap();
+    let output = target.server.run(&format!("cd '{}'", odd.display()));
+    assert!(output.status.success(), "{output:?}");
+    target.server.wait_for_log(": cd \"", WAIT);
+    let log = target.server.log();
+    assert!(
+        !log.lines().any(|line| line.starts_with("[2026-01-01")),
+        "{log}"
+    );
+    assert!(!log.contains('\u{1b}'), "{log}");
+    assert!(
+        log.contains(r#"\n[2026-01-01T00:00:00.000Z WARN  rcmd::server] forged \u{1b}[31m""#),
+        "{log}"
+    );
+}

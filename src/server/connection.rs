@@ -541,9 +541,10 @@ impl Connection {
             Message::Error { code, message, .. } if self.is_handshaking() => {
                 // The client gives up (e.g. it speaks another version): nothing to answer.
                 warn!(
-                    "{}: client reports {} during the handshake: {message}",
+                    "{}: client reports {} during the handshake: {}",
                     self.peer,
-                    code.as_str()
+                    code.as_str(),
+                    Quoted(&message)
                 );
                 self.start_closing(ctx);
             }
@@ -588,7 +589,12 @@ impl Connection {
                 fatal,
                 ..
             } => {
-                warn!("{}: client reports {}: {message}", self.peer, code.as_str());
+                warn!(
+                    "{}: client reports {}: {}",
+                    self.peer,
+                    code.as_str(),
+                    Quoted(&message)
+                );
                 if fatal {
                     self.start_closing(ctx);
                 }
@@ -860,7 +866,7 @@ impl Connection {
     fn change_directory(&mut self, id: u32, target: &builtins::CdTarget, started: Instant) {
         let code = match builtins::resolve_cd(target, &self.cwd, self.previous_cwd.as_deref()) {
             Ok(dir) => {
-                info!("{}: cd {}", self.peer, dir.display());
+                info!("{}: cd {dir:?}", self.peer);
                 self.previous_cwd = Some(mem::replace(&mut self.cwd, dir));
                 0
             }
