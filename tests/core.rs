@@ -383,6 +383,30 @@ fn cd_understands_quotes_escapes_variables_tilde_and_comments() {
     assert_eq!(stderr_of(&output), "");
 }
 
+/// A lone `cd` that only the shell could read is refused with a reason and changes nothing,
+/// rather than running in a shell where it would silently not last; in a list it is the
+/// shell's, a one-off.
+#[cfg(unix)]
+#[test]
+fn a_lone_cd_only_the_shell_could_read_is_refused_not_silently_lost() {
+    let server = TestServer::start(&[]);
+    let script = "cd /\ncd $(echo /var)\npwd\ncd /var/*\npwd\ncd ~root\npwd\ncd /tmp /etc\npwd\n\
+                  cd /usr && pwd\npwd\nexit\n";
+    let output = at_the_prompt(&server, script);
+    assert_eq!(stdout_of(&output), "/\n/\n/\n/\n/usr\n/\n");
+    let stderr = stderr_of(&output);
+    let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("cd: ")).collect();
+    assert_eq!(reasons.len(), 4, "{stderr}");
+    for (line, what) in reasons.iter().zip([
+        "cd: command substitution needs the shell",
+        "cd: a glob (*, ? or [) needs the shell",
+        "cd: ~ followed by a name needs the shell",
+        "cd: too many arguments",
+    ]) {
+        assert!(line.starts_with(what), "{stderr}");
+    }
+}
+
 #[test]
 fn a_removed_working_directory_is_named_when_a_command_cannot_start() {
     let server = TestServer::start(&[]);

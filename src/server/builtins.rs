@@ -11,8 +11,10 @@
 //! they would silently do nothing, and a directory with a space in its name could not be
 //! entered at all. So [`parse_sh_cd`] reads the one argument word the way `sh` would (quotes,
 //! backslashes, `$NAME`, `~`, a `#` comment), and [`parse_cmd_cd`] the way `cmd.exe` reads
-//! its `cd`. Whatever needs the real shell (`;`, pipes, redirections, `$(...)`, globs, several
-//! words, options) is refused, and the command goes to the shell unchanged.
+//! its `cd`. A command list or pipeline (`cd x && ls`, `cd x; ls`, `cd x | cat`) goes to the
+//! shell unchanged: a one-off, as in any subshell. A lone `cd` the parser cannot read as the
+//! shell would (`$(...)`, globs, `~user`, several words, options, redirections) is refused
+//! with a message saying so, instead of going to a shell where it would silently not last.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -27,6 +29,32 @@ pub enum CdTarget {
     /// `cd DIR`, relative to the current directory or absolute, quotes and variables already
     /// resolved.
     Path(String),
+    /// A lone `cd` that only the shell could read (`cd $(pwd)`, `cd /var/*`, `cd a b`); the
+    /// directory stays, and the message (`cd: ...`) says why.
+    Refused(String),
+}
+
+/// Why [`sh_words`] could not read a command.
+#[derive(Debug, PartialEq, Eq)]
+enum Unread {
+    /// A command list or pipeline: `;`, `&`, `|`, or a second line.
+    Compound,
+    /// What only the shell can evaluate, named for the user: "command substitution", ...
+    Needs(&'static str),
+}
+
+/// The refusal of a lone `cd` that uses `what`.
+fn refused(what: &str) -> CdTarget {
+    CdTarget::Refused(format!(
+        "cd: {what} needs the shell, where a cd would not outlast its command: the directory \
+         is unchanged (quotes, \\, $NAME and ~/ are understood; for one command, cd ... && CMD)"
+    ))
+}
+
+/// Whether a command has none of the characters that make a list or pipeline (so a `cd` in it
+/// is alone), even quoted: where in doubt, the shell runs it as before.
+fn is_one_command(command: &str) -> bool {
+    !command.contains([';', '&', '|']) && !command.trim_end().contains('\n')
 }
 
 /// Recognises a command that is only a `cd`, read with the rules of the server's shell:
@@ -56,11 +84,12 @@ fn shell_variable(name: &str, cwd: &Path, previous: Option<&Path>) -> Option<OsS
 /// or `~/`, and be followed by a `#` comment. `var` gives a variable's value (`None`: unset,
 /// which expands to nothing, as in `sh`).
 ///
-/// `None` (the shell runs it) for anything else: more than one argument, an option such as
-/// `-P`, a command separator, pipe, redirection or parenthesis, `$(...)` or backticks, other
-/// `$` forms (`$1`, `${X:-y}`), an unquoted glob character or brace, `~user`, an unquoted
-/// variable whose value would be split or globbed (a space, tab, newline, `*`, `?` or `[`
-/// in it), a value that is not UTF-8, or an unfinished quote.
+/// `None` (the shell runs it) for a command whose first word is not `cd`, and for a list or
+/// pipeline (`;`, `&`, `|`, a second line). [`CdTarget::Refused`] for a lone `cd` with more
+/// than one argument, an option such as `-P`, a redirection or parenthesis, `$(...)` or
+/// backticks, other `$` forms (`$1`, `${X:-y}`), an unquoted glob character or brace, `~user`,
+/// an unquoted variable whose value would be split or globbed (a space, tab, newline, `*`, `?`
+/// or `[` in it), a value that is not UTF-8, an unfinished quote, or `~` without `$HOME`.
 pub fn parse_sh_cd(command: &str, var: impl Fn(&str) -> Option<OsString>) -> Option<CdTarget> {
     // Every command passes through here: leave the others at once, before reading the rest
     // of a possibly long command. The first word, quotes and backslashes aside, must be `cd`.
@@ -75,25 +104,32 @@ pub fn parse_sh_cd(command: &str, var: impl Fn(&str) -> Option<OsString>) -> Opt
     {
         return None;
     }
-    let words = sh_words(command, &var)?;
+    let words = match sh_words(command, &var) {
+        Ok(words) => words,
+        Err(Unread::Needs(what)) if is_one_command(command) => return Some(refused(what)),
+        Err(_) => return None,
+    };
     let (cd, args) = words.split_first()?;
     if cd.tilde || cd.text != "cd" {
         return None;
     }
-    match args {
-        [] => Some(CdTarget::Home),
-        [arg] if arg.tilde && arg.text.is_empty() => Some(CdTarget::Home),
+    Some(match args {
+        [] => CdTarget::Home,
+        [arg] if arg.tilde && arg.text.is_empty() => CdTarget::Home,
         [arg] if arg.tilde => {
-            // `~/sub`: `$HOME` then the rest, which starts with `/`. Without a home the shell
-            // decides (dash keeps the `~`).
-            let home = var("HOME")?.into_string().ok().filter(|h| !h.is_empty())?;
-            Some(CdTarget::Path(home + &arg.text))
+            // `~/sub`: `$HOME` then the rest, which starts with `/`.
+            match var("HOME").and_then(|home| home.into_string().ok()) {
+                Some(home) if !home.is_empty() => CdTarget::Path(home + &arg.text),
+                _ => CdTarget::Refused("cd: ~: HOME not set".to_owned()),
+            }
         }
-        [arg] if arg.text == "-" => Some(CdTarget::Previous),
-        [arg] if arg.text.starts_with('-') => None, // an option: -P, -L, --
-        [arg] => Some(CdTarget::Path(arg.text.clone())),
-        _ => None,
-    }
+        [arg] if arg.text == "-" => CdTarget::Previous,
+        [first, ..] if first.text.starts_with('-') && first.text != "-" => {
+            refused("an option such as -P")
+        }
+        [arg] => CdTarget::Path(arg.text.clone()),
+        _ => CdTarget::Refused("cd: too many arguments".to_owned()),
+    })
 }
 
 /// One word of a shell command after quote removal and expansion.
@@ -104,16 +140,18 @@ struct Word {
     text: String,
 }
 
-/// Splits a shell command into words, resolving quotes, backslashes and `$NAME`. `None` if
-/// it uses anything more (see [`parse_sh_cd`]).
-fn sh_words(command: &str, var: &dyn Fn(&str) -> Option<OsString>) -> Option<Vec<Word>> {
+/// Splits a shell command into words, resolving quotes, backslashes and `$NAME`; what it
+/// cannot read is an [`Unread`] (see [`parse_sh_cd`]).
+fn sh_words(command: &str, var: &dyn Fn(&str) -> Option<OsString>) -> Result<Vec<Word>, Unread> {
+    const UNFINISHED: Unread = Unread::Needs("an unfinished quote or backslash");
+    const SUBSTITUTION: Unread = Unread::Needs("command substitution");
     let mut words = Vec::new();
     let mut chars = command.chars().peekable();
     loop {
         // Between words: blanks, the end, a newline or a comment.
         while chars.next_if(|&c| c == ' ' || c == '\t').is_some() {}
         match chars.peek() {
-            None => return Some(words),
+            None => return Ok(words),
             Some('#') => {
                 while chars.next_if(|&c| c != '\n').is_some() {}
                 continue;
@@ -121,7 +159,11 @@ fn sh_words(command: &str, var: &dyn Fn(&str) -> Option<OsString>) -> Option<Vec
             Some('\n') => {
                 // A newline ends the command: fine at the end, but not before another one.
                 let only_blanks = chars.all(|c| matches!(c, ' ' | '\t' | '\n'));
-                return only_blanks.then_some(words);
+                return if only_blanks {
+                    Ok(words)
+                } else {
+                    Err(Unread::Compound)
+                };
             }
             Some(_) => {}
         }
@@ -131,7 +173,8 @@ fn sh_words(command: &str, var: &dyn Fn(&str) -> Option<OsString>) -> Option<Vec
         if chars.next_if_eq(&'~').is_some() {
             match chars.peek() {
                 None | Some('/' | ' ' | '\t' | '\n') => word.tilde = true,
-                Some(_) => return None, // ~user, ~+, ~-, ~"x": the shell's business
+                // ~user, ~+, ~-, ~"x": the shell's business
+                Some(_) => return Err(Unread::Needs("~ followed by a name")),
             }
         }
         while let Some(&c) = chars.peek() {
@@ -143,7 +186,7 @@ fn sh_words(command: &str, var: &dyn Fn(&str) -> Option<OsString>) -> Option<Vec
                 '\'' => {
                     quoted = true;
                     loop {
-                        match chars.next()? {
+                        match chars.next().ok_or(UNFINISHED)? {
                             '\'' => break,
                             c => word.text.push(c),
                         }
@@ -152,9 +195,9 @@ fn sh_words(command: &str, var: &dyn Fn(&str) -> Option<OsString>) -> Option<Vec
                 '"' => {
                     quoted = true;
                     loop {
-                        match chars.next()? {
+                        match chars.next().ok_or(UNFINISHED)? {
                             '"' => break,
-                            '\\' => match chars.next()? {
+                            '\\' => match chars.next().ok_or(UNFINISHED)? {
                                 '\n' => {} // a line continuation
                                 c @ ('$' | '`' | '"' | '\\') => word.text.push(c),
                                 c => {
@@ -163,12 +206,12 @@ fn sh_words(command: &str, var: &dyn Fn(&str) -> Option<OsString>) -> Option<Vec
                                 }
                             },
                             '$' => word.text.push_str(&expand(&mut chars, var)?),
-                            '`' => return None,
+                            '`' => return Err(SUBSTITUTION),
                             c => word.text.push(c),
                         }
                     }
                 }
-                '\\' => match chars.next()? {
+                '\\' => match chars.next().ok_or(UNFINISHED)? {
                     '\n' => {} // a line continuation
                     c => {
                         quoted = true;
@@ -179,13 +222,18 @@ fn sh_words(command: &str, var: &dyn Fn(&str) -> Option<OsString>) -> Option<Vec
                     let value = expand(&mut chars, var)?;
                     // Unquoted, the shell would split it into words and expand globs.
                     if value.contains([' ', '\t', '\n', '*', '?', '[']) {
-                        return None;
+                        return Err(Unread::Needs(
+                            "an unquoted variable holding spaces or glob characters",
+                        ));
                     }
                     word.text.push_str(&value);
                 }
-                ';' | '&' | '|' | '<' | '>' | '(' | ')' | '`' | '*' | '?' | '[' | '{' | '}' => {
-                    return None;
-                }
+                ';' | '&' | '|' => return Err(Unread::Compound),
+                '<' | '>' => return Err(Unread::Needs("a redirection")),
+                '(' | ')' => return Err(Unread::Needs("a parenthesis")),
+                '`' => return Err(SUBSTITUTION),
+                '*' | '?' | '[' => return Err(Unread::Needs("a glob (*, ? or [)")),
+                '{' | '}' => return Err(Unread::Needs("a brace")),
                 c => word.text.push(c),
             }
         }
@@ -195,25 +243,32 @@ fn sh_words(command: &str, var: &dyn Fn(&str) -> Option<OsString>) -> Option<Vec
     }
 }
 
-/// The value of `$NAME` or `${NAME}`, the `$` already read. `None` for any other `$` form.
+/// The value of `$NAME` or `${NAME}`, the `$` already read; an [`Unread`] for any other `$`
+/// form.
 fn expand(
     chars: &mut std::iter::Peekable<std::str::Chars>,
     var: &dyn Fn(&str) -> Option<OsString>,
-) -> Option<String> {
+) -> Result<String, Unread> {
+    if chars.peek() == Some(&'(') {
+        return Err(Unread::Needs("command substitution"));
+    }
     let braced = chars.next_if_eq(&'{').is_some();
     let mut name = String::new();
     while let Some(c) = chars.next_if(|&c| c == '_' || c.is_ascii_alphanumeric()) {
         name.push(c);
     }
+    let other_form = Unread::Needs("this $ form ($1, $?, ${X:-y}, ...)");
     if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
-        return None; // $1, $?, $$, $(, a lone $, ...
+        return Err(other_form); // $1, $?, $$, a lone $, ...
     }
     if braced && chars.next() != Some('}') {
-        return None; // ${X:-y} and the like
+        return Err(other_form); // ${X:-y} and the like
     }
     match var(&name) {
-        None => Some(String::new()),
-        Some(value) => value.into_string().ok(),
+        None => Ok(String::new()),
+        Some(value) => value
+            .into_string()
+            .map_err(|_| Unread::Needs("a variable whose value is not UTF-8")),
     }
 }
 
@@ -273,6 +328,7 @@ pub fn resolve_cd(
             .map(Path::to_path_buf)
             .ok_or_else(|| "cd: OLDPWD not set".to_owned())?,
         CdTarget::Path(dir) => cwd.join(dir),
+        CdTarget::Refused(why) => return Err(why.clone()),
     };
     let shown = match target {
         CdTarget::Path(dir) => dir.clone(),
@@ -416,7 +472,10 @@ mod tests {
         assert_eq!(sh("cd ~/'dir with space'"), path("/home/u/dir with space"));
         let no_home = |command| parse_sh_cd(command, |_: &str| None);
         assert_eq!(no_home("cd ~"), Some(CdTarget::Home)); // "cd: HOME not set" later
-        assert_eq!(no_home("cd ~/x"), None);
+        assert_eq!(
+            no_home("cd ~/x"),
+            Some(CdTarget::Refused("cd: ~: HOME not set".into()))
+        );
     }
 
     #[test]
@@ -433,46 +492,17 @@ mod tests {
     }
 
     #[test]
-    fn sh_leaves_the_rest_to_the_shell() {
+    fn sh_leaves_lists_pipelines_and_other_commands_to_the_shell() {
         for command in [
             "cd /tmp && ls",
             "cd /tmp; ls",
             "cd /tmp | cat",
-            "cd /tmp > f",
-            "cd < f",
-            "cd (x)",
             "cd /tmp &",
             "cd /tmp\nls",
-            "cd a b",
-            "cd \"a\" b",
-            "cd 'a b' c",
-            "cd $SPACED",
-            "cd $GLOB",
-            "cd *",
-            "cd a?",
-            "cd [ab]",
-            "cd {a,b}",
-            "cd $(pwd)",
-            "cd \"$(pwd)\"",
-            "cd `pwd`",
-            "cd \"`pwd`\"",
-            "cd $1",
-            "cd $?",
-            "cd $$",
-            "cd ${HOME:-/}",
-            "cd ${}",
-            "cd $",
-            "cd \"$\"",
-            "cd ~user",
-            "cd ~+",
-            "cd ~\"x\"",
-            "cd -P /tmp",
-            "cd -P",
-            "cd -L",
-            "cd --",
-            "cd \"unfinished",
-            "cd 'unfinished",
-            "cd a\\",
+            "cd /usr # c\nls",
+            "cd $(pwd); ls",
+            "cd /var/* && ls",
+            "cd a b || true",
             "cdx",
             "cd-",
             "echo cd",
@@ -485,12 +515,66 @@ mod tests {
         }
     }
 
+    /// A lone `cd` the parser cannot read as the shell would: refused, naming why, rather than
+    /// run by a shell where it would silently not last.
+    #[test]
+    fn sh_refuses_a_lone_cd_only_the_shell_could_read() {
+        let refused_for = |command: &str| match sh(command) {
+            Some(CdTarget::Refused(why)) => why,
+            other => panic!("{command:?}: {other:?}"),
+        };
+        for (command, what) in [
+            ("cd /tmp > f", "a redirection"),
+            ("cd < f", "a redirection"),
+            ("cd (x)", "a parenthesis"),
+            ("cd $SPACED", "an unquoted variable"),
+            ("cd $GLOB", "an unquoted variable"),
+            ("cd *", "a glob"),
+            ("cd /var/*", "a glob"),
+            ("cd a?", "a glob"),
+            ("cd [ab]", "a glob"),
+            ("cd {a,b}", "a brace"),
+            ("cd $(pwd)", "command substitution"),
+            ("cd \"$(pwd)\"", "command substitution"),
+            ("cd `pwd`", "command substitution"),
+            ("cd \"`pwd`\"", "command substitution"),
+            ("cd $1", "this $ form"),
+            ("cd $?", "this $ form"),
+            ("cd ${HOME:-/}", "this $ form"),
+            ("cd ${}", "this $ form"),
+            ("cd $", "this $ form"),
+            ("cd \"$\"", "this $ form"),
+            ("cd ~user", "~ followed by a name"),
+            ("cd ~root/x", "~ followed by a name"),
+            ("cd ~+", "~ followed by a name"),
+            ("cd ~\"x\"", "~ followed by a name"),
+            ("cd -P /tmp", "an option"),
+            ("cd -P", "an option"),
+            ("cd --", "an option"),
+            ("cd \"unfinished", "an unfinished quote"),
+            ("cd 'unfinished", "an unfinished quote"),
+            ("cd a\\", "an unfinished quote or backslash"),
+        ] {
+            let why = refused_for(command);
+            assert!(
+                why.starts_with(&format!("cd: {what}")) && why.contains("unchanged"),
+                "{command:?}: {why}"
+            );
+        }
+        for command in ["cd a b", "cd \"a\" b", "cd 'a b' c", "cd /tmp /etc"] {
+            assert_eq!(refused_for(command), "cd: too many arguments");
+        }
+    }
+
     #[cfg(unix)]
     #[test]
-    fn sh_leaves_a_variable_that_is_not_utf8_to_the_shell() {
+    fn sh_refuses_a_variable_that_is_not_utf8() {
         use std::os::unix::ffi::OsStringExt;
         let var = |_: &str| Some(OsString::from_vec(vec![b'/', 0xff]));
-        assert_eq!(parse_sh_cd("cd \"$X\"", var), None);
+        assert!(matches!(
+            parse_sh_cd("cd \"$X\"", var),
+            Some(CdTarget::Refused(why)) if why.starts_with("cd: a variable whose value is not UTF-8")
+        ));
         assert_eq!(parse_sh_cd("cd /tmp", var), path("/tmp"));
     }
 
