@@ -177,6 +177,16 @@ struct RunArgs {
 impl RunArgs {
     /// The address and the command words: `ADDR CMD...`, `ADDR -- CMD...` or `-- CMD...`.
     fn address_and_command(&self) -> Result<(&str, &[String]), String> {
+        // Like ssh: an option rcmd does not know, where the command would start, is a usage
+        // error here rather than a word for the remote shell to misread.
+        if let (Some(_), Some(word)) = (&self.addr, self.command.first())
+            && word.starts_with('-')
+        {
+            return Err(format!(
+                "unknown option {word}: rcmd's options go before the command \
+                 (a command that starts with - goes after --)"
+            ));
+        }
         match (
             self.addr.as_deref(),
             self.command.as_slice(),
@@ -673,5 +683,8 @@ mod tests {
         assert!(usage("").starts_with("no command given"));
         assert!(usage("host").starts_with("no command given for host"));
         assert!(usage("-x host true").contains("unexpected argument '-x'"));
+        assert!(usage("host -x true").starts_with("unknown option -x"));
+        assert!(usage("host --bogus echo x").starts_with("unknown option --bogus"));
+        assert_eq!(run_target("host -- -x"), at("host", "-x"));
     }
 }

@@ -383,6 +383,16 @@ fn cd_understands_quotes_escapes_variables_tilde_and_comments() {
     assert_eq!(stderr_of(&output), "");
 }
 
+/// The command is `sh -c`'s command string even when it starts with `-`: not options of `sh`.
+#[cfg(unix)]
+#[test]
+fn a_command_starting_with_a_dash_is_a_command_not_options_of_the_shell() {
+    let server = TestServer::start(&[]);
+    let output = server.run("-x");
+    assert_eq!(output.status.code(), Some(127), "{output:?}");
+    assert!(stderr_of(&output).contains("-x: not found"), "{output:?}");
+}
+
 /// A lone `cd` that only the shell could read is refused with a reason and changes nothing,
 /// rather than running in a shell where it would silently not last; in a list it is the
 /// shell's, a one-off.

@@ -253,7 +253,7 @@ impl ChildProcess {
     }
 }
 
-/// Spawns `sh -c command` in `cwd` with piped stdout and stderr (and stdin if `with_stdin`,
+/// Spawns `sh -c -- command` in `cwd` with piped stdout and stderr (and stdin if `with_stdin`,
 /// else /dev/null), in a new process group whose id is the child's pid.
 ///
 /// This blocks until the child has called `exec` (std reports a failed `exec` through a pipe),
@@ -265,7 +265,8 @@ impl ChildProcess {
 pub fn start(command: &str, cwd: &Path, with_stdin: bool) -> io::Result<Child> {
     // By absolute path: a bare "sh" makes exec try every PATH entry before /bin.
     Command::new("/bin/sh")
-        .arg("-c")
+        // `--`: a command that starts with `-` is a command, not options of `sh` itself.
+        .args(["-c", "--"])
         .arg(command)
         .current_dir(cwd)
         .stdin(if with_stdin {
