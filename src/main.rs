@@ -63,7 +63,8 @@ enum Command {
 #[derive(Args)]
 struct SecretArg {
     /// The shared secret file [default: $RCMD_SECRET_FILE, else ~/.config/rcmd/secret].
-    #[arg(long, value_name = "PATH")]
+    // Global: `rcmd demo sticky --secret-file F` as well as `rcmd demo --secret-file F sticky`.
+    #[arg(long, value_name = "PATH", global = true)]
     secret_file: Option<PathBuf>,
 }
 
@@ -91,8 +92,8 @@ struct ServeArgs {
     /// Directory commands start in [default: the server's current directory].
     #[arg(long, value_name = "DIR")]
     workdir: Option<PathBuf>,
-    /// Seconds a connection has to authenticate.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    /// Seconds a connection has to authenticate (at least 1).
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = at_least_one::<u64>)]
     handshake_timeout: u64,
     /// Seconds an authenticated connection may sit idle (0: forever).
     #[arg(long, value_name = "SECS", default_value_t = 3600)]
@@ -100,11 +101,11 @@ struct ServeArgs {
     /// Longest a command may run, in seconds (0: no limit); clients may ask for less.
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     command_timeout: u64,
-    /// Connections served at once.
-    #[arg(long, value_name = "N", default_value_t = 4096)]
+    /// Connections served at once (at least 1).
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = at_least_one::<usize>)]
     max_connections: usize,
-    /// Connections allowed to be in the handshake at once.
-    #[arg(long, value_name = "N", default_value_t = 128)]
+    /// Connections allowed to be in the handshake at once (at least 1).
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = at_least_one::<usize>)]
     max_handshakes: usize,
     /// Longest command accepted, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
@@ -235,6 +236,16 @@ enum DemoTopic {
     Sticky,
 }
 
+/// A number of at least 1, for limits where 0 would make the server useless (0 connections, a
+/// handshake that must finish in no time): refused at once rather than quietly raised.
+fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) -> Result<T, String> {
+    match text.parse::<T>() {
+        Ok(n) if n >= T::from(1) => Ok(n),
+        Ok(_) => Err("must be at least 1".to_owned()),
+        Err(_) => Err(format!("{text:?} is not a whole number")),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
@@ -312,11 +323,11 @@ fn serve(args: ServeArgs) -> u8 {
     }
     let seconds = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
     let limits = Limits {
-        handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
+        handshake_timeout: Duration::from_secs(args.handshake_timeout),
         idle_timeout: seconds(args.idle_timeout),
         command_timeout: seconds(args.command_timeout),
-        max_connections: args.max_connections.max(1),
-        max_handshakes: args.max_handshakes.max(1),
+        max_connections: args.max_connections,
+        max_handshakes: args.max_handshakes,
         max_command_len: args.max_command_len,
         ..Limits::default()
     };
@@ -391,9 +402,9 @@ fn serve_unframed(args: ServeArgs) -> u8 {
     let config = sticky::UnframedConfig {
         nodelay: args.nodelay,
         encoding,
-        handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
+        handshake_timeout: Duration::from_secs(args.handshake_timeout),
         idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
-        max_connections: args.max_connections.max(1),
+        max_connections: args.max_connections,
         ..sticky::UnframedConfig::new(secret, workdir)
     };
     let server = match sticky::UnframedServer::bind(args.listen, config) {
@@ -661,6 +672,19 @@ mod tests {
         };
         let (addr, words) = run.address_and_command()?;
         Ok((addr.to_owned(), words.join(" ")))
+    }
+
+    #[test]
+    fn the_secret_file_may_follow_a_demo_topic() {
+        for argv in [
+            ["rcmd", "demo", "sticky", "--secret-file", "f"],
+            ["rcmd", "demo", "--secret-file", "f", "sticky"],
+        ] {
+            let Command::Demo(demo) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("parsed as demo")
+            };
+            assert_eq!(demo.secret.secret_file, Some(PathBuf::from("f")));
+        }
     }
 
     #[test]

@@ -40,6 +40,22 @@ fn usage_errors_exit_2() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown encoding \"klingon\""));
+    // Limits where 0 would make the server useless are refused, not quietly raised to 1.
+    for option in [
+        "--max-connections",
+        "--max-handshakes",
+        "--handshake-timeout",
+    ] {
+        let output = Command::new(rcmd_bin())
+            .args(["serve", option, "0", "--listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{option}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("must be at least 1"),
+            "{option}: {output:?}"
+        );
+    }
 }
 
 fn read_frame(stream: &mut TcpStream, decoder: &mut FrameDecoder) -> Frame {
