@@ -399,3 +399,29 @@ fn run_with_no_stdin_leaves_stdin_to_the_loop_around_it() {
     assert_eq!(loop_over_lines("-n"), "one\ntwo\nthree\n");
     assert_eq!(loop_over_lines(""), "one\n");
 }
+
+/// Every session's end is in the server's log at `info` (as sshd's "Disconnected from"), and so
+/// is each command a shutdown kills.
+#[cfg(unix)]
+#[test]
+fn the_server_log_records_how_sessions_end() {
+    let mut server = TestServer::start(&["--command-timeout", "60"]);
+    assert!(server.run("true").status.success());
+    server.wait_for_log(": disconnected", Duration::from_secs(10));
+    let mut command = server.client("run");
+    command.args(["--", "sleep 30"]).stdin(Stdio::null());
+    let mut client = command.spawn().unwrap();
+    server.wait_for_log("): \"sleep 30\"", Duration::from_secs(10));
+    assert_eq!(server.terminate().code(), Some(0));
+    let _ = client.wait();
+    let log = server.log();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("INFO ") && line.ends_with(": disconnected")),
+        "{log}"
+    );
+    assert!(
+        log.contains(": command 1 killed: the server is shutting down"),
+        "{log}"
+    );
+}

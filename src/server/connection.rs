@@ -341,10 +341,9 @@ impl Connection {
                     self.peer, command.id
                 )
             }
-            (_, io::ErrorKind::UnexpectedEof) => {
-                debug!("{}: client closed the connection", self.peer)
-            }
-            _ => debug!("{}: connection error: {error}", self.peer),
+            // As sshd's "Disconnected from": every session's end is in the log at `info`.
+            (_, io::ErrorKind::UnexpectedEof) => info!("{}: disconnected", self.peer),
+            _ => info!("{}: connection lost: {error}", self.peer),
         }
     }
 
@@ -423,6 +422,12 @@ impl Connection {
 
     /// Tells the client the server is going away and kills its command.
     pub fn shut_down(&mut self, ctx: &mut Context) {
+        if let State::Running(command) = &self.state {
+            info!(
+                "{}: command {} killed: the server is shutting down",
+                self.peer, command.id
+            );
+        }
         if !self.closing {
             self.fail(ErrorCode::Shutdown, "server is shutting down", ctx);
         }
