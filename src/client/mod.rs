@@ -45,6 +45,8 @@ const READ_SIZE: usize = 4 * MAX_CHUNK;
 pub enum ClientError {
     /// The address does not resolve.
     BadAddress(String, String),
+    /// The address is not written as an address can be (`[::1` without its `]`).
+    MalformedAddress(String, &'static str),
     /// No TCP connection could be made.
     Connect(String, io::Error),
     /// The peer did not speak rcmd.
@@ -75,6 +77,9 @@ impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ClientError::BadAddress(addr, why) => write!(f, "cannot resolve {addr}: {why}"),
+            ClientError::MalformedAddress(addr, why) => {
+                write!(f, "malformed address {addr}: {why}")
+            }
             ClientError::Connect(addr, e) => write!(f, "cannot connect to {addr}: {e}"),
             ClientError::NotRcmd(why) => {
                 write!(f, "the server does not speak the rcmd protocol: {why}")
@@ -117,13 +122,30 @@ impl From<FrameError> for ClientError {
     }
 }
 
-/// Resolves `host`, `host:port`, `ip`, `ip:port` or `[ipv6]:port`; a missing port is 9999.
+/// Resolves `host`, `host:port`, `ip`, `ip:port`, `[ipv6]` or `[ipv6]:port`; a missing port is
+/// 9999.
 ///
 /// # Errors
-/// [`ClientError::BadAddress`] when the name does not resolve.
+/// [`ClientError::BadAddress`] when the name does not resolve, [`ClientError::MalformedAddress`]
+/// for an unclosed `[`.
 pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>, ClientError> {
     if let Ok(ip) = addr.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, DEFAULT_PORT)]);
+    }
+    if let Some(bracketed) = addr.strip_prefix('[') {
+        match bracketed.split_once(']') {
+            None => {
+                let why = "the [ before an IPv6 address has no closing ]";
+                return Err(ClientError::MalformedAddress(addr.to_owned(), why));
+            }
+            Some((ip, "")) => {
+                let ip = ip
+                    .parse::<std::net::Ipv6Addr>()
+                    .map_err(|e| ClientError::BadAddress(addr.to_owned(), e.to_string()))?;
+                return Ok(vec![SocketAddr::new(ip.into(), DEFAULT_PORT)]);
+            }
+            Some(_) => {} // [ipv6]:port
+        }
     }
     let with_port = if addr.contains(':') {
         addr.to_owned()
@@ -650,5 +672,20 @@ mod tests {
             resolve("bad host name:x"),
             Err(ClientError::BadAddress(..))
         ));
+        assert_eq!(
+            resolve("[::1]").unwrap(),
+            vec![SocketAddr::from((
+                std::net::Ipv6Addr::LOCALHOST,
+                DEFAULT_PORT
+            ))]
+        );
+        assert_eq!(
+            resolve("[::1]:7").unwrap(),
+            vec!["[::1]:7".parse().unwrap()]
+        );
+        assert_eq!(
+            resolve("[::1").unwrap_err().to_string(),
+            "malformed address [::1: the [ before an IPv6 address has no closing ]"
+        );
     }
 }
