@@ -57,10 +57,16 @@ impl Terminal {
     /// Starts `rcmd connect` on this terminal, against `server`, with its history in a
     /// temporary directory rather than the user's.
     fn connect(&self, server: &TestServer, config: &tempfile::TempDir) -> Child {
+        self.connect_as(server, config, "xterm")
+    }
+
+    /// [`Self::connect`] with `TERM` set to `term`.
+    fn connect_as(&self, server: &TestServer, config: &tempfile::TempDir, term: &str) -> Child {
         let side = || Stdio::from(self.program_side.try_clone().unwrap());
         let mut command = server.client("connect");
         command
             .env("XDG_CONFIG_HOME", config.path())
+            .env("TERM", term)
             .stdin(side())
             .stdout(side())
             .stderr(side());
@@ -201,4 +207,23 @@ fn the_prompt_says_at_once_when_the_server_ends_the_session() {
         "{:?}",
         terminal.screen()
     );
+}
+
+/// With `TERM=dumb` (Emacs' shell, for one) the line editor cannot take the terminal's keys
+/// raw, so Ctrl-C reaches the client as SIGINT, as the terminal sends it. At the prompt that
+/// abandons the line, as in a shell; it does not end the session.
+#[test]
+fn ctrl_c_at_a_prompt_without_line_editing_does_not_end_the_session() {
+    let server = TestServer::start(&[]);
+    let config = tempfile::tempdir().unwrap();
+    let mut terminal = Terminal::open();
+    let mut client = terminal.connect_as(&server, &config, "dumb");
+    terminal.wait_for(PROMPT, 1);
+    assert!(!terminal.is_raw(), "TERM=dumb: no raw mode");
+    // This terminal is not the client's controlling terminal, so send what a ^C would.
+    signal(client.id(), "INT");
+    terminal.type_text("echo still-here\n");
+    terminal.wait_for("still-here\r\n", 2); // the echo of the typing, then the output
+    terminal.type_text("exit\n");
+    assert_eq!(exit_code(&mut client), Some(0));
 }

@@ -4,9 +4,13 @@
 //! a `signal` frame instead, and the server delivers SIGINT to the command's process group, as
 //! if Ctrl-C had been pressed at a local shell. A command that ignores SIGINT gets SIGKILL on
 //! the third press. With no command running, Ctrl-C ends the client with status 130 (128 +
-//! SIGINT), as it would a local program.
+//! SIGINT), as it would a local program, except while the interactive prompt reads a line:
+//! there it abandons the line, as in a shell. (Usually the line editor sees Ctrl-C as a key
+//! and no signal is sent; where it cannot put the terminal in raw mode, `TERM=dumb` as in
+//! Emacs' shell, the terminal sends SIGINT and discards the typed line itself.)
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use log::debug;
 
@@ -24,6 +28,9 @@ struct Target {
 
 static CURRENT: Mutex<Option<Target>> = Mutex::new(None);
 
+/// Whether the interactive prompt is reading a line (see the module doc).
+static AT_PROMPT: AtomicBool = AtomicBool::new(false);
+
 /// Installs the process-wide Ctrl-C handler. Call once, from `main`, before running commands.
 ///
 /// # Errors
@@ -34,6 +41,9 @@ pub fn install() -> Result<(), ctrlc::Error> {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let Some(target) = current.as_mut() else {
+            if AT_PROMPT.load(Ordering::SeqCst) {
+                return;
+            }
             std::process::exit(130);
         };
         target.presses += 1;
@@ -73,5 +83,21 @@ impl Drop for ForwardGuard {
         *CURRENT
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+    }
+}
+
+/// Makes Ctrl-C abandon the line rather than end the client until the returned guard is
+/// dropped: for the time the interactive prompt reads a line.
+pub fn reading_a_line() -> PromptGuard {
+    AT_PROMPT.store(true, Ordering::SeqCst);
+    PromptGuard
+}
+
+/// Ends [`reading_a_line`] when dropped.
+pub struct PromptGuard;
+
+impl Drop for PromptGuard {
+    fn drop(&mut self) {
+        AT_PROMPT.store(false, Ordering::SeqCst);
     }
 }

@@ -18,7 +18,7 @@ use rustyline::DefaultEditor;
 use rustyline::ExternalPrinter;
 use rustyline::error::ReadlineError;
 
-use super::{ClientError, CommandInput, OutputSink, Session, TerminalSink};
+use super::{ClientError, CommandInput, OutputSink, Session, TerminalSink, interrupt};
 
 /// The prompt shown before each command.
 pub const PROMPT: &str = ">>: ";
@@ -83,7 +83,9 @@ pub fn run_prompt(session: &mut Session, history: Option<PathBuf>) -> Result<i32
             sink.end_partial_line();
             #[cfg(unix)]
             let watch = ended.watch(session);
+            let reading = interrupt::reading_a_line();
             let read = editor.readline(PROMPT);
+            drop(reading);
             #[cfg(unix)]
             {
                 drop(watch);
