@@ -10,8 +10,7 @@
 //! replies are out: the same lines in the same order, at most one turn of the loop later.
 //! Memory stays bounded: past [`WRITE_AT_ONCE_FROM`] bytes the held lines are written at once.
 
-use std::borrow::Cow;
-use std::fmt::{self, Display, Write as _};
+use std::fmt::{self, Display};
 use std::io::{self, IsTerminal, Write};
 use std::sync::{Mutex, MutexGuard};
 
@@ -78,7 +77,8 @@ fn wants_colour() -> bool {
 }
 
 /// One log line: `[2026-11-22T10:03:04.123Z INFO  rcmd::server] message`, the layout of
-/// env_logger's default format with millisecond timestamps. Always one line: see [`OneLine`].
+/// env_logger's default format with millisecond timestamps. Always one line: the message goes
+/// through [`OneLine`].
 fn write_line(
     out: &mut dyn Write,
     time: &dyn Display,
@@ -91,41 +91,69 @@ fn write_line(
     } else {
         Style::new()
     };
-    let message = match record.args().as_str() {
-        Some(constant) => Cow::Borrowed(constant),
-        None => Cow::Owned(record.args().to_string()),
-    };
-    writeln!(
+    write!(
         out,
-        "[{time} {style}{level:<5}{style:#} {}] {}",
-        record.target(),
-        OneLine(&message)
-    )
+        "[{time} {style}{level:<5}{style:#} {}] ",
+        record.target()
+    )?;
+    let mut message = OneLine { out, error: None };
+    if fmt::write(&mut message, *record.args()).is_err() {
+        return Err(message
+            .error
+            .unwrap_or_else(|| io::Error::other("formatting failed")));
+    }
+    out.write_all(b"\n")
 }
 
-/// A log message with its control characters escaped as `{:?}` would (`\n`, `\r`, `\u{1b}`).
+/// Writes a log message to `out` with every character that could break or disguise the line
+/// escaped as `{:?}` would (`\n`, `\r`, `\u{1b}`, `\u{2028}`, `\u{202e}`).
 ///
 /// Log messages carry what clients sent: a command, a directory, the message of an error a
 /// client reports, the name of a message type a stranger made up (in a parse error, before any
 /// authentication). A newline in any of them would start a line of the sender's making in the
-/// server's log, and an escape sequence would reach the terminal or journal that shows it.
-/// Escaping here, where every line is written, covers them all; the common message, with no
-/// control characters, is written as it is.
-struct OneLine<'a>(&'a str);
+/// server's log, an escape sequence would reach the terminal or journal that shows it, and a
+/// Unicode line separator or direction override would break or reorder the line in some
+/// viewers. Escaping here, as every message is written, covers them all; the text between such
+/// characters is written in one piece.
+struct OneLine<'a> {
+    out: &'a mut dyn Write,
+    /// The write error behind a `fmt::Error`, which cannot carry one.
+    error: Option<io::Error>,
+}
 
-impl Display for OneLine<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if !self.0.chars().any(char::is_control) {
-            return f.write_str(self.0);
+/// Control characters, Unicode line and paragraph separators, and bidirectional controls.
+fn breaks_the_line(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{061c}' | '\u{200e}' | '\u{200f}'
+        )
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
+impl OneLine<'_> {
+    fn put(&mut self, bytes: &[u8]) -> fmt::Result {
+        self.out.write_all(bytes).map_err(|e| {
+            self.error = Some(e);
+            fmt::Error
+        })
+    }
+}
+
+impl fmt::Write for OneLine<'_> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let mut plain_from = 0;
+        for (at, c) in text.char_indices().filter(|&(_, c)| breaks_the_line(c)) {
+            self.put(&text.as_bytes()[plain_from..at])?;
+            let escaped = match c {
+                '\n' | '\r' | '\t' => c.escape_debug().to_string(),
+                _ => c.escape_unicode().to_string(),
+            };
+            self.put(escaped.as_bytes())?;
+            plain_from = at + c.len_utf8();
         }
-        for c in self.0.chars() {
-            if c.is_control() {
-                write!(f, "{}", c.escape_debug())?;
-            } else {
-                f.write_char(c)?;
-            }
-        }
-        Ok(())
+        self.put(&text.as_bytes()[plain_from..])
     }
 }
 
@@ -257,8 +285,8 @@ mod tests {
     #[test]
     fn a_log_line_stays_one_line_whatever_its_message_holds() {
         let mut out = Vec::new();
-        let forged =
-            "cd /tmp/x\n[2026-01-01T00:00:00.000Z WARN  rcmd::server] forged \x1b[31mred\r";
+        let forged = "cd /tmp/x\n[2026-01-01T00:00:00.000Z WARN  rcmd::server] forged \x1b[31mred\r\
+                      \u{2028}\u{202e}é";
         // One statement: the arguments of `format_args!` live until its end.
         write_line(
             &mut out,
@@ -274,7 +302,7 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "[T INFO  rcmd::server] cd /tmp/x\\n[2026-01-01T00:00:00.000Z WARN  rcmd::server] \
-             forged \\u{1b}[31mred\\r\n"
+             forged \\u{1b}[31mred\\r\\u{2028}\\u{202e}é\n"
         );
     }
 
