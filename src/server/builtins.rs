@@ -46,14 +46,14 @@ enum Unread {
 /// The refusal of a lone `cd` that uses `what`.
 fn refused(what: &str) -> CdTarget {
     CdTarget::Refused(format!(
-        "cd: {what} needs the shell, where a cd would not outlast its command: the directory \
-         is unchanged (quotes, \\, $NAME and ~/ are understood; for one command, cd ... && CMD)"
+        "cd: {what} needs the shell, where a cd would not last; the directory is unchanged"
     ))
 }
 
-/// Whether a command has none of the characters that make a list or pipeline (so a `cd` in it
-/// is alone), even quoted: where in doubt, the shell runs it as before.
-fn is_one_command(command: &str) -> bool {
+/// Whether a command has none of the characters that make a list or pipeline, quoted or not.
+/// A raw scan, not a parse: [`sh_words`] stops at the first construct it cannot read, so what
+/// follows is unknown, and a `cd` that might be part of a list is left to the shell.
+fn has_no_list_operators(command: &str) -> bool {
     !command.contains([';', '&', '|']) && !command.trim_end().contains('\n')
 }
 
@@ -104,14 +104,17 @@ pub fn parse_sh_cd(command: &str, var: impl Fn(&str) -> Option<OsString>) -> Opt
     {
         return None;
     }
-    let words = match sh_words(command, &var) {
-        Ok(words) => words,
-        Err(Unread::Needs(what)) if is_one_command(command) => return Some(refused(what)),
-        Err(_) => return None,
-    };
+    let mut words = Vec::new();
+    let read = sh_words(command, &var, &mut words);
+    // The quick look above took `'cd '` for `cd`: only a first word that reads exactly `cd` is.
     let (cd, args) = words.split_first()?;
     if cd.tilde || cd.text != "cd" {
         return None;
+    }
+    match read {
+        Ok(()) => {}
+        Err(Unread::Needs(what)) if has_no_list_operators(command) => return Some(refused(what)),
+        Err(_) => return None,
     }
     Some(match args {
         [] => CdTarget::Home,
@@ -140,18 +143,21 @@ struct Word {
     text: String,
 }
 
-/// Splits a shell command into words, resolving quotes, backslashes and `$NAME`; what it
-/// cannot read is an [`Unread`] (see [`parse_sh_cd`]).
-fn sh_words(command: &str, var: &dyn Fn(&str) -> Option<OsString>) -> Result<Vec<Word>, Unread> {
+/// Splits a shell command into `words`, resolving quotes, backslashes and `$NAME`; what it
+/// cannot read is an [`Unread`] (see [`parse_sh_cd`]), with the words before it in `words`.
+fn sh_words(
+    command: &str,
+    var: &dyn Fn(&str) -> Option<OsString>,
+    words: &mut Vec<Word>,
+) -> Result<(), Unread> {
     const UNFINISHED: Unread = Unread::Needs("an unfinished quote or backslash");
     const SUBSTITUTION: Unread = Unread::Needs("command substitution");
-    let mut words = Vec::new();
     let mut chars = command.chars().peekable();
     loop {
         // Between words: blanks, the end, a newline or a comment.
         while chars.next_if(|&c| c == ' ' || c == '\t').is_some() {}
         match chars.peek() {
-            None => return Ok(words),
+            None => return Ok(()),
             Some('#') => {
                 while chars.next_if(|&c| c != '\n').is_some() {}
                 continue;
@@ -160,7 +166,7 @@ fn sh_words(command: &str, var: &dyn Fn(&str) -> Option<OsString>) -> Result<Vec
                 // A newline ends the command: fine at the end, but not before another one.
                 let only_blanks = chars.all(|c| matches!(c, ' ' | '\t' | '\n'));
                 return if only_blanks {
-                    Ok(words)
+                    Ok(())
                 } else {
                     Err(Unread::Compound)
                 };
@@ -503,6 +509,9 @@ mod tests {
             "cd $(pwd); ls",
             "cd /var/* && ls",
             "cd a b || true",
+            // The first word is `cd ` or `cd x`, not `cd`.
+            "'cd ' *",
+            "\"cd \"x $(y)",
             "cdx",
             "cd-",
             "echo cd",
