@@ -147,8 +147,8 @@ struct ConnectArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// The server's address: host, host:port or [ipv6]:port [default: 127.0.0.1:9999, written
-    /// `rcmd run -- CMD...`].
+    /// The server's address: host, host:port, [ipv6] or [ipv6]:port [default: 127.0.0.1:9999,
+    /// written `rcmd run -- CMD...`]. rcmd's options may also follow it, before the command.
     #[arg(value_name = "ADDR")]
     addr: Option<String>,
     /// The command, run by the server's shell (`sh -c` / `cmd /C`). As with ssh, from its
@@ -180,12 +180,12 @@ impl RunArgs {
     fn address_and_command(&self) -> Result<(&str, &[String]), String> {
         // Like ssh: an option rcmd does not know, where the command would start, is a usage
         // error here rather than a word for the remote shell to misread.
-        if let (Some(_), Some(word)) = (&self.addr, self.command.first())
+        if let (Some(addr), Some(word)) = (&self.addr, self.command.first())
             && word.starts_with('-')
         {
             return Err(format!(
-                "unknown option {word}: rcmd's options go before the command \
-                 (a command that starts with - goes after --)"
+                "unknown option {word} after the address {addr}: rcmd's options go before the \
+                 command (a command that starts with - goes after --)"
             ));
         }
         match (
@@ -200,15 +200,10 @@ impl RunArgs {
                  (or rcmd run -- {addr} to run it on {})",
                 client::DEFAULT_ADDR
             )),
-            (Some(addr), [], command) | (Some(addr), command, []) => Ok((addr, command)),
-            // Not reached through clap, which keeps a `--` after the command's first word as
-            // a word of the command (`rcmd run host ls -- -x` runs `ls -- -x`, as ssh would).
-            (Some(addr), before, after) => Err(format!(
-                "give the command either after the address or after --, not both: \
-                 rcmd run {addr} {} -- {}",
-                before.join(" "),
-                after.join(" ")
-            )),
+            // At most one of the two holds words: clap keeps a `--` after the command's first
+            // word as a word of the command (`rcmd run host ls -- -x` runs `ls -- -x`, as ssh
+            // would).
+            (Some(addr), [], command) | (Some(addr), command, _) => Ok((addr, command)),
         }
     }
 }
@@ -238,11 +233,15 @@ enum DemoTopic {
 
 /// A number of at least 1, for limits where 0 would make the server useless (0 connections, a
 /// handshake that must finish in no time): refused at once rather than quietly raised.
-fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) -> Result<T, String> {
+fn at_least_one<T>(text: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + From<u8>,
+    T::Err: std::fmt::Display,
+{
     match text.parse::<T>() {
         Ok(n) if n >= T::from(1) => Ok(n),
         Ok(_) => Err("must be at least 1".to_owned()),
-        Err(_) => Err(format!("{text:?} is not a whole number")),
+        Err(e) => Err(e.to_string()),
     }
 }
 

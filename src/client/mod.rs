@@ -132,22 +132,15 @@ pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>, ClientError> {
     if let Ok(ip) = addr.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, DEFAULT_PORT)]);
     }
-    if let Some(bracketed) = addr.strip_prefix('[') {
-        match bracketed.split_once(']') {
-            None => {
-                let why = "the [ before an IPv6 address has no closing ]";
-                return Err(ClientError::MalformedAddress(addr.to_owned(), why));
-            }
-            Some((ip, "")) => {
-                let ip = ip
-                    .parse::<std::net::Ipv6Addr>()
-                    .map_err(|e| ClientError::BadAddress(addr.to_owned(), e.to_string()))?;
-                return Ok(vec![SocketAddr::new(ip.into(), DEFAULT_PORT)]);
-            }
-            Some(_) => {} // [ipv6]:port
-        }
-    }
-    let with_port = if addr.contains(':') {
+    let malformed = |why| Err(ClientError::MalformedAddress(addr.to_owned(), why));
+    let has_port = match addr.strip_prefix('[').map(|inside| inside.split_once(']')) {
+        None => addr.contains(':'),
+        Some(None) => return malformed("the [ before an IPv6 address has no closing ]"),
+        Some(Some((_, ""))) => false,
+        Some(Some((_, after))) if after.starts_with(':') => true,
+        Some(Some(_)) => return malformed("after [IPv6 address] comes :PORT or nothing"),
+    };
+    let with_port = if has_port {
         addr.to_owned()
     } else {
         format!("{addr}:{DEFAULT_PORT}")
@@ -687,5 +680,9 @@ mod tests {
             resolve("[::1").unwrap_err().to_string(),
             "malformed address [::1: the [ before an IPv6 address has no closing ]"
         );
+        assert!(matches!(
+            resolve("[::1]x"),
+            Err(ClientError::MalformedAddress(..))
+        ));
     }
 }

@@ -422,7 +422,9 @@ impl Connection {
 
     /// Tells the client the server is going away and kills its command.
     pub fn shut_down(&mut self, ctx: &mut Context) {
-        if let State::Running(command) = &self.state {
+        if let State::Running(command) = &self.state
+            && command.exit.is_none()
+        {
             info!(
                 "{}: command {} killed: the server is shutting down",
                 self.peer, command.id

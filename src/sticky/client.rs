@@ -85,8 +85,8 @@ impl UnframedClient {
         secret: Option<&[u8]>,
         options: ReadOptions,
     ) -> Result<UnframedClient, StickyError> {
-        let candidates = crate::client::resolve(addr)
-            .map_err(|e| StickyError::BadAddress(addr.to_owned(), e.to_string()))?;
+        let candidates =
+            crate::client::resolve(addr).map_err(|e| StickyError::BadAddress(e.to_string()))?;
         let mut last_error = None;
         for candidate in candidates {
             match TcpStream::connect_timeout(&candidate, CONNECT_TIMEOUT) {

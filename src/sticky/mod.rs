@@ -60,8 +60,8 @@ pub enum StickyError {
     InsecureNotLoopback(SocketAddr),
     /// The listening socket could not be made.
     Bind(SocketAddr, io::Error),
-    /// The address does not resolve.
-    BadAddress(String, String),
+    /// The address is malformed or does not resolve: the resolver's message, which names it.
+    BadAddress(String),
     /// No TCP connection could be made.
     Connect(String, io::Error),
     /// The raw handshake did not complete.
@@ -87,7 +87,7 @@ impl fmt::Display for StickyError {
                  on a loopback address (127.0.0.1, ::1), not on {addr}"
             ),
             StickyError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
-            StickyError::BadAddress(addr, why) => write!(f, "cannot resolve {addr}: {why}"),
+            StickyError::BadAddress(why) => write!(f, "{why}"),
             StickyError::Connect(addr, e) => write!(f, "cannot connect to {addr}: {e}"),
             StickyError::Handshake(why) => write!(f, "handshake failed: {why}"),
             StickyError::FramedServer => write!(
