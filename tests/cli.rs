@@ -409,7 +409,10 @@ fn the_server_log_records_how_sessions_end() {
     assert!(server.run("true").status.success());
     server.wait_for_log(": disconnected", Duration::from_secs(10));
     let mut command = server.client("run");
-    command.args(["--", "sleep 30"]).stdin(Stdio::null());
+    command
+        .args(["--", "sleep 30"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null()); // "server error (shutdown)", expected
     let mut client = command.spawn().unwrap();
     server.wait_for_log("): \"sleep 30\"", Duration::from_secs(10));
     assert_eq!(server.terminate().code(), Some(0));

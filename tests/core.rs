@@ -389,8 +389,9 @@ fn cd_understands_quotes_escapes_variables_tilde_and_comments() {
 fn a_command_starting_with_a_dash_is_a_command_not_options_of_the_shell() {
     let server = TestServer::start(&[]);
     let output = server.run("-x");
+    // "-x: not found" from dash, "-x: command not found" from bash; "Illegal option" before.
     assert_eq!(output.status.code(), Some(127), "{output:?}");
-    assert!(stderr_of(&output).contains("-x: not found"), "{output:?}");
+    assert!(stderr_of(&output).contains("-x: "), "{output:?}");
 }
 
 /// A lone `cd` that only the shell could read is refused with a reason and changes nothing,

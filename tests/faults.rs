@@ -397,7 +397,7 @@ fn both_ends_of_a_silent_command_keep_probing_each_other() {
     let server = TestServer::start(&[]);
     let mut command = server.client("run");
     command
-        .args(["--", "sleep 5"])
+        .args(["--", "sleep 60"]) // killed at the end; long enough for a loaded host
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     let mut client = command.spawn().unwrap();

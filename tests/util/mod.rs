@@ -98,6 +98,8 @@ impl TestServer {
             .arg(&secret.path)
             .args(extra)
             .env("RUST_LOG", "debug")
+            // The tests read the log's plain layout, whatever the developer's shell asks for.
+            .env_remove("RUST_LOG_STYLE")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -556,6 +558,8 @@ impl TestServer {
             .arg("-c")
             .arg(&script)
             .env("RUST_LOG", "debug")
+            // The tests read the log's plain layout, whatever the developer's shell asks for.
+            .env_remove("RUST_LOG_STYLE")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
