@@ -873,6 +873,7 @@ impl Connection {
     fn change_directory(&mut self, id: u32, target: &builtins::CdTarget, started: Instant) {
         let code = match builtins::resolve_cd(target, &self.cwd, self.previous_cwd.as_deref()) {
             Ok(dir) => {
+                // `{:?}` rather than `Quoted`: a path need not be UTF-8.
                 info!("{}: cd {dir:?}", self.peer);
                 self.previous_cwd = Some(mem::replace(&mut self.cwd, dir));
                 0
