@@ -428,3 +428,64 @@ fn the_server_log_records_how_sessions_end() {
         "{log}"
     );
 }
+
+/// A script through `connect`: a line that is not UTF-8 is reported and skipped, not the end of
+/// the script; `exit WORD` with a word that is no number ends it with 2, as in a shell.
+#[cfg(unix)]
+#[test]
+fn a_connect_script_skips_a_line_that_is_not_utf8_and_stops_at_a_bad_exit() {
+    let server = TestServer::start(&[]);
+    let script = |lines: &str| {
+        let mut command = Command::new("/bin/sh");
+        command.args([
+            "-c",
+            &format!(
+                "printf '{lines}' | '{}' connect {} --secret-file '{}'",
+                rcmd_bin(),
+                server.addr,
+                server.secret.path.display()
+            ),
+        ]);
+        output_within(command, Duration::from_secs(60))
+    };
+    let output = script(r"echo before\necho caf\351\necho after\n");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "before\nafter\n");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("line 2 is not valid UTF-8; not run"),
+        "{stderr}"
+    );
+    assert_eq!(output.status.code(), Some(0));
+    let output = script(r"echo before\nexit abc\necho never\n");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "before\n");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("exit: Illegal number: abc"), "{stderr}");
+    assert_eq!(output.status.code(), Some(2));
+}
+
+/// Ctrl-C while a script's command runs interrupts the command and ends the script, as it
+/// would end a shell running it.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_during_a_connect_script_ends_the_script() {
+    let server = TestServer::start(&[]);
+    let mut command = server.client("connect");
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut client = command.spawn().unwrap();
+    let stdout = read_in_background(client.stdout.take().unwrap());
+    let _stderr = read_in_background(client.stderr.take().unwrap());
+    client
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"sleep 30\necho never\n")
+        .unwrap();
+    server.wait_for_log("): \"sleep 30\"", Duration::from_secs(10));
+    signal(client.id(), "INT");
+    let status = wait_within(&mut client, Duration::from_secs(20)).expect("still running");
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(String::from_utf8_lossy(&stdout.join().unwrap()), "");
+}

@@ -7,10 +7,12 @@
 //! SIGINT), as it would a local program, except while the interactive prompt reads a line:
 //! there it abandons the line, as in a shell. (Usually the line editor sees Ctrl-C as a key
 //! and no signal is sent; where it cannot put the terminal in raw mode, `TERM=dumb` as in
-//! Emacs' shell, the terminal sends SIGINT and discards the typed line itself.)
+//! Emacs' shell, the terminal sends SIGINT and discards the typed line itself.) A script run
+//! through `connect` ends, with 130, once a command that got a Ctrl-C has ended
+//! ([`presses_so_far`]).
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use log::debug;
 
@@ -31,6 +33,9 @@ static CURRENT: Mutex<Option<Target>> = Mutex::new(None);
 /// Whether the interactive prompt is reading a line (see the module doc).
 static AT_PROMPT: AtomicBool = AtomicBool::new(false);
 
+/// Ctrl-C presses forwarded to commands so far, for a script to notice one.
+static FORWARDED: AtomicU32 = AtomicU32::new(0);
+
 /// Installs the process-wide Ctrl-C handler. Call once, from `main`, before running commands.
 ///
 /// # Errors
@@ -47,6 +52,7 @@ pub fn install() -> Result<(), ctrlc::Error> {
             std::process::exit(130);
         };
         target.presses += 1;
+        FORWARDED.fetch_add(1, Ordering::SeqCst);
         let signal = if target.presses >= PRESSES_BEFORE_KILL {
             SignalName::Kill
         } else {
@@ -100,4 +106,9 @@ impl Drop for PromptGuard {
     fn drop(&mut self) {
         AT_PROMPT.store(false, Ordering::SeqCst);
     }
+}
+
+/// How many Ctrl-C presses have been forwarded to commands since the client started.
+pub fn presses_so_far() -> u32 {
+    FORWARDED.load(Ordering::SeqCst)
 }

@@ -69,6 +69,8 @@ pub enum ClientError {
     Disconnected,
     /// Our own stdout or stderr failed (a closed pipe, a full disk).
     LocalOutput(io::Error),
+    /// Our own stdin could not be read (the script of `connect`).
+    LocalInput(io::Error),
     /// Any other network error.
     Io(io::Error),
 }
@@ -106,6 +108,7 @@ impl fmt::Display for ClientError {
             ClientError::Protocol(why) => write!(f, "protocol error: {why}"),
             ClientError::Disconnected => write!(f, "connection closed by the server"),
             ClientError::LocalOutput(e) => write!(f, "cannot write output: {e}"),
+            ClientError::LocalInput(e) => write!(f, "cannot read the script on stdin: {e}"),
             ClientError::Io(e) => write!(f, "network error: {e}"),
         }
     }

@@ -35,6 +35,8 @@ pub enum Line<'a> {
     /// `quit`, `exit` or `exit N`: leave, with status N if given (else the last command's,
     /// as a shell does).
     Quit(Option<i32>),
+    /// `exit WORD` where WORD is not a number: a shell says so and exits with 2.
+    BadExit(&'a str),
     /// Run this on the server.
     Command(&'a str),
 }
@@ -47,10 +49,10 @@ pub fn classify(line: &str) -> Line<'_> {
         (None, ..) => Line::Empty,
         (Some("quit" | "exit"), None, _) => Line::Quit(None),
         // `exit 3` leaves with status 3, as it would end an ssh session; the status is taken
-        // modulo 256 like a shell's. `exit abc` goes to the server, whose shell explains.
+        // modulo 256 like a shell's. `exit abc` leaves with 2, as dash and bash do.
         (Some("exit"), Some(status), None) => match status.parse::<i64>() {
             Ok(status) => Line::Quit(Some(status.rem_euclid(256) as i32)),
-            Err(_) => Line::Command(line),
+            Err(_) => Line::BadExit(status),
         },
         _ => Line::Command(line),
     }
@@ -112,10 +114,22 @@ pub fn run_prompt(session: &mut Session, history: Option<PathBuf>) -> Result<i32
         }
         save_history_to(&mut editor, history.as_deref());
     } else {
-        for line in io::stdin().lock().lines() {
-            let line = line.map_err(ClientError::Io)?;
-            if handle_line(session, &mut sink, &line, &mut last_status)?.is_break() {
+        // Lines as bytes: one that is not UTF-8 cannot be a command (the protocol's commands
+        // are text), but it is the script's mistake, not a reason to drop the rest.
+        for (number, line) in io::stdin().lock().split(b'\n').enumerate() {
+            let line = line.map_err(ClientError::LocalInput)?;
+            let Ok(line) = std::str::from_utf8(&line) else {
+                crate::say!("rcmd: line {} is not valid UTF-8; not run", number + 1);
+                last_status = NOT_RUN_STATUS;
+                continue;
+            };
+            let pressed = interrupt::presses_so_far();
+            if handle_line(session, &mut sink, line, &mut last_status)?.is_break() {
                 break;
+            }
+            // Ctrl-C during a command of a script ends the script, as it would a shell's.
+            if interrupt::presses_so_far() != pressed {
+                return Ok(130);
             }
         }
     }
@@ -134,6 +148,11 @@ fn handle_line(
         Line::Empty => {}
         Line::Quit(status) => {
             *last_status = status.unwrap_or(*last_status);
+            return Ok(ControlFlow::Break(()));
+        }
+        Line::BadExit(word) => {
+            crate::say!("rcmd: exit: Illegal number: {word}");
+            *last_status = 2;
             return Ok(ControlFlow::Break(()));
         }
         Line::Command(command) => *last_status = run_one(session, sink, command)?,
@@ -307,8 +326,9 @@ mod tests {
         assert_eq!(classify(" exit   0 "), Line::Quit(Some(0)));
         assert_eq!(classify("exit 300"), Line::Quit(Some(44)));
         assert_eq!(classify("exit -1"), Line::Quit(Some(255)));
+        // Not a number: a shell says so and exits with 2.
+        assert_eq!(classify("exit abc"), Line::BadExit("abc"));
         // Anything else is the shell's business, which explains the mistake.
-        assert_eq!(classify("exit abc"), Line::Command("exit abc"));
         assert_eq!(classify("exit 1 2"), Line::Command("exit 1 2"));
         assert_eq!(classify("exit;"), Line::Command("exit;"));
         assert_eq!(classify("quit 3"), Line::Command("quit 3"));

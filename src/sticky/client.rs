@@ -293,7 +293,7 @@ pub fn run_prompt(
         }
         let command = match prompt::classify(&line) {
             Line::Empty => continue,
-            Line::Quit(_) => return Ok(()),
+            Line::Quit(_) | Line::BadExit(_) => return Ok(()),
             Line::Command(command) => command,
         };
         let shown = match client.exchange(command)? {
