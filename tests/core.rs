@@ -534,7 +534,7 @@ fn ctrl_c_interrupts_the_remote_command() {
     // SIGINT reached the whole remote process group, the shell included: 128 + 2.
     assert_eq!(output.status.code(), Some(130), "{}", stderr_of(&output));
     assert!(!stdout_of(&output).contains("not reached"));
-    server.wait_for_log("delivering SIGInt", Duration::from_secs(5));
+    server.wait_for_log("delivering SIGINT", Duration::from_secs(5));
     assert!(eventually(Duration::from_secs(2), || sleeps_matching(
         &marker
     )

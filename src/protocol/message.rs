@@ -199,6 +199,17 @@ pub enum SignalName {
     Kill,
 }
 
+impl SignalName {
+    /// The name on the wire, as `kill -l` writes it: `INT`, `TERM`, `KILL`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignalName::Int => "INT",
+            SignalName::Term => "TERM",
+            SignalName::Kill => "KILL",
+        }
+    }
+}
+
 /// Machine-readable error codes carried by `error` messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -325,6 +336,14 @@ pub fn from_hex(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signal_names_read_as_on_the_wire() {
+        for signal in [SignalName::Int, SignalName::Term, SignalName::Kill] {
+            let wire = serde_json::to_string(&signal).unwrap();
+            assert_eq!(wire, format!("\"{}\"", signal.as_str()));
+        }
+    }
 
     #[test]
     fn exec_serializes_as_documented() {

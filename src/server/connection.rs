@@ -583,7 +583,7 @@ impl Connection {
                 if let Some(command) = self.running_mut(id)
                     && command.exit.is_none()
                 {
-                    info!("{peer}: delivering SIG{signal:?} to command {id}");
+                    info!("{peer}: delivering SIG{} to command {id}", signal.as_str());
                     match &command.process {
                         Some(process) => process.signal(signal),
                         None => command.pending_signal = Some(signal),
