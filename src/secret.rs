@@ -159,6 +159,8 @@ pub fn generate(path: &Path, overwrite: bool) -> Result<(), SecretError> {
         options.mode(0o600);
     }
     let mut file = options.open(path).map_err(|e| match e.kind() {
+        // A directory is no secret file, --force or not: say so, rather than "use --force".
+        _ if path.is_dir() => io_error(io::Error::other("it is a directory; name a file")),
         io::ErrorKind::AlreadyExists => SecretError::Exists(path.to_path_buf()),
         _ => io_error(e),
     })?;
@@ -226,6 +228,15 @@ mod tests {
                 fs::metadata(&path).unwrap().permissions().mode() & 0o777,
                 0o600
             );
+        }
+    }
+
+    #[test]
+    fn a_directory_is_refused_as_a_secret_file_even_with_force() {
+        let dir = tempfile::tempdir().unwrap();
+        for force in [false, true] {
+            let error = generate(dir.path(), force).unwrap_err().to_string();
+            assert!(error.ends_with("it is a directory; name a file"), "{error}");
         }
     }
 
