@@ -495,7 +495,8 @@ impl Session {
             return Err(ClientError::Refused {
                 code: ErrorCode::CommandTooLong,
                 message: format!(
-                    "command too long: {} bytes; no command can be longer than {MAX_BODY_LEN} bytes",
+                    "the command is {} bytes; the limit is {MAX_BODY_LEN}, the most one frame \
+                     carries",
                     command.len()
                 ),
             });
