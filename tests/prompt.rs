@@ -222,6 +222,8 @@ fn ctrl_c_at_a_prompt_without_line_editing_does_not_end_the_session() {
     assert!(!terminal.is_raw(), "TERM=dumb: no raw mode");
     // This terminal is not the client's controlling terminal, so send what a ^C would.
     signal(client.id(), "INT");
+    // A new line and a fresh prompt, as a shell prints them.
+    terminal.wait_for(PROMPT, 2);
     terminal.type_text("echo still-here\n");
     terminal.wait_for("still-here\r\n", 2); // the echo of the typing, then the output
     terminal.type_text("exit\n");

@@ -7,16 +7,20 @@
 //! SIGINT), as it would a local program, except while the interactive prompt reads a line:
 //! there it abandons the line, as in a shell. (Usually the line editor sees Ctrl-C as a key
 //! and no signal is sent; where it cannot put the terminal in raw mode, `TERM=dumb` as in
-//! Emacs' shell, the terminal sends SIGINT and discards the typed line itself.) A script run
-//! through `connect` ends, with 130, once a command that got a Ctrl-C has ended
-//! ([`presses_so_far`]).
+//! Emacs' shell, the terminal sends SIGINT and discards the typed line itself, and the handler
+//! starts a new prompt line.) A script run through `connect` ends, with 130, once a command
+//! that got a Ctrl-C has ended ([`presses_so_far`]).
 
+#[cfg(unix)]
+use std::io::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use log::debug;
 
 use super::SharedSender;
+#[cfg(unix)]
+use super::prompt::PROMPT;
 use crate::protocol::{Message, SignalName};
 
 /// Presses of Ctrl-C after which the command is killed rather than interrupted.
@@ -47,6 +51,7 @@ pub fn install() -> Result<(), ctrlc::Error> {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let Some(target) = current.as_mut() else {
             if AT_PROMPT.load(Ordering::SeqCst) {
+                start_a_fresh_prompt_line();
                 return;
             }
             std::process::exit(130);
@@ -67,6 +72,18 @@ pub fn install() -> Result<(), ctrlc::Error> {
             let _ = sender.send(&message, b"");
         }
     })
+}
+
+/// After Ctrl-C at the prompt of a terminal that edits lines itself (`TERM=dumb`), which has
+/// discarded the typed line: a new line and the prompt, as a shell prints them. (In raw mode
+/// the line editor gets Ctrl-C as a key and redraws the prompt itself.)
+fn start_a_fresh_prompt_line() {
+    #[cfg(unix)]
+    if super::terminal::terminal_edits_lines() {
+        let mut stdout = std::io::stdout().lock();
+        let _ = write!(stdout, "\n{PROMPT}");
+        let _ = stdout.flush();
+    }
 }
 
 /// Routes Ctrl-C to command `id` until the returned guard is dropped.

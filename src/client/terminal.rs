@@ -6,6 +6,9 @@
 //! So, for the interactive prompt only, a thread waits for either signal, puts back the
 //! terminal settings saved at start, and then lets the signal end the process as it would
 //! have (a shell sees "terminated by SIGTERM", status 143).
+//!
+//! It also tells whether the terminal edits lines itself ([`terminal_edits_lines`]), which is
+//! the case when the line editor could not take it raw (`TERM=dumb`).
 
 use std::io;
 use std::thread;
@@ -35,6 +38,13 @@ pub fn restore_on_termination() {
                 std::process::exit(128 + signal);
             }
         });
+}
+
+/// Whether stdin is a terminal in canonical mode, editing lines itself: the line editor has not
+/// made it raw. Ctrl-C then reaches the client as SIGINT and the terminal discards the typed
+/// line, so the client has to start a fresh prompt line itself.
+pub fn terminal_edits_lines() -> bool {
+    terminal_settings().is_some_and(|settings| settings.c_lflag & libc::ICANON != 0)
 }
 
 fn terminal_settings() -> Option<libc::termios> {
