@@ -30,6 +30,9 @@ const EXIT_CLIENT_FAILURE: u8 = 255;
 const EXIT_FAILURE: u8 = 1;
 /// Bad arguments.
 const EXIT_USAGE: u8 = 2;
+/// What a shell shows for a program killed by SIGPIPE (128 + 13): where rcmd cannot die of
+/// the signal itself (Windows), it exits with this.
+const EXIT_BROKEN_PIPE: u8 = 141;
 
 #[derive(Parser)]
 #[command(
@@ -108,7 +111,7 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 128, value_parser = at_least_one::<usize>)]
     max_handshakes: usize,
     /// Longest command accepted, in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024, value_parser = at_least_one::<usize>)]
     max_command_len: usize,
     /// Wire format: `length` (rcmd's frames) or `none`, the unframed tutorial protocol that
     /// shows TCP's "sticky packets" (a demonstration; see `rcmd demo sticky`).
@@ -295,8 +298,8 @@ fn serve(args: ServeArgs) -> u8 {
         Ok(encoding) => encoding,
         Err(why) => return fail(EXIT_USAGE, why),
     };
-    let secret = match load_or_create_secret(args.secret.secret_file.as_deref()) {
-        Ok(secret) => secret,
+    let (secret, secret_file) = match server_secret(args.secret.secret_file.as_deref()) {
+        Ok(found) => found,
         Err(why) => return fail(EXIT_FAILURE, why),
     };
     let workdir = match args.workdir.map_or_else(std::env::current_dir, Ok) {
@@ -335,7 +338,8 @@ fn serve(args: ServeArgs) -> u8 {
         encoding,
         workdir,
         limits,
-        handle_shutdown_signals: true,
+        handle_signals: true,
+        secret_file: Some(secret_file),
     };
     #[cfg(unix)]
     rcmd::server::raise_fd_limit();
@@ -382,8 +386,8 @@ fn serve_unframed(args: ServeArgs) -> u8 {
     let secret = if args.insecure_no_auth {
         None
     } else {
-        match load_or_create_secret(args.secret.secret_file.as_deref()) {
-            Ok(secret) => Some(secret),
+        match server_secret(args.secret.secret_file.as_deref()) {
+            Ok((secret, _)) => Some(secret),
             Err(why) => return fail(EXIT_FAILURE, why),
         }
     };
@@ -422,14 +426,34 @@ fn serve_unframed(args: ServeArgs) -> u8 {
     }
 }
 
+/// The server's secret and the file it is in. Only the per-user default file is created when
+/// missing: a file named by `--secret-file` or `RCMD_SECRET_FILE` that is not there is more
+/// likely a typo, and a made-up secret would fail every client's handshake.
+fn server_secret(flag: Option<&Path>) -> Result<(Vec<u8>, PathBuf), secret::SecretError> {
+    let path = secret::resolve_path(flag)?;
+    if !secret::named(flag) && !path.exists() {
+        match secret::generate(&path, false) {
+            Ok(()) => say_secret_created(&path),
+            // Another process created it between our look and our write: use theirs.
+            Err(secret::SecretError::Exists(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((secret::load_for_server(&path)?, path))
+}
+
+fn say_secret_created(path: &Path) {
+    info!(
+        "created a new secret in {}; copy this file to clients",
+        path.display()
+    );
+}
+
 fn load_or_create_secret(flag: Option<&Path>) -> Result<Vec<u8>, secret::SecretError> {
     let path = secret::resolve_path(flag)?;
     let (secret, created) = secret::load_or_create(&path)?;
     if created {
-        info!(
-            "created a new secret in {}; copy this file to clients",
-            path.display()
-        );
+        say_secret_created(&path);
     }
     Ok(secret)
 }
@@ -496,7 +520,9 @@ fn connect_unframed(args: ConnectArgs) -> u8 {
     };
     match sticky::client::connect_and_prompt(&args.addr, secret.as_deref(), options) {
         Ok(()) => 0,
-        Err(sticky::StickyError::LocalIo(e)) if e.kind() == io::ErrorKind::BrokenPipe => 0,
+        Err(sticky::StickyError::LocalIo(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
+            end_as_killed_by_sigpipe()
+        }
         Err(e) => fail(EXIT_CLIENT_FAILURE, e),
     }
 }
@@ -504,9 +530,25 @@ fn connect_unframed(args: ConnectArgs) -> u8 {
 fn prompt_exit_code(outcome: Result<i32, ClientError>) -> u8 {
     match outcome {
         Ok(code) => local_exit_code(code),
-        Err(ClientError::LocalOutput(e)) if e.kind() == io::ErrorKind::BrokenPipe => 0,
+        Err(ClientError::LocalOutput(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
+            end_as_killed_by_sigpipe()
+        }
         Err(e) => fail(EXIT_CLIENT_FAILURE, e),
     }
+}
+
+/// The reader of our output has gone (`rcmd run host yes | head -n 1`): it has what it wanted.
+/// End as a local `yes` would, killed by SIGPIPE, so that a shell shows 141 and `set -o
+/// pipefail` sees the output was cut short. Leaving closes the connection, and the server
+/// kills the command.
+fn end_as_killed_by_sigpipe() -> u8 {
+    let _ = io::stderr().flush();
+    #[cfg(unix)]
+    {
+        // Rust ignores SIGPIPE in its programs; this restores the default action and raises it.
+        let _ = signal_hook::low_level::emulate_default_handler(signal_hook::consts::SIGPIPE);
+    }
+    EXIT_BROKEN_PIPE
 }
 
 fn history_path() -> Option<PathBuf> {
@@ -547,6 +589,7 @@ fn run(args: RunArgs) -> u8 {
     let mut sink = CountingSink::new(&mut terminal);
     let started = Instant::now();
     let outcome = session.run(&command, input, args.timeout, &mut sink);
+    let mut cut_short = false;
     let code = match outcome {
         Ok(status) => {
             if status == rcmd::protocol::ExitStatus::TimedOut {
@@ -554,9 +597,10 @@ fn run(args: RunArgs) -> u8 {
             }
             local_exit_code(status.shell_code())
         }
-        // `rcmd run -- yes | head -n 1`: the reader has what it wanted. Leaving closes the
-        // connection, and the server kills the command.
-        Err(ClientError::LocalOutput(e)) if e.kind() == io::ErrorKind::BrokenPipe => 0,
+        Err(ClientError::LocalOutput(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
+            cut_short = true;
+            EXIT_BROKEN_PIPE
+        }
         Err(e) => fail(EXIT_CLIENT_FAILURE, e),
     };
     if args.stats {
@@ -568,6 +612,9 @@ fn run(args: RunArgs) -> u8 {
             elapsed: started.elapsed(),
         };
         say!("rcmd: {report}");
+    }
+    if cut_short {
+        return end_as_killed_by_sigpipe();
     }
     code
 }
@@ -602,7 +649,8 @@ fn demo(args: DemoArgs) -> u8 {
         encoding: OutputEncoding::auto(),
         workdir,
         limits: Limits::default(),
-        handle_shutdown_signals: false,
+        handle_signals: false,
+        secret_file: None,
     };
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let server = match Server::bind(loopback, config) {
@@ -635,7 +683,9 @@ fn demo_sticky() -> u8 {
     init_logging("error");
     match sticky::demo::run(&mut io::stdout().lock()) {
         Ok(()) => 0,
-        Err(sticky::demo::DemoError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => 0,
+        Err(sticky::demo::DemoError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
+            end_as_killed_by_sigpipe()
+        }
         Err(e) => fail(EXIT_FAILURE, e),
     }
 }

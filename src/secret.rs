@@ -34,6 +34,8 @@ pub enum SecretError {
     TooShort(PathBuf),
     /// `keygen` would overwrite an existing file.
     Exists(PathBuf),
+    /// The server's secret file can be read or written by any user of the machine.
+    OpenToEveryone(PathBuf),
     /// Reading or writing failed.
     Io(PathBuf, io::Error),
 }
@@ -64,7 +66,14 @@ impl fmt::Display for SecretError {
                     path.display()
                 )
             }
-            SecretError::Io(path, e) => write!(f, "{}: {e}", path.display()),
+            SecretError::OpenToEveryone(path) => write!(
+                f,
+                "secret file {} is accessible to every user on this machine, so any of them \
+                 could run commands as this server's user; run: chmod 600 {}",
+                path.display(),
+                path.display()
+            ),
+            SecretError::Io(path, e) => write!(f, "secret file {}: {e}", path.display()),
         }
     }
 }
@@ -115,6 +124,33 @@ pub fn load(path: &Path) -> Result<Vec<u8>, SecretError> {
     }
     warn_if_readable_by_others(path);
     Ok(secret)
+}
+
+/// Whether a secret file was named (by `--secret-file` or [`SECRET_FILE_ENV`]) rather than
+/// left to the per-user default.
+pub fn named(flag: Option<&Path>) -> bool {
+    flag.is_some() || std::env::var_os(SECRET_FILE_ENV).is_some_and(|v| !v.is_empty())
+}
+
+/// Reads the secret for a server, which is stricter than a client: a file every user of the
+/// machine can read or write is refused, as `sshd` refuses such key files, because any of them
+/// could then run commands as the server's user. (Group access only gets the warning: a
+/// service's group may be meant to read it.)
+///
+/// # Errors
+/// As [`load`], and [`SecretError::OpenToEveryone`].
+pub fn load_for_server(path: &Path) -> Result<Vec<u8>, SecretError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = fs::metadata(path)
+            && meta.is_file()
+            && meta.permissions().mode() & 0o007 != 0
+        {
+            return Err(SecretError::OpenToEveryone(path.to_path_buf()));
+        }
+    }
+    load(path)
 }
 
 /// Reads the secret, first creating the file with a new random secret if it does not exist.

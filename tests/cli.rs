@@ -45,6 +45,7 @@ fn usage_errors_exit_2() {
         "--max-connections",
         "--max-handshakes",
         "--handshake-timeout",
+        "--max-command-len",
     ] {
         let output = Command::new(rcmd_bin())
             .args(["serve", option, "0", "--listen", "127.0.0.1:0"])
@@ -425,6 +426,33 @@ fn the_server_log_records_how_sessions_end() {
     );
     assert!(
         log.contains(": command 1 killed: the server is shutting down"),
+        "{log}"
+    );
+}
+
+/// A client that goes away mid-command leaves two lines, as every other ending does: how the
+/// command ended, and how the connection did.
+#[test]
+fn the_server_log_records_a_command_whose_client_left() {
+    let server = TestServer::start(&[]);
+    let mut client = server
+        .client("run")
+        .args(["--", "sleep 30"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    server.wait_for_log("): \"sleep 30\"", Duration::from_secs(10));
+    client.kill().unwrap();
+    let _ = client.wait();
+    server.wait_for_log(
+        ": command 1 killed: the client left",
+        Duration::from_secs(10),
+    );
+    let log = server.log();
+    let killed = log.find(": command 1 killed: the client left").unwrap();
+    let after = &log[killed..];
+    assert!(
+        after.contains(": disconnected\n") || after.contains(": connection lost: "),
         "{log}"
     );
 }

@@ -13,10 +13,6 @@ fn stdout_of(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn stderr_of(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
 #[test]
 fn exit_codes_come_back_exactly() {
     let server = TestServer::start(&[]);
@@ -563,7 +559,43 @@ fn a_reader_that_stops_early_ends_the_client_and_the_remote_command() {
         "took {:?}",
         started.elapsed()
     );
-    server.wait_for_log("client left during command", Duration::from_secs(5));
+    server.wait_for_log("killed: the client left", Duration::from_secs(5));
+}
+
+/// With its reader gone, `rcmd run` ends as a local `yes` would: killed by SIGPIPE (141 in a
+/// shell), quietly, so that `set -o pipefail` sees the output was cut short.
+#[cfg(unix)]
+#[test]
+fn a_client_whose_reader_left_ends_as_killed_by_sigpipe() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let server = TestServer::start(&[]);
+    let mut client = server
+        .client("run")
+        .args(["--", "yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 2];
+    client
+        .stdout
+        .take()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap(); // and closed here
+    assert_eq!(&first, b"y\n");
+    let status = wait_within(&mut client, Duration::from_secs(10)).expect("client ended");
+    assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?}");
+    let mut stderr = String::new();
+    client
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(stderr, "");
 }
 
 #[test]

@@ -23,10 +23,6 @@ fn stdout_of(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn stderr_of(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
 /// A server with its idle descriptor count measured after a warm-up command.
 struct Watched {
     server: TestServer,
@@ -282,15 +278,18 @@ fn a_client_killed_mid_output_takes_its_command_with_it() {
         .is_empty()),
         "yes survived its client"
     );
-    watched
-        .server
-        .wait_for_log("client left during command", WAIT);
+    watched.server.wait_for_log("killed: the client left", WAIT);
     watched.assert_clean();
 }
 
+/// OpenSSH's broken-pipe.sh: `ssh host echo foo | true` must end quietly (not hang, crash or
+/// complain). rcmd then ends as a local program would: killed by SIGPIPE if it still had
+/// output to write, which `set -o pipefail` sees; `echo foo` may have been written before the
+/// reader left, and then succeeds.
+#[cfg(unix)]
 #[test]
 fn a_broken_pipe_on_the_clients_stdout_is_a_clean_exit() {
-    // OpenSSH's broken-pipe.sh: `ssh host echo foo | true` must not fail.
+    use std::os::unix::process::ExitStatusExt;
     let watched = Watched::start(&[]);
     for command in ["echo foo", "seq 1 1000000", "yes"] {
         let mut client = watched.server.client("run");
@@ -311,7 +310,9 @@ fn a_broken_pipe_on_the_clients_stdout_is_a_clean_exit() {
         let stderr = read_in_background(child.stderr.take().unwrap());
         let status = wait_within(&mut child, WAIT).expect("client did not exit");
         let stderr = String::from_utf8_lossy(&stderr.join().unwrap()).into_owned();
-        assert_eq!(status.code(), Some(0), "{command}: {stderr}");
+        let cut_short = status.signal() == Some(libc::SIGPIPE);
+        let whole = command == "echo foo" && status.success();
+        assert!(cut_short || whole, "{command}: {status:?} {stderr}");
         assert!(stderr.is_empty(), "{command}: {stderr}");
     }
     watched.assert_clean();

@@ -17,10 +17,6 @@ use util::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn stderr_of(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
 /// Expects the untagged refusal a server sends instead of `hello`, then a close.
 #[track_caller]
 fn expect_refused(addr: std::net::SocketAddr) {
@@ -80,7 +76,7 @@ fn login_grace_timeout_frees_the_only_handshake_slot_for_a_later_client() {
         stderr_of(&refused_while_held)
     );
     expect_refused(server.addr);
-    server.wait_for_log("connections already waiting to authenticate", WAIT);
+    server.wait_for_log("waiting to authenticate (--max-handshakes)", WAIT);
 
     // The silent one is dropped at the handshake deadline; its slot is free once its
     // connection is closed (at most the 2 s closing grace later, as it does not read); then a

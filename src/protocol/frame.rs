@@ -89,10 +89,11 @@ impl FrameError {
 impl std::fmt::Display for FrameError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            FrameError::HeaderTooLarge { len: 0 } => write!(f, "empty frame header (0 bytes)"),
             FrameError::HeaderTooLarge { len } => {
                 write!(
                     f,
-                    "frame header of {len} bytes is over the limit of {MAX_HEADER_LEN} (or empty)"
+                    "frame header of {len} bytes is over the limit of {MAX_HEADER_LEN}"
                 )
             }
             FrameError::BodyTooLarge { len } => {

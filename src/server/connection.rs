@@ -333,16 +333,20 @@ impl Connection {
         Drive::MoreWork
     }
 
+    /// Logs the end of the session, and of its command if one was running, so that every
+    /// command has a line for how it ended and every connection one for how it closed.
     fn log_disconnect(&self, error: &io::Error) {
-        match (&self.state, error.kind()) {
-            (State::Running(command), _) => {
-                info!(
-                    "{}: client left during command {}; killing its process tree",
-                    self.peer, command.id
-                )
-            }
+        if let State::Running(command) = &self.state
+            && command.exit.is_none()
+        {
+            info!(
+                "{}: command {} killed: the client left (its whole process tree)",
+                self.peer, command.id
+            );
+        }
+        match error.kind() {
             // As sshd's "Disconnected from": every session's end is in the log at `info`.
-            (_, io::ErrorKind::UnexpectedEof) => info!("{}: disconnected", self.peer),
+            io::ErrorKind::UnexpectedEof => info!("{}: disconnected", self.peer),
             _ => info!("{}: connection lost: {error}", self.peer),
         }
     }

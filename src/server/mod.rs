@@ -39,7 +39,8 @@ use spawner::Spawner;
 /// connection ids start at 1, so these (at the top of the range) never collide with them.
 const LISTENER: Token = Token(usize::MAX);
 const CHILD_EVENTS: Token = Token(usize::MAX - 1);
-const SHUTDOWN_SIGNAL: Token = Token(usize::MAX - 2);
+#[cfg(unix)]
+const SIGNALS: Token = Token(usize::MAX - 2);
 const SPAWNED: Token = Token(usize::MAX - 3);
 
 /// How long to stop accepting after running out of file descriptors, so that closing
@@ -91,9 +92,13 @@ pub struct ServerConfig {
     /// Where each connection's commands start.
     pub workdir: PathBuf,
     pub limits: Limits,
-    /// Stop gracefully on SIGINT/SIGTERM. Off when the server runs inside another program
-    /// (the demo), which handles those signals itself.
-    pub handle_shutdown_signals: bool,
+    /// Stop gracefully on SIGINT/SIGTERM, and re-read the secret from `secret_file` on SIGHUP.
+    /// Off when the server runs inside another program (the demo), which handles those signals
+    /// itself.
+    pub handle_signals: bool,
+    /// Where the secret was read from, to read it again on SIGHUP (Unix); `None` if it came
+    /// from elsewhere.
+    pub secret_file: Option<PathBuf>,
 }
 
 /// A bound server, ready to [`run`](Server::run).
@@ -106,7 +111,7 @@ pub struct Server {
     handshaking: usize,
     exit_watcher: ExitWatcher,
     #[cfg(unix)]
-    shutdown_signals: Option<signal_hook_mio::v1_0::Signals>,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
     shared: Shared,
     /// Connections that stopped with work left, to drive again without waiting for an event.
     more_work: Vec<ConnId>,
@@ -146,15 +151,15 @@ impl Server {
         // Windows: Ctrl-C and closing the console come as a shutdown request through the
         // watcher, which owns the loop's only waker (mio allows one per poll).
         #[cfg(windows)]
-        if config.handle_shutdown_signals {
+        if config.handle_signals {
             exit_watcher.stop_on_console_events()?;
         }
         #[cfg(unix)]
-        let shutdown_signals = if config.handle_shutdown_signals {
-            use signal_hook::consts::{SIGINT, SIGTERM};
-            let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
+        let signals = if config.handle_signals {
+            use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+            let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
             poll.registry()
-                .register(&mut signals, SHUTDOWN_SIGNAL, Interest::READABLE)?;
+                .register(&mut signals, SIGNALS, Interest::READABLE)?;
             Some(signals)
         } else {
             None
@@ -168,7 +173,7 @@ impl Server {
             handshaking: 0,
             exit_watcher,
             #[cfg(unix)]
-            shutdown_signals,
+            signals,
             shared: Shared {
                 config,
                 deadlines: Deadlines::default(),
@@ -203,6 +208,8 @@ impl Server {
             config.limits.handshake_timeout,
             config.limits.max_connections
         );
+        // Start-up lines now, not at the end of the first turn: that waits for a client.
+        crate::logging::write_held();
         let mut events = Events::with_capacity(1024);
         // Windows: commands spawned on this thread report to this server's watcher.
         #[cfg(windows)]
@@ -242,14 +249,9 @@ impl Server {
                             }
                         }
                     }
-                    SHUTDOWN_SIGNAL => {
-                        #[cfg(unix)]
-                        if let Some(signals) = &mut self.shutdown_signals {
-                            for signal in signals.pending() {
-                                info!("received signal {signal}");
-                            }
-                        }
-                        if self.shutdown_requested(now, &mut to_drive) {
+                    #[cfg(unix)]
+                    SIGNALS => {
+                        if self.handle_signals(now, &mut to_drive) {
                             return Ok(());
                         }
                     }
@@ -393,7 +395,7 @@ impl Server {
             }
             if self.handshaking >= limits.max_handshakes {
                 warn!(
-                    "{peer}: refused: {} connections already waiting to authenticate",
+                    "{peer}: refused: already {} waiting to authenticate (--max-handshakes)",
                     self.handshaking
                 );
                 refuse(
@@ -515,6 +517,55 @@ impl Server {
         }
     }
 
+    /// Acts on the signals that arrived: SIGHUP re-reads the secret, SIGINT and SIGTERM shut
+    /// down. True: exit now.
+    #[cfg(unix)]
+    fn handle_signals(&mut self, now: Instant, to_drive: &mut Vec<ConnId>) -> bool {
+        use signal_hook::consts::SIGHUP;
+        let Some(signals) = &mut self.signals else {
+            return false;
+        };
+        let pending: Vec<i32> = signals.pending().collect();
+        for signal in pending {
+            let name = signal_name(signal);
+            if signal == SIGHUP {
+                info!("received {name}: reading the secret again");
+                self.reload_secret();
+            } else {
+                info!("received {name}");
+                if self.shutdown_requested(now, to_drive) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// SIGHUP, as `sshd` and `nginx` take it: the secret file is read again, so a rotated
+    /// secret takes effect without a restart. Connections already authenticated keep their
+    /// session keys; handshakes from now on must prove the new secret. If the file cannot be
+    /// read (or is not safe to use), the old secret stays.
+    #[cfg(unix)]
+    fn reload_secret(&mut self) {
+        let Some(path) = &self.shared.config.secret_file else {
+            warn!("the secret did not come from a file; nothing to read again");
+            return;
+        };
+        match crate::secret::load_for_server(path) {
+            Ok(secret) if secret == self.shared.config.secret => {
+                info!("the secret in {} is unchanged", path.display());
+            }
+            Ok(secret) => {
+                self.shared.config.secret = secret;
+                info!(
+                    "new secret from {} in use for new connections",
+                    path.display()
+                );
+            }
+            Err(e) => warn!("kept the old secret: {e}"),
+        }
+    }
+
     /// A shutdown signal: the first starts a graceful shutdown; a second one means exit now
     /// (true).
     fn shutdown_requested(&mut self, now: Instant, to_drive: &mut Vec<ConnId>) -> bool {
@@ -621,5 +672,17 @@ pub fn raise_fd_limit() {
                 );
             }
         }
+    }
+}
+
+/// The name of a signal the server handles, for its log.
+#[cfg(unix)]
+fn signal_name(signal: i32) -> String {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    match signal {
+        SIGHUP => "SIGHUP".to_owned(),
+        SIGINT => "SIGINT".to_owned(),
+        SIGTERM => "SIGTERM".to_owned(),
+        other => format!("signal {other}"),
     }
 }

@@ -181,7 +181,8 @@ fn start_framed_server(secret: &[u8], workdir: PathBuf) -> Result<SocketAddr, De
         workdir,
         limits: Limits::default(),
         // The demo is a guest in this process: Ctrl-C ends it the ordinary way.
-        handle_shutdown_signals: false,
+        handle_signals: false,
+        secret_file: None,
     };
     let server = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config)
         .map_err(DemoError::FramedServer)?;

@@ -164,6 +164,11 @@ impl Drop for TestServer {
     }
 }
 
+/// A finished command's stderr, as text.
+pub fn stderr_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// Runs `command` to completion, killing it if it takes longer than `timeout`.
 #[track_caller]
 pub fn output_within(command: Command, timeout: Duration) -> Output {
