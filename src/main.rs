@@ -170,7 +170,7 @@ struct RunArgs {
     #[arg(short = 'n', long)]
     no_stdin: bool,
     /// At the end, print on stderr the bytes of stdout and stderr received, of stdin sent,
-    /// the time taken and the rate (like `ssh -v`'s "Transferred:" line).
+    /// the time taken and the rates (like `ssh -v`'s "Transferred:" line).
     #[arg(long)]
     stats: bool,
     /// The command when it follows `--` (`rcmd run [ADDR] -- CMD...`).
