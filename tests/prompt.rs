@@ -27,13 +27,16 @@ impl Terminal {
     fn open() -> Terminal {
         // SAFETY: plain libc calls on descriptors we own; each result is checked.
         let (ours, theirs) = unsafe {
-            let ours = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+            // Close-on-exec, both sides: a program another test starts meanwhile must not
+            // inherit them, or this terminal outlives the test (its program never sees the
+            // hang-up, and waits at its prompt for ever).
+            let ours = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
             assert!(ours >= 0, "posix_openpt");
             assert_eq!(libc::grantpt(ours), 0, "grantpt");
             assert_eq!(libc::unlockpt(ours), 0, "unlockpt");
             let name = libc::ptsname(ours);
             assert!(!name.is_null(), "ptsname");
-            let theirs = libc::open(name, libc::O_RDWR | libc::O_NOCTTY);
+            let theirs = libc::open(name, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
             assert!(theirs >= 0, "open the terminal side");
             (File::from_raw_fd(ours), File::from_raw_fd(theirs))
         };
