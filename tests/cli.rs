@@ -432,6 +432,7 @@ fn the_server_log_records_how_sessions_end() {
 
 /// A client that goes away mid-command leaves two lines, as every other ending does: how the
 /// command ended, and how the connection did.
+#[cfg(unix)]
 #[test]
 fn the_server_log_records_a_command_whose_client_left() {
     let server = TestServer::start(&[]);

@@ -166,6 +166,24 @@ impl Drop for RunningCommand {
     }
 }
 
+impl RunningCommand {
+    /// Logs how a command ended that the connection's end cut short (`why`), so that every
+    /// command has a line for its end: killed while it ran, or, if it had exited, that its
+    /// output was not all delivered.
+    fn log_cut_short(&self, peer: SocketAddr, why: &str) {
+        match self.exit {
+            None => info!(
+                "{peer}: command {} killed: {why} (its whole process tree)",
+                self.id
+            ),
+            Some(status) => info!(
+                "{peer}: command {} ended ({status}), but not all its output was delivered: {why}",
+                self.id
+            ),
+        }
+    }
+}
+
 /// A command's process has exited: its pipes are read again until they are empty before its
 /// output counts as complete. The readiness events for its last output can come after the
 /// exit (the poll may report the SIGCHLD wake-up first), or, for a child that exited before
@@ -336,13 +354,8 @@ impl Connection {
     /// Logs the end of the session, and of its command if one was running, so that every
     /// command has a line for how it ended and every connection one for how it closed.
     fn log_disconnect(&self, error: &io::Error) {
-        if let State::Running(command) = &self.state
-            && command.exit.is_none()
-        {
-            info!(
-                "{}: command {} killed: the client left (its whole process tree)",
-                self.peer, command.id
-            );
+        if let State::Running(command) = &self.state {
+            command.log_cut_short(self.peer, "the client left");
         }
         match error.kind() {
             // As sshd's "Disconnected from": every session's end is in the log at `info`.
@@ -426,13 +439,8 @@ impl Connection {
 
     /// Tells the client the server is going away and kills its command.
     pub fn shut_down(&mut self, ctx: &mut Context) {
-        if let State::Running(command) = &self.state
-            && command.exit.is_none()
-        {
-            info!(
-                "{}: command {} killed: the server is shutting down",
-                self.peer, command.id
-            );
+        if let State::Running(command) = &self.state {
+            command.log_cut_short(self.peer, "the server is shutting down");
         }
         if !self.closing {
             self.fail(ErrorCode::Shutdown, "server is shutting down", ctx);

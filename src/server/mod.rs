@@ -301,12 +301,12 @@ impl Server {
         if self.connections_peak >= MIN_PEAK && open * 4 <= self.connections_peak {
             self.connections_peak = open;
             #[cfg(all(target_os = "linux", target_env = "gnu"))]
-            // SAFETY: malloc_trim only releases free memory of glibc's heap; it takes no
-            // pointers and is safe to call at any time.
-            unsafe {
-                libc::malloc_trim(0);
+            {
+                // SAFETY: malloc_trim only releases free memory of glibc's heap; it takes no
+                // pointers and is safe to call at any time.
+                unsafe { libc::malloc_trim(0) };
+                debug!("returned freed memory to the system ({open} connections open)");
             }
-            debug!("returned freed memory to the system ({open} connections open)");
         }
     }
 
@@ -553,6 +553,7 @@ impl Server {
             return false;
         };
         let pending: Vec<i32> = signals.pending().collect();
+        let mut shutdown = false;
         for signal in pending {
             let name = signal_name(signal);
             if signal == SIGHUP {
@@ -560,12 +561,12 @@ impl Server {
                 self.reload_secret();
             } else {
                 info!("received {name}");
-                if self.shutdown_requested(now, to_drive) {
-                    return true;
-                }
+                shutdown = true;
             }
         }
-        false
+        // SIGINT and SIGTERM arriving together (a wrapper passing Ctrl-C on) are one request;
+        // only a later one means "exit now".
+        shutdown && self.shutdown_requested(now, to_drive)
     }
 
     /// SIGHUP, as `sshd` and `nginx` take it: the secret file is read again, so a rotated
