@@ -49,7 +49,9 @@ impl fmt::Display for SecretError {
             ),
             SecretError::Missing(path) => write!(
                 f,
-                "no secret file at {}: run `rcmd keygen`, or copy the server's secret file there",
+                "no secret file at {}: run `rcmd keygen --secret-file {}`, or copy the server's \
+                 secret file there",
+                path.display(),
                 path.display()
             ),
             SecretError::TooShort(path) => {
@@ -100,13 +102,19 @@ pub fn default_path() -> Option<PathBuf> {
 /// # Errors
 /// [`SecretError::NoDefaultLocation`] when nothing names a file.
 pub fn resolve_path(flag: Option<&Path>) -> Result<PathBuf, SecretError> {
-    if let Some(path) = flag {
-        return Ok(path.to_path_buf());
+    match named_path(flag) {
+        Some(path) => Ok(path),
+        None => default_path().ok_or(SecretError::NoDefaultLocation),
     }
-    if let Some(path) = std::env::var_os(SECRET_FILE_ENV).filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(path));
-    }
-    default_path().ok_or(SecretError::NoDefaultLocation)
+}
+
+/// The secret file named by the flag or [`SECRET_FILE_ENV`], if any (the flag wins).
+fn named_path(flag: Option<&Path>) -> Option<PathBuf> {
+    flag.map(Path::to_path_buf).or_else(|| {
+        std::env::var_os(SECRET_FILE_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
 }
 
 /// Reads the secret from `path`.
@@ -129,7 +137,7 @@ pub fn load(path: &Path) -> Result<Vec<u8>, SecretError> {
 /// Whether a secret file was named (by `--secret-file` or [`SECRET_FILE_ENV`]) rather than
 /// left to the per-user default.
 pub fn named(flag: Option<&Path>) -> bool {
-    flag.is_some() || std::env::var_os(SECRET_FILE_ENV).is_some_and(|v| !v.is_empty())
+    named_path(flag).is_some()
 }
 
 /// Reads the secret for a server, which is stricter than a client: a file every user of the
@@ -145,7 +153,7 @@ pub fn load_for_server(path: &Path) -> Result<Vec<u8>, SecretError> {
         use std::os::unix::fs::PermissionsExt;
         if let Ok(meta) = fs::metadata(path)
             && meta.is_file()
-            && meta.permissions().mode() & 0o007 != 0
+            && meta.permissions().mode() & 0o006 != 0
         {
             return Err(SecretError::OpenToEveryone(path.to_path_buf()));
         }
@@ -180,6 +188,13 @@ pub fn generate(path: &Path, overwrite: bool) -> Result<(), SecretError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_private_dir(parent).map_err(io_error)?;
     }
+    #[cfg(unix)]
+    let previous_mode = {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(path)
+            .ok()
+            .map(|meta| meta.permissions().mode())
+    };
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let mut options = fs::OpenOptions::new();
@@ -202,9 +217,13 @@ pub fn generate(path: &Path, overwrite: bool) -> Result<(), SecretError> {
     })?;
     #[cfg(unix)]
     {
-        // `mode` applies only when the file is created; an overwritten file may have had more.
+        // `mode` applies only when the file is created. An overwritten file keeps its owner
+        // and group (it is the same file) and its owner's and group's read access: a secret
+        // set up as `root:rcmd 0640` for a service's group stays readable by that service,
+        // so rotating it does not lock the service out. Anything more is taken away.
         use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(fs::Permissions::from_mode(0o600))
+        let kept = previous_mode.unwrap_or(0) & 0o040;
+        file.set_permissions(fs::Permissions::from_mode(0o600 | kept))
             .map_err(io_error)?;
     }
     writeln!(file, "{}", to_hex(&bytes)).map_err(io_error)?;
@@ -263,6 +282,46 @@ mod tests {
             assert_eq!(
                 fs::metadata(&path).unwrap().permissions().mode() & 0o777,
                 0o600
+            );
+        }
+    }
+
+    /// Rotating a secret a service's group reads (`root:rcmd 0640`) must not lock the service
+    /// out; access for anyone else is taken away.
+    #[cfg(unix)]
+    #[test]
+    fn overwriting_keeps_group_read_access_and_nothing_more() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        for (before, after) in [
+            (0o640, 0o640),
+            (0o644, 0o640),
+            (0o606, 0o600),
+            (0o600, 0o600),
+        ] {
+            fs::write(&path, "x").unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(before)).unwrap();
+            generate(&path, true).unwrap();
+            assert_eq!(mode(&path), after, "{before:o}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_server_refuses_a_secret_everyone_can_read_or_write_but_not_one_it_can_run() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        generate(&path, false).unwrap();
+        for (mode, refused) in [(0o604, true), (0o602, true), (0o601, false), (0o640, false)] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let result = load_for_server(&path);
+            assert_eq!(
+                matches!(result, Err(SecretError::OpenToEveryone(_))),
+                refused,
+                "{mode:o}"
             );
         }
     }

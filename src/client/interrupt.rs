@@ -50,6 +50,8 @@ pub fn install() -> Result<(), ctrlc::Error> {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let Some(target) = current.as_mut() else {
+            // Not while holding the lock: writing the prompt may block (a paused terminal).
+            drop(current);
             if AT_PROMPT.load(Ordering::SeqCst) {
                 start_a_fresh_prompt_line();
                 return;

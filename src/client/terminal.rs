@@ -20,8 +20,12 @@ use signal_hook::iterator::Signals;
 /// Does nothing if stdin is not a terminal or the handler cannot be installed: the prompt
 /// works without it.
 pub fn restore_on_termination() {
-    let Some(saved) = terminal_settings() else {
-        return;
+    let saved = match terminal_settings() {
+        Ok(saved) => saved,
+        Err(e) => {
+            log::debug!("no terminal settings to restore: {e}");
+            return;
+        }
     };
     let Ok(mut signals) = Signals::new([SIGTERM, SIGHUP]) else {
         return;
@@ -44,20 +48,17 @@ pub fn restore_on_termination() {
 /// made it raw. Ctrl-C then reaches the client as SIGINT and the terminal discards the typed
 /// line, so the client has to start a fresh prompt line itself.
 pub fn terminal_edits_lines() -> bool {
-    terminal_settings().is_some_and(|settings| settings.c_lflag & libc::ICANON != 0)
+    terminal_settings().is_ok_and(|settings| settings.c_lflag & libc::ICANON != 0)
 }
 
-fn terminal_settings() -> Option<libc::termios> {
+/// Stdin's terminal settings; an error if stdin is not a terminal.
+fn terminal_settings() -> io::Result<libc::termios> {
     let mut settings = std::mem::MaybeUninit::<libc::termios>::uninit();
     // SAFETY: tcgetattr writes a whole termios on success, and we read it only then.
     let done = unsafe { libc::tcgetattr(libc::STDIN_FILENO, settings.as_mut_ptr()) };
     if done != 0 {
-        log::debug!(
-            "no terminal settings to restore: {}",
-            io::Error::last_os_error()
-        );
-        return None;
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: tcgetattr succeeded, so the value is initialised.
-    Some(unsafe { settings.assume_init() })
+    Ok(unsafe { settings.assume_init() })
 }
