@@ -118,6 +118,9 @@ pub struct Server {
     accept_paused_until: Option<Instant>,
     /// The most connections open at once since freed memory was last handed back.
     connections_peak: usize,
+    /// Memory was handed back while connections of the burst were still open: do it once more
+    /// when the last has gone.
+    trim_when_idle: bool,
     shutdown_started: Option<Instant>,
 }
 
@@ -188,6 +191,7 @@ impl Server {
             more_work: Vec::new(),
             accept_paused_until: None,
             connections_peak: 0,
+            trim_when_idle: false,
             shutdown_started: None,
         })
     }
@@ -292,14 +296,19 @@ impl Server {
     /// streaming at once (each may hold 256 KiB of queued output) that was 140 MiB a server
     /// with no clients kept for ever; `malloc_trim` brought it back to 6 MiB. Checked once the
     /// connections fall to a quarter of their peak, so its cost (a walk of the heap, some
-    /// milliseconds for a large one) is paid once per burst, not per connection.
+    /// milliseconds for a large one) is paid once or twice per burst (again when the last of
+    /// it has gone), not per connection.
     fn hand_back_memory_after_a_burst(&mut self) {
         /// Bursts smaller than this do not leave enough behind to be worth a trim.
         const MIN_PEAK: usize = 64;
         let open = self.connections.len();
         self.connections_peak = self.connections_peak.max(open);
-        if self.connections_peak >= MIN_PEAK && open * 4 <= self.connections_peak {
+        let burst_mostly_gone =
+            self.connections_peak >= MIN_PEAK && open * 4 <= self.connections_peak;
+        let burst_all_gone = self.trim_when_idle && open == 0;
+        if burst_mostly_gone || burst_all_gone {
             self.connections_peak = open;
+            self.trim_when_idle = open > 0;
             #[cfg(all(target_os = "linux", target_env = "gnu"))]
             {
                 // SAFETY: malloc_trim only releases free memory of glibc's heap; it takes no
