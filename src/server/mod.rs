@@ -6,6 +6,9 @@
 //! sockets and pipes are non-blocking, exits arrive as events, timers are a heap
 //! ([`deadlines`]). So a slow or stuck client never delays another.
 //!
+//! Signals come through the loop too (Unix): SIGINT or SIGTERM starts a graceful shutdown
+//! (no new connections, running commands killed, clients told), SIGHUP re-reads the secret.
+//!
 //! Per-connection behaviour lives in [`connection`]; running commands in [`process`].
 
 pub mod builtins;
