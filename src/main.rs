@@ -257,6 +257,8 @@ fn main() -> ExitCode {
         Command::Keygen(args) => keygen(args),
         Command::Demo(args) => demo(args),
     };
+    #[cfg(unix)]
+    client::terminal::wait_if_ending_by_signal();
     ExitCode::from(code)
 }
 
@@ -530,6 +532,10 @@ fn connect_unframed(args: ConnectArgs) -> u8 {
 fn prompt_exit_code(outcome: Result<i32, ClientError>) -> u8 {
     match outcome {
         Ok(code) => local_exit_code(code),
+        // The session ended because this process is ending by a signal (`rcmd demo`): nothing
+        // to report, and the status will be the signal's.
+        #[cfg(unix)]
+        Err(_) if client::terminal::ending_by_signal() => EXIT_CLIENT_FAILURE,
         Err(ClientError::LocalOutput(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
             end_as_killed_by_sigpipe()
         }
@@ -663,6 +669,10 @@ fn demo(args: DemoArgs) -> u8 {
             say!("rcmd: demo server failed: {e}");
         }
     });
+    // Closing the terminal ends this process, server and all: let the server stop the
+    // prompt's command first (`rcmd::client::terminal`).
+    #[cfg(unix)]
+    client::terminal::server_runs_in_this_process();
     // The command to reach it from elsewhere, with the secret it needs if it is not the default.
     let secret_arg = secret_flag.map_or(String::new(), |path| {
         format!(" --secret-file {}", path.display())

@@ -232,3 +232,44 @@ fn ctrl_c_at_a_prompt_without_line_editing_does_not_end_the_session() {
     terminal.type_text("exit\n");
     assert_eq!(exit_code(&mut client), Some(0));
 }
+
+/// `rcmd demo` runs its server in the same process, so closing the terminal (SIGHUP) ends both.
+/// The command running at that moment must not be left behind: the demo ends the session first,
+/// the server kills the command's process tree, and only then the demo dies of the signal.
+#[test]
+fn closing_the_terminal_of_a_demo_stops_its_running_command() {
+    let config = tempfile::tempdir().unwrap();
+    let secret = SecretFile::new();
+    let mut terminal = Terminal::open();
+    let side = || Stdio::from(terminal.program_side.try_clone().unwrap());
+    let mut demo = std::process::Command::new(rcmd_bin())
+        .arg("demo")
+        .arg("--secret-file")
+        .arg(&secret.path)
+        .env("XDG_CONFIG_HOME", config.path())
+        .env("TERM", "xterm")
+        .current_dir(config.path())
+        .stdin(side())
+        .stdout(side())
+        .stderr(side())
+        .spawn()
+        .expect("start rcmd demo");
+    terminal.wait_for(PROMPT, 1);
+    let marker = unique_sleep_marker();
+    terminal.type_text(&format!("sleep 300 {marker}\r"));
+    assert!(eventually(Duration::from_secs(10), || !sleeps_matching(
+        &marker
+    )
+    .is_empty()));
+    signal(demo.id(), "HUP");
+    let status = wait_within(&mut demo, Duration::from_secs(10)).expect("the demo went on");
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGHUP), "{status:?}");
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || sleeps_matching(&marker)
+            .is_empty()),
+        "the demo's command outlived it"
+    );
+}
