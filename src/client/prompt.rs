@@ -215,6 +215,10 @@ impl EndedNotice {
         let (printer, happened) = (self.printer.clone(), self.happened.clone());
         super::watch::HangupWatch::start(session.connection(), move || {
             happened.store(true, Ordering::SeqCst);
+            // The demo ending by a signal ends its own session: not news for the user.
+            if super::terminal::ending_by_signal() {
+                return;
+            }
             let notice = "rcmd: the server ended the session; press Enter to leave";
             match printer {
                 Some(printer) => {
