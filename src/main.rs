@@ -659,20 +659,33 @@ fn demo(args: DemoArgs) -> u8 {
         secret_file: None,
     };
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let server = match Server::bind(loopback, config) {
+    #[cfg_attr(not(unix), allow(unused_mut))]
+    let mut server = match Server::bind(loopback, config) {
         Ok(server) => server,
         Err(e) => return fail(EXIT_FAILURE, format!("cannot start the demo server: {e}")),
     };
     let addr = server.local_addr();
+    // The server is a thread of this process: however the demo ends (the prompt left, the
+    // terminal closed, SIGTERM), the server is stopped first, so that it kills the command it
+    // runs instead of leaving it behind (`rcmd::client::terminal`).
+    #[cfg(unix)]
+    let stop = match server.stop_handle() {
+        Ok(handle) => std::sync::Arc::new(handle),
+        Err(e) => return fail(EXIT_FAILURE, format!("cannot start the demo server: {e}")),
+    };
+    #[cfg(unix)]
+    {
+        let stop = stop.clone();
+        client::terminal::before_dying_of_a_signal(move || {
+            stop.stop(DEMO_STOP_WAIT);
+        });
+        client::terminal::restore_on_termination();
+    }
     std::thread::spawn(move || {
         if let Err(e) = server.run() {
             say!("rcmd: demo server failed: {e}");
         }
     });
-    // Closing the terminal ends this process, server and all: let the server stop the
-    // prompt's command first (`rcmd::client::terminal`).
-    #[cfg(unix)]
-    client::terminal::server_runs_in_this_process();
     // The command to reach it from elsewhere, with the secret it needs if it is not the default.
     let secret_arg = secret_flag.map_or(String::new(), |path| {
         format!(" --secret-file {}", path.display())
@@ -680,11 +693,21 @@ fn demo(args: DemoArgs) -> u8 {
     say!(
         "rcmd demo: a server on {addr} runs your commands; `rcmd connect {addr}{secret_arg}` reaches it from another terminal."
     );
-    match start_session(&addr.to_string(), secret_flag) {
-        Ok(mut session) => prompt_exit_code(prompt::run_prompt(&mut session, history_path())),
+    let outcome = start_session(&addr.to_string(), secret_flag)
+        .map(|mut session| prompt::run_prompt(&mut session, history_path()));
+    // Before the outcome is acted on: a broken pipe ends this process by SIGPIPE right there.
+    #[cfg(unix)]
+    stop.stop(DEMO_STOP_WAIT);
+    match outcome {
+        Ok(prompt_outcome) => prompt_exit_code(prompt_outcome),
         Err(code) => code,
     }
 }
+
+/// How long the demo waits for its server to kill the running commands as it stops; the loop
+/// does it in its next turn, well under a millisecond on an idle machine.
+#[cfg(unix)]
+const DEMO_STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// `rcmd demo sticky`: both sticky-packet effects and their fix, on loopback.
 fn demo_sticky() -> u8 {

@@ -608,6 +608,44 @@ fn the_demo_runs_a_prompt_against_its_own_loopback_server() {
     assert_eq!(output.status.code(), Some(3), "{}", stderr_of(&output));
 }
 
+/// The demo's server is a thread of its process: when the demo ends while a command runs (here
+/// its output's reader goes away, and it dies of SIGPIPE; the same holds for SIGTERM and
+/// SIGHUP), it stops the server first, which kills the command's whole process tree, instead of
+/// leaving the command behind.
+#[cfg(unix)]
+#[test]
+fn a_demo_that_ends_mid_command_leaves_nothing_running() {
+    use std::io::{Read, Write};
+    use std::os::unix::process::ExitStatusExt;
+    let secret = SecretFile::new();
+    let marker = unique_sleep_marker();
+    let mut demo = std::process::Command::new(rcmd_bin())
+        .args(["demo", "--secret-file"])
+        .arg(&secret.path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut script = demo.stdin.take().unwrap();
+    writeln!(script, "sleep 300 {marker} & yes").unwrap();
+    let mut output = demo.stdout.take().unwrap();
+    let mut some = [0u8; 4096];
+    output.read_exact(&mut some).unwrap();
+    assert!(eventually(Duration::from_secs(10), || !sleeps_matching(
+        &marker
+    )
+    .is_empty()));
+    drop(output); // the reader goes away
+    let status = wait_within(&mut demo, Duration::from_secs(10)).expect("the demo went on");
+    assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?}");
+    assert!(
+        eventually(Duration::from_secs(10), || sleeps_matching(&marker)
+            .is_empty()),
+        "the demo's command outlived it"
+    );
+}
+
 /// A server started with SIGHUP ignored (as by `nohup`) keeps ignoring it, but its commands
 /// get the default action back, as commands started from a login shell would.
 #[test]

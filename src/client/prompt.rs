@@ -68,11 +68,7 @@ pub fn run_prompt(session: &mut Session, history: Option<PathBuf>) -> Result<i32
     let mut sink = LineTrackingSink::new(TerminalSink::new().map_err(ClientError::LocalOutput)?);
     if io::stdin().is_terminal() {
         #[cfg(unix)]
-        {
-            use std::os::fd::AsFd;
-            let connection = session.connection().as_fd().try_clone_to_owned().ok();
-            super::terminal::restore_on_termination(connection);
-        }
+        super::terminal::restore_on_termination();
         let mut editor = DefaultEditor::new().map_err(|e| ClientError::Io(io::Error::other(e)))?;
         if let Some(path) = &history {
             let _ = editor.load_history(path);

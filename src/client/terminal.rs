@@ -1,57 +1,61 @@
-//! Leaves the terminal as the prompt found it when the client is told to terminate.
+//! What the client does when it is told to terminate (SIGTERM, SIGHUP) before it dies of it.
 //!
 //! While it waits for a line, the line editor keeps the terminal in raw mode (no echo, no line
 //! buffering) and restores it when the line is read. SIGTERM or SIGHUP at that moment would end
 //! the process with the terminal still raw, and the user's shell would then show no typing.
-//! So, for the interactive prompt only, a thread waits for either signal, puts back the
-//! terminal settings saved at start, and then lets the signal end the process as it would
-//! have (a shell sees "terminated by SIGTERM", status 143).
+//! So a thread waits for either signal, puts back the terminal settings saved at start, and
+//! then lets the signal end the process as it would have (a shell sees "terminated by
+//! SIGTERM", status 143).
 //!
 //! In `rcmd demo` the server is a thread of the same process, so a signal that ends the client
 //! ends the server too, before it could kill the command it was running (closing the terminal
-//! during `sleep 600` left the `sleep` behind). There the thread first ends the session, which
-//! makes the server kill the command's process tree, and gives it a moment to do so.
+//! during `sleep 600` left the `sleep` behind). The demo registers what to do first
+//! ([`before_dying_of_a_signal`]: stop its server, which kills the running commands, and wait
+//! for it to say so), and the main thread, which sees its session end meanwhile, waits for the
+//! signal to end the process ([`wait_if_ending_by_signal`]).
 //!
 //! It also tells whether the terminal edits lines itself ([`terminal_edits_lines`]), which is
 //! the case when the line editor could not take it raw (`TERM=dumb`).
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Once, OnceLock};
 use std::thread;
-use std::time::Duration;
 
 use signal_hook::consts::{SIGHUP, SIGTERM};
 use signal_hook::iterator::Signals;
 
-/// Whether the server runs in this process (`rcmd demo`): see the module doc.
-static SERVER_IN_THIS_PROCESS: AtomicBool = AtomicBool::new(false);
+/// Run before dying of SIGTERM or SIGHUP (see the module doc).
+type Hook = Box<dyn Fn() + Send + Sync>;
+static BEFORE_DYING: OnceLock<Hook> = OnceLock::new();
 
 /// Set once a termination signal is being acted on: the process is about to die of it.
 static ENDING_BY_SIGNAL: AtomicBool = AtomicBool::new(false);
 
-/// How long a server in this process gets to kill a command once its session has ended: the
-/// loop notices the end and kills the process tree in well under a millisecond when idle, and
-/// this leaves room for a machine that is anything but.
-const IN_PROCESS_SERVER_GRACE: Duration = Duration::from_millis(500);
+static INSTALLED: Once = Once::new();
 
-/// Says that the server the prompt talks to is a thread of this process (`rcmd demo`).
-pub fn server_runs_in_this_process() {
-    SERVER_IN_THIS_PROCESS.store(true, Ordering::SeqCst);
+/// Registers what to do when SIGTERM or SIGHUP arrives, before the process dies of it (the
+/// demo stops its in-process server). Call before [`restore_on_termination`]. Only the first
+/// registration counts.
+pub fn before_dying_of_a_signal(hook: impl Fn() + Send + Sync + 'static) {
+    let _ = BEFORE_DYING.set(Box::new(hook));
 }
 
-/// Saves stdin's terminal settings now and restores them if SIGTERM or SIGHUP arrives; with a
-/// server in this process, it also ends the session on `connection` first (module doc).
-/// Does nothing if stdin is not a terminal or the handler cannot be installed: the prompt
-/// works without it.
-pub fn restore_on_termination(connection: Option<OwnedFd>) {
-    let saved = match terminal_settings() {
-        Ok(saved) => saved,
-        Err(e) => {
-            log::debug!("no terminal settings to restore: {e}");
-            return;
-        }
-    };
+/// Saves stdin's terminal settings now and, if SIGTERM or SIGHUP arrives, restores them and runs
+/// the hook of [`before_dying_of_a_signal`] before dying of the signal. Installs once, however
+/// often called. Does nothing if there is neither a terminal to restore nor a hook, or the
+/// handler cannot be installed: the client works without it.
+pub fn restore_on_termination() {
+    INSTALLED.call_once(install);
+}
+
+fn install() {
+    let saved = terminal_settings()
+        .map_err(|e| log::debug!("no terminal settings to restore: {e}"))
+        .ok();
+    if saved.is_none() && BEFORE_DYING.get().is_none() {
+        return;
+    }
     let Ok(mut signals) = Signals::new([SIGTERM, SIGHUP]) else {
         return;
     };
@@ -59,17 +63,15 @@ pub fn restore_on_termination(connection: Option<OwnedFd>) {
         .name("rcmd-terminal".into())
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
-                // SAFETY: `saved` is a termios that tcgetattr filled in for this descriptor.
-                unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &saved) };
-                if SERVER_IN_THIS_PROCESS.load(Ordering::SeqCst)
-                    && let Some(connection) = &connection
-                {
-                    // The session's end reaches the main thread too, which must not end the
-                    // process first (`wait_if_ending_by_signal`).
+                if let Some(saved) = &saved {
+                    // SAFETY: `saved` is a termios that tcgetattr filled in for this descriptor.
+                    unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved) };
+                }
+                if let Some(hook) = BEFORE_DYING.get() {
+                    // The hook ends the session, which the main thread sees too: it must not
+                    // end the process first (`wait_if_ending_by_signal`).
                     ENDING_BY_SIGNAL.store(true, Ordering::SeqCst);
-                    // SAFETY: shutdown on a socket descriptor we own; no memory is involved.
-                    unsafe { libc::shutdown(connection.as_raw_fd(), libc::SHUT_RDWR) };
-                    thread::sleep(IN_PROCESS_SERVER_GRACE);
+                    hook();
                 }
                 // Die of the signal, as without this handler; exit like a shell reports it
                 // if that fails.

@@ -45,6 +45,8 @@ const CHILD_EVENTS: Token = Token(usize::MAX - 1);
 #[cfg(unix)]
 const SIGNALS: Token = Token(usize::MAX - 2);
 const SPAWNED: Token = Token(usize::MAX - 3);
+#[cfg(unix)]
+const STOP_REQUESTS: Token = Token(usize::MAX - 4);
 
 /// How long to stop accepting after running out of file descriptors, so that closing
 /// connections can free some instead of the loop spinning on a failing `accept`.
@@ -115,6 +117,9 @@ pub struct Server {
     exit_watcher: ExitWatcher,
     #[cfg(unix)]
     signals: Option<signal_hook_mio::v1_0::Signals>,
+    /// The loop's end of a [`StopHandle`], once one was made.
+    #[cfg(unix)]
+    stop_requests: Option<mio::net::UnixStream>,
     shared: Shared,
     /// Connections that stopped with work left, to drive again without waiting for an event.
     more_work: Vec<ConnId>,
@@ -182,6 +187,8 @@ impl Server {
             exit_watcher,
             #[cfg(unix)]
             signals,
+            #[cfg(unix)]
+            stop_requests: None,
             shared: Shared {
                 config,
                 deadlines: Deadlines::default(),
@@ -202,6 +209,25 @@ impl Server {
     /// The address actually listened on (with the real port if 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// A handle another thread of this process can stop the server with, as SIGTERM would
+    /// (for `rcmd demo`, whose server is a thread of the client's process and must not die with
+    /// it while a command runs).
+    ///
+    /// # Errors
+    /// The socket pair cannot be made or registered.
+    #[cfg(unix)]
+    pub fn stop_handle(&mut self) -> io::Result<StopHandle> {
+        let (mut ours, theirs) = mio::net::UnixStream::pair()?;
+        self.poll
+            .registry()
+            .register(&mut ours, STOP_REQUESTS, Interest::READABLE)?;
+        self.stop_requests = Some(ours);
+        // The handle's end blocks: `stop` waits for the answer.
+        let theirs = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(theirs));
+        theirs.set_nonblocking(false)?;
+        Ok(StopHandle(theirs))
     }
 
     /// Serves clients until a shutdown signal; then kills running commands, says goodbye to
@@ -257,6 +283,12 @@ impl Server {
                             if self.shutdown_requested(now, &mut to_drive) {
                                 return Ok(());
                             }
+                        }
+                    }
+                    #[cfg(unix)]
+                    STOP_REQUESTS => {
+                        if self.stop_requested(now, &mut to_drive) {
+                            return Ok(());
                         }
                     }
                     #[cfg(unix)]
@@ -556,6 +588,29 @@ impl Server {
         }
     }
 
+    /// A [`StopHandle`] asked: shut down as on SIGTERM, and answer once every running command
+    /// has been killed (the shutdown kills them at once; closing the connections takes longer).
+    /// True: exit now (a second request).
+    #[cfg(unix)]
+    fn stop_requested(&mut self, now: Instant, to_drive: &mut Vec<ConnId>) -> bool {
+        use std::io::Read;
+        let Some(requests) = &mut self.stop_requests else {
+            return false;
+        };
+        let mut byte = [0u8; 16];
+        let asked = matches!(requests.read(&mut byte), Ok(1..));
+        if !asked {
+            // The handle was dropped (or a spurious wake-up): nothing to do.
+            return false;
+        }
+        info!("asked to stop by the process it runs in");
+        let exit_now = self.shutdown_requested(now, to_drive);
+        if let Some(requests) = &mut self.stop_requests {
+            let _ = requests.write_all(b"k");
+        }
+        exit_now
+    }
+
     /// Acts on the signals that arrived: SIGHUP re-reads the secret, SIGINT and SIGTERM shut
     /// down. True: exit now.
     #[cfg(unix)]
@@ -712,6 +767,27 @@ pub fn raise_fd_limit() {
                 );
             }
         }
+    }
+}
+
+/// Stops a running [`Server`] from another thread of the same process: see
+/// [`Server::stop_handle`].
+#[cfg(unix)]
+pub struct StopHandle(std::os::unix::net::UnixStream);
+
+#[cfg(unix)]
+impl StopHandle {
+    /// Asks the server to shut down as on SIGTERM (running commands killed, clients told) and
+    /// waits, at most `timeout`, until it has killed the running commands. False if it did not
+    /// answer in time (or had already stopped).
+    pub fn stop(&self, timeout: Duration) -> bool {
+        use std::io::Read;
+        let mut stream = &self.0;
+        if stream.write_all(b"s").is_err() || stream.set_read_timeout(Some(timeout)).is_err() {
+            return false;
+        }
+        let mut answer = [0u8; 1];
+        matches!(stream.read(&mut answer), Ok(1))
     }
 }
 
