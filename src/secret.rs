@@ -34,8 +34,9 @@ pub enum SecretError {
     TooShort(PathBuf),
     /// `keygen` would overwrite an existing file.
     Exists(PathBuf),
-    /// The server's secret file can be read or written by any user of the machine.
-    OpenToEveryone(PathBuf),
+    /// The server's secret file can be read by every user of the machine, or changed by users
+    /// other than its owner.
+    OpenToOthers(PathBuf),
     /// Reading or writing failed.
     Io(PathBuf, io::Error),
 }
@@ -68,10 +69,11 @@ impl fmt::Display for SecretError {
                     path.display()
                 )
             }
-            SecretError::OpenToEveryone(path) => write!(
+            SecretError::OpenToOthers(path) => write!(
                 f,
-                "secret file {} is accessible to every user on this machine, so any of them \
-                 could run commands as this server's user; run: chmod 600 {}",
+                "secret file {} can be read by every user on this machine or changed by users \
+                 other than its owner, so they could run commands as this server's user; run: \
+                 chmod 600 {}",
                 path.display(),
                 path.display()
             ),
@@ -141,21 +143,21 @@ pub fn named(flag: Option<&Path>) -> bool {
 }
 
 /// Reads the secret for a server, which is stricter than a client: a file every user of the
-/// machine can read or write is refused, as `sshd` refuses such key files, because any of them
-/// could then run commands as the server's user. (Group access only gets the warning: a
-/// service's group may be meant to read it.)
+/// machine can read, or that its group or everyone can write, is refused, as `sshd` refuses
+/// such key files, because they could then run commands as the server's user. (Group read
+/// only gets the warning: a service's group may be meant to read it.)
 ///
 /// # Errors
-/// As [`load`], and [`SecretError::OpenToEveryone`].
+/// As [`load`], and [`SecretError::OpenToOthers`].
 pub fn load_for_server(path: &Path) -> Result<Vec<u8>, SecretError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         if let Ok(meta) = fs::metadata(path)
             && meta.is_file()
-            && meta.permissions().mode() & 0o006 != 0
+            && meta.permissions().mode() & 0o026 != 0
         {
-            return Err(SecretError::OpenToEveryone(path.to_path_buf()));
+            return Err(SecretError::OpenToOthers(path.to_path_buf()));
         }
     }
     load(path)
@@ -310,16 +312,22 @@ mod tests {
 
     #[cfg(unix)]
     #[test]
-    fn a_server_refuses_a_secret_everyone_can_read_or_write_but_not_one_it_can_run() {
+    fn a_server_refuses_a_secret_others_can_read_or_change_but_not_one_it_can_run() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret");
         generate(&path, false).unwrap();
-        for (mode, refused) in [(0o604, true), (0o602, true), (0o601, false), (0o640, false)] {
+        for (mode, refused) in [
+            (0o604, true),
+            (0o602, true),
+            (0o620, true),
+            (0o601, false),
+            (0o640, false),
+        ] {
             fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
             let result = load_for_server(&path);
             assert_eq!(
-                matches!(result, Err(SecretError::OpenToEveryone(_))),
+                matches!(result, Err(SecretError::OpenToOthers(_))),
                 refused,
                 "{mode:o}"
             );

@@ -94,7 +94,7 @@ fn the_server_refuses_a_secret_file_everyone_can_read() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = stderr_of(&output);
     assert!(
-        stderr.contains("is accessible to every user") && stderr.contains("chmod 600"),
+        stderr.contains("can be read by every user") && stderr.contains("chmod 600"),
         "{stderr}"
     );
     // Group access only warns: a service's group may be meant to read it.

@@ -126,8 +126,8 @@ pub struct Server {
     accept_paused_until: Option<Instant>,
     /// The most connections open at once since freed memory was last handed back.
     connections_peak: usize,
-    /// Memory was handed back while connections of the burst were still open: do it once more
-    /// when the last has gone.
+    /// Memory was handed back while connections of the burst were still open: do it again as
+    /// they fall to a quarter of that (at most a few times, down to none).
     trim_when_idle: bool,
     shutdown_started: Option<Instant>,
 }
@@ -331,8 +331,8 @@ impl Server {
     /// streaming at once (each may hold 256 KiB of queued output) that was 140 MiB a server
     /// with no clients kept for ever; `malloc_trim` brought it back to 6 MiB. Checked once the
     /// connections fall to a quarter of their peak, so its cost (a walk of the heap, some
-    /// milliseconds for a large one) is paid once or twice per burst (again when the last of
-    /// it has gone), not per connection.
+    /// milliseconds for a large one) is paid a few times per burst (again at each further
+    /// quarter of what was left), not per connection.
     fn hand_back_memory_after_a_burst(&mut self) {
         /// Bursts smaller than this do not leave enough behind to be worth a trim.
         const MIN_PEAK: usize = 64;
@@ -340,8 +340,10 @@ impl Server {
         self.connections_peak = self.connections_peak.max(open);
         let burst_mostly_gone =
             self.connections_peak >= MIN_PEAK && open * 4 <= self.connections_peak;
-        let burst_all_gone = self.trim_when_idle && open == 0;
-        if burst_mostly_gone || burst_all_gone {
+        // After a trim with connections still open, again as the rest goes: a server that
+        // always keeps one connection (a monitor) never reaches 0.
+        let rest_mostly_gone = self.trim_when_idle && open * 4 <= self.connections_peak;
+        if burst_mostly_gone || rest_mostly_gone {
             self.connections_peak = open;
             self.trim_when_idle = open > 0;
             #[cfg(all(target_os = "linux", target_env = "gnu"))]
