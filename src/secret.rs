@@ -12,7 +12,7 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use rand::RngCore;
@@ -124,15 +124,29 @@ fn named_path(flag: Option<&Path>) -> Option<PathBuf> {
 /// # Errors
 /// The file is missing, unreadable or too short.
 pub fn load(path: &Path) -> Result<Vec<u8>, SecretError> {
-    let content = fs::read(path).map_err(|e| match e.kind() {
+    load_checked(path, |_| Ok(()))
+}
+
+/// Opens `path`, lets `check` judge the open file's metadata, then reads the secret from that
+/// same file: what was checked is what is read, even if the path is swapped meanwhile.
+fn load_checked(
+    path: &Path,
+    check: impl FnOnce(&fs::Metadata) -> Result<(), SecretError>,
+) -> Result<Vec<u8>, SecretError> {
+    let io_error = |e: io::Error| match e.kind() {
         io::ErrorKind::NotFound => SecretError::Missing(path.to_path_buf()),
         _ => SecretError::Io(path.to_path_buf(), e),
-    })?;
+    };
+    let mut file = fs::File::open(path).map_err(io_error)?;
+    let meta = file.metadata().map_err(io_error)?;
+    check(&meta)?;
+    let mut content = Vec::new();
+    file.read_to_end(&mut content).map_err(io_error)?;
     let secret = content.trim_ascii().to_vec();
     if secret.len() < MIN_SECRET_LEN {
         return Err(SecretError::TooShort(path.to_path_buf()));
     }
-    warn_if_readable_by_others(path);
+    warn_if_readable_by_others(path, &meta);
     Ok(secret)
 }
 
@@ -150,17 +164,18 @@ pub fn named(flag: Option<&Path>) -> bool {
 /// # Errors
 /// As [`load`], and [`SecretError::OpenToOthers`].
 pub fn load_for_server(path: &Path) -> Result<Vec<u8>, SecretError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = fs::metadata(path)
-            && meta.is_file()
-            && meta.permissions().mode() & 0o026 != 0
+    load_checked(path, |meta| {
+        #[cfg(unix)]
         {
-            return Err(SecretError::OpenToOthers(path.to_path_buf()));
+            use std::os::unix::fs::PermissionsExt;
+            if meta.is_file() && meta.permissions().mode() & 0o026 != 0 {
+                return Err(SecretError::OpenToOthers(path.to_path_buf()));
+            }
         }
-    }
-    load(path)
+        #[cfg(not(unix))]
+        let _ = meta;
+        Ok(())
+    })
 }
 
 /// Reads the secret, first creating the file with a new random secret if it does not exist.
@@ -243,13 +258,11 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
     builder.create(dir)
 }
 
-fn warn_if_readable_by_others(path: &Path) {
+fn warn_if_readable_by_others(path: &Path, meta: &fs::Metadata) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = fs::metadata(path)
-            && meta.permissions().mode() & 0o077 != 0
-        {
+        if meta.permissions().mode() & 0o077 != 0 {
             log::warn!(
                 "secret file {} is accessible to other users; run: chmod 600 {}",
                 path.display(),
@@ -258,7 +271,7 @@ fn warn_if_readable_by_others(path: &Path) {
         }
     }
     #[cfg(not(unix))]
-    let _ = path;
+    let _ = (path, meta);
 }
 
 #[cfg(test)]
