@@ -48,6 +48,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve clients: run their commands and stream the output back.
+    ///
+    /// Signals (Unix): SIGINT or SIGTERM stops it gracefully (no new connections, running
+    /// commands killed, clients told, exit 0; a second one exits at once); SIGHUP re-reads the
+    /// secret file, for new connections. On Windows, Ctrl-C, Ctrl-Break or closing the console
+    /// stops it gracefully.
     Serve(ServeArgs),
     /// Open an interactive prompt on a server.
     Connect(ConnectArgs),
