@@ -616,7 +616,6 @@ fn the_demo_runs_a_prompt_against_its_own_loopback_server() {
 #[test]
 fn a_demo_that_ends_mid_command_leaves_nothing_running() {
     use std::io::{Read, Write};
-    use std::os::unix::process::ExitStatusExt;
     let secret = SecretFile::new();
     let marker = unique_sleep_marker();
     let mut demo = std::process::Command::new(rcmd_bin())
@@ -637,13 +636,7 @@ fn a_demo_that_ends_mid_command_leaves_nothing_running() {
     )
     .is_empty()));
     drop(output); // the reader goes away
-    let status = wait_within(&mut demo, Duration::from_secs(10)).expect("the demo went on");
-    assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?}");
-    assert!(
-        eventually(Duration::from_secs(10), || sleeps_matching(&marker)
-            .is_empty()),
-        "the demo's command outlived it"
-    );
+    assert_demo_died_of(&mut demo, libc::SIGPIPE, &marker);
 }
 
 /// A server started with SIGHUP ignored (as by `nohup`) keeps ignoring it, but its commands

@@ -262,14 +262,5 @@ fn closing_the_terminal_of_a_demo_stops_its_running_command() {
     )
     .is_empty()));
     signal(demo.id(), "HUP");
-    let status = wait_within(&mut demo, Duration::from_secs(10)).expect("the demo went on");
-    {
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(libc::SIGHUP), "{status:?}");
-    }
-    assert!(
-        eventually(Duration::from_secs(10), || sleeps_matching(&marker)
-            .is_empty()),
-        "the demo's command outlived it"
-    );
+    assert_demo_died_of(&mut demo, libc::SIGHUP, &marker);
 }

@@ -254,6 +254,21 @@ pub fn sleeps_matching(marker: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Waits for a demo (a client and its server in one process) to end, and checks that it died
+/// of `signal` and that no `sleep` carrying `marker`, started at its prompt, outlived it.
+#[cfg(unix)]
+#[track_caller]
+pub fn assert_demo_died_of(demo: &mut Child, signal: i32, marker: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let status = wait_within(demo, Duration::from_secs(10)).expect("the demo went on");
+    assert_eq!(status.signal(), Some(signal), "{status:?}");
+    assert!(
+        eventually(Duration::from_secs(10), || sleeps_matching(marker)
+            .is_empty()),
+        "the demo's command outlived it"
+    );
+}
+
 /// Pids of processes whose command line contains `marker`.
 pub fn processes_matching(marker: &str) -> Vec<u32> {
     let mut pids = Vec::new();
