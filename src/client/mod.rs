@@ -34,13 +34,16 @@ use crate::tcp;
 pub const DEFAULT_PORT: u16 = 9999;
 /// Address used when none is given: the local machine.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9999";
-/// How long connecting and authenticating may take.
+/// How long each connection attempt may take, and each wait for the server's next handshake
+/// frame (a server that accepts and then says nothing is not waited for forever).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes asked of the socket per `read`: a few frames' worth, fewer system calls when output
 /// streams in.
 const READ_SIZE: usize = 4 * MAX_CHUNK;
 
-/// Everything that can stop the client. Each is reported on one line and exits 255.
+/// Everything that can stop the client. Each is reported on one line; `rcmd run` exits 255 for
+/// all but a broken pipe on its own output, which ends it as SIGPIPE would (141), and the
+/// interactive prompt goes on after a [`ClientError::Refused`] command.
 #[derive(Debug)]
 pub enum ClientError {
     /// The address does not resolve.
@@ -490,8 +493,9 @@ impl Session {
         sink: &mut dyn OutputSink,
     ) -> Result<ExitStatus, ClientError> {
         if command.len() > MAX_BODY_LEN {
-            // No frame can carry it. Sent anyway, the server could only take the oversized
-            // frame for tampering and drop the connection with an integrity error.
+            // No frame can carry it. Sent anyway, the server would refuse the frame's length
+            // with a fatal `body_too_large` and close the connection: the whole session would
+            // end for one command that is too long.
             return Err(ClientError::Refused {
                 code: ErrorCode::CommandTooLong,
                 message: format!(

@@ -1,4 +1,5 @@
-//! Framing: turning messages into bytes and a byte stream back into messages. No I/O here.
+//! Framing: turning messages into bytes and a byte stream back into messages. No sockets of its
+//! own: the decoder is fed bytes, or reads them from any `Read` ([`FrameDecoder::read_from`]).
 //!
 //! TCP delivers a stream of bytes with no message boundaries, so every frame says how long it is
 //! before it says anything else:
@@ -28,15 +29,18 @@ use std::io::{self, Read};
 use std::ops::Range;
 
 use crate::auth::{FrameMac, TAG_LEN};
-use crate::protocol::message::{ErrorCode, Message};
+use crate::protocol::message::{ErrorCode, Message, clip};
 use serde::Serialize;
 
 /// Size of the big-endian header length prefix.
 pub const LEN_PREFIX: usize = 4;
 /// Largest header a peer may announce. Real headers are under 300 bytes.
 pub const MAX_HEADER_LEN: usize = 16 * 1024;
-/// Largest body a peer may announce. Senders in this crate use at most [`MAX_CHUNK`].
+/// Largest body a peer may announce. Output and stdin frames carry at most [`MAX_CHUNK`] (three
+/// times that for transcoded output); an `exec` body, the command, may use all of it.
 pub const MAX_BODY_LEN: usize = 1024 * 1024;
+/// Longest piece of a peer's header an error quotes back (serde quotes a bad value in full).
+const QUOTED_VALUE_LEN: usize = 200;
 /// Bytes read from a pipe or stdin at a time. A chunk becomes one frame body (up to three
 /// times longer when legacy-encoded output is transcoded to UTF-8, still far below
 /// [`MAX_BODY_LEN`]).
@@ -508,7 +512,8 @@ fn parse_header_json(header: &[u8], max_body: usize) -> Result<(Message, usize),
         _ => return Err(FrameError::BadHeader("no \"type\" string".into())),
     };
     if !Message::TYPE_NAMES.contains(&type_name.as_str()) {
-        return Err(FrameError::UnknownType(type_name));
+        // Quoted back to the peer and into the log: not all 16 KiB of it.
+        return Err(FrameError::UnknownType(clip(type_name, QUOTED_VALUE_LEN)));
     }
     let body_len = match fields.remove("len") {
         None => 0,
@@ -520,7 +525,7 @@ fn parse_header_json(header: &[u8], max_body: usize) -> Result<(Message, usize),
         return Err(FrameError::BodyTooLarge { len: body_len });
     }
     let message: Message = serde_json::from_value(serde_json::Value::Object(fields))
-        .map_err(|e| FrameError::BadHeader(format!("{type_name}: {e}")))?;
+        .map_err(|e| FrameError::BadHeader(clip(format!("{type_name}: {e}"), QUOTED_VALUE_LEN)))?;
     if body_len > 0 && !message.carries_body() {
         return Err(FrameError::BadHeader(format!(
             "{type_name} frames carry no body"
@@ -550,6 +555,25 @@ mod tests {
         let mut decoder = FrameDecoder::default();
         decoder.feed(bytes);
         decoder.next_frame()
+    }
+
+    #[test]
+    fn an_error_that_quotes_a_huge_header_still_fits_in_a_frame() {
+        // Errors quote what the peer sent; the answer must be a frame the peer can decode.
+        let long = "x".repeat(MAX_HEADER_LEN - 100);
+        for header in [
+            format!(r#"{{"type":"{long}"}}"#),
+            format!(r#"{{"type":"exit","id":1,"reason":"{long}","duration_ms":1}}"#),
+            format!(r#"{{"type":"signal","id":1,"signal":"{long}"}}"#),
+        ] {
+            let error = decode_all(&raw_frame(&header)).unwrap_err();
+            assert!(error.to_string().len() < 300, "{error}");
+            let answer = encode(&Message::fatal(error.code(), error.to_string()), b"");
+            let Ok(Some(frame)) = decode_all(&answer) else {
+                panic!("the answer to {error} does not decode")
+            };
+            assert!(matches!(frame.message, Message::Error { .. }));
+        }
     }
 
     #[test]

@@ -25,6 +25,25 @@ pub const NONCE_LEN: usize = 32;
 /// read its stdin.
 pub const STDIN_WINDOW: usize = 256 * 1024;
 
+/// Longest `message` of an `error` frame this crate sends, in bytes. Error messages may quote
+/// what the peer sent (a bad `type`, a path), so they are cut here: even if every byte needed a
+/// six-byte JSON escape, the header stays far below the receiver's limit of 16 KiB.
+pub const MAX_ERROR_MESSAGE_LEN: usize = 1024;
+
+/// `text` cut to at most `max` bytes on a character boundary, with `...` at the end when cut.
+pub fn clip(mut text: String, max: usize) -> String {
+    const MORE: &str = "...";
+    if text.len() > max {
+        let mut end = max.saturating_sub(MORE.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(MORE);
+    }
+    text
+}
+
 /// One protocol message, as found in a frame header.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -134,7 +153,7 @@ impl Message {
     pub fn fatal(code: ErrorCode, message: impl Into<String>) -> Message {
         Message::Error {
             code,
-            message: message.into(),
+            message: clip(message.into(), MAX_ERROR_MESSAGE_LEN),
             fatal: true,
             id: None,
         }
@@ -144,7 +163,7 @@ impl Message {
     pub fn command_error(id: u32, code: ErrorCode, message: impl Into<String>) -> Message {
         Message::Error {
             code,
-            message: message.into(),
+            message: clip(message.into(), MAX_ERROR_MESSAGE_LEN),
             fatal: false,
             id: Some(id),
         }
@@ -165,11 +184,12 @@ pub enum ExitStatus {
 
 impl ExitStatus {
     /// The status a shell would report: the code, or 128 + the signal number, or 124 for a
-    /// timeout (as coreutils `timeout` does).
+    /// timeout (as coreutils `timeout` does). The numbers come from the peer, so the sum
+    /// saturates instead of overflowing; callers map what is outside 0-255 as they see fit.
     pub fn shell_code(&self) -> i32 {
         match *self {
             ExitStatus::Exited { code } => code,
-            ExitStatus::Signaled { signal } => 128 + signal,
+            ExitStatus::Signaled { signal } => 128i32.saturating_add(signal),
             ExitStatus::TimedOut => 124,
         }
     }
@@ -185,17 +205,15 @@ impl std::fmt::Display for ExitStatus {
     }
 }
 
-/// Signals a client may ask the server to deliver to a running command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Signals a client may ask the server to deliver to a running command. On the wire it is a
+/// JSON string and nothing else (serde's derive would also take `{"INT":null}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignalName {
     /// Interrupt, what Ctrl-C sends.
-    #[serde(rename = "INT")]
     Int,
     /// Polite termination request.
-    #[serde(rename = "TERM")]
     Term,
     /// Immediate, uncatchable termination.
-    #[serde(rename = "KILL")]
     Kill,
 }
 
@@ -208,11 +226,37 @@ impl SignalName {
             SignalName::Kill => "KILL",
         }
     }
+
+    /// The signal a wire name stands for; `None` for any other text (names are case-sensitive).
+    pub fn from_wire(name: &str) -> Option<SignalName> {
+        [SignalName::Int, SignalName::Term, SignalName::Kill]
+            .into_iter()
+            .find(|signal| signal.as_str() == name)
+    }
 }
 
-/// Machine-readable error codes carried by `error` messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+impl Serialize for SignalName {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for SignalName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        SignalName::from_wire(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown signal {:?}, expected \"INT\", \"TERM\" or \"KILL\"",
+                clip(name, 32)
+            ))
+        })
+    }
+}
+
+/// Machine-readable error codes carried by `error` messages. On the wire a code is a JSON
+/// string (snake_case); a string this version does not know reads as [`ErrorCode::Unknown`],
+/// anything but a string is a malformed header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     /// The header length prefix exceeds the maximum header length.
     HeaderTooLarge,
@@ -251,7 +295,6 @@ pub enum ErrorCode {
     /// The client sent more stdin than [`STDIN_WINDOW`] allows before an acknowledgement.
     FlowControl,
     /// A code this version does not know (sent by a newer peer); read the message.
-    #[serde(other)]
     Unknown,
 }
 
@@ -280,11 +323,50 @@ impl ErrorCode {
     ];
 
     /// The code as it appears on the wire.
-    pub fn as_str(&self) -> String {
-        serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default()
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::HeaderTooLarge => "header_too_large",
+            ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::BadHeader => "bad_header",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::UnexpectedMessage => "unexpected_message",
+            ErrorCode::VersionMismatch => "version_mismatch",
+            ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::Integrity => "integrity",
+            ErrorCode::HandshakeTimeout => "handshake_timeout",
+            ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::Busy => "busy",
+            ErrorCode::EmptyCommand => "empty_command",
+            ErrorCode::CommandTooLong => "command_too_long",
+            ErrorCode::BadCommand => "bad_command",
+            ErrorCode::SpawnFailed => "spawn_failed",
+            ErrorCode::Shutdown => "shutdown",
+            ErrorCode::FlowControl => "flow_control",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+
+    /// The code a wire string stands for: every string this version does not know (a newer
+    /// peer's code, or `unknown` itself) is [`ErrorCode::Unknown`].
+    pub fn from_wire(name: &str) -> ErrorCode {
+        ErrorCode::ALL
+            .into_iter()
+            .find(|code| code.as_str() == name)
+            .unwrap_or(ErrorCode::Unknown)
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Ok(ErrorCode::from_wire(&name))
     }
 }
 
@@ -400,6 +482,71 @@ mod tests {
         assert_eq!(ExitStatus::Exited { code: 44 }.shell_code(), 44);
         assert_eq!(ExitStatus::Signaled { signal: 2 }.shell_code(), 130);
         assert_eq!(ExitStatus::TimedOut.shell_code(), 124);
+        // The number comes from the peer: no overflow, whatever it is.
+        let huge = ExitStatus::Signaled { signal: i32::MAX };
+        assert_eq!(huge.shell_code(), i32::MAX);
+        let negative = ExitStatus::Signaled { signal: i32::MIN };
+        assert_eq!(negative.shell_code(), i32::MIN + 128);
+    }
+
+    #[test]
+    fn enumerations_are_strings_on_the_wire_and_nothing_else() {
+        // serde's derived enum reader also takes the map form `{"INT":null}`; the protocol
+        // allows only the string.
+        let signal = |value: &str| {
+            serde_json::from_str::<Message>(&format!(
+                r#"{{"type":"signal","id":1,"signal":{value}}}"#
+            ))
+        };
+        assert_eq!(
+            signal(r#""INT""#).unwrap(),
+            Message::Signal {
+                id: 1,
+                signal: SignalName::Int
+            }
+        );
+        for bad in [r#"{"INT":null}"#, r#""int""#, r#""HUP""#, "2", "null"] {
+            assert!(signal(bad).is_err(), "{bad}");
+        }
+        let code = |value: &str| {
+            serde_json::from_str::<Message>(&format!(
+                r#"{{"type":"error","code":{value},"message":"m","fatal":true}}"#
+            ))
+        };
+        for bad in [
+            r#"{"busy":null}"#,
+            r#"{"nonsense":null}"#,
+            "7",
+            "null",
+            "[]",
+        ] {
+            assert!(code(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_code_and_signal_reads_back_as_written() {
+        for code in ErrorCode::ALL {
+            let wire = serde_json::to_string(&code).unwrap();
+            assert_eq!(wire, format!("\"{}\"", code.as_str()));
+            assert_eq!(serde_json::from_str::<ErrorCode>(&wire).unwrap(), code);
+        }
+        for signal in [SignalName::Int, SignalName::Term, SignalName::Kill] {
+            let wire = serde_json::to_string(&signal).unwrap();
+            assert_eq!(serde_json::from_str::<SignalName>(&wire).unwrap(), signal);
+        }
+    }
+
+    #[test]
+    fn error_messages_are_clipped_on_a_character_boundary() {
+        let long = "é".repeat(MAX_ERROR_MESSAGE_LEN);
+        let Message::Error { message, .. } = Message::fatal(ErrorCode::BadHeader, long) else {
+            panic!()
+        };
+        assert!(message.len() <= MAX_ERROR_MESSAGE_LEN, "{}", message.len());
+        assert!(message.ends_with("..."));
+        assert_eq!(clip("short".into(), 10), "short");
+        assert_eq!(clip("0123456789ab".into(), 10), "0123456...");
     }
 
     #[test]

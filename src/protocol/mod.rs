@@ -1,6 +1,7 @@
 //! The rcmd wire protocol: frames ([`frame`]) carrying typed messages ([`message`]).
 //!
-//! Nothing in here touches a socket, so all of it can be tested on byte literals.
+//! Nothing in here opens or owns a socket (the decoder reads from any `Read` it is given), so
+//! all of it can be tested on byte literals.
 
 pub mod frame;
 pub mod message;
