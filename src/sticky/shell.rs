@@ -8,8 +8,10 @@
 
 use std::io::{self, Read};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::thread;
+
+use crate::server::process::shell_command;
 
 /// The most output kept per stream; the rest is read and thrown away.
 pub const MAX_OUTPUT: usize = 4 * 1024 * 1024;
@@ -23,32 +25,14 @@ pub struct CommandOutput {
     pub truncated: bool,
 }
 
-/// The system shell, ready to run `command`: `sh -c` on Unix.
-#[cfg(not(windows))]
-fn shell(command: &str) -> Command {
-    let mut shell = Command::new("sh");
-    shell.arg("-c").arg(command);
-    shell
-}
-
-/// The system shell, ready to run `command`: `cmd /C` on Windows.
-#[cfg(windows)]
-fn shell(command: &str) -> Command {
-    use std::os::windows::process::CommandExt;
-    let mut shell = Command::new("cmd");
-    // `raw_arg`: cmd parses its own command line, and Rust's quoting for ordinary programs
-    // would add quotes that cmd keeps.
-    shell.arg("/C").raw_arg(command);
-    shell
-}
-
 /// Runs `command` in `workdir` with an empty stdin and waits for it to finish.
 ///
 /// # Errors
 /// The shell could not be started (not found, or the command contains a NUL byte), or reading
 /// its output failed.
 pub fn run(command: &str, workdir: &Path) -> io::Result<CommandOutput> {
-    let mut child = shell(command)
+    // The framed server's shell, so a command means the same in both modes.
+    let mut child = shell_command(command)
         .current_dir(workdir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -119,6 +103,19 @@ mod tests {
         assert_eq!(out.stdout, b"out\n");
         assert_eq!(out.stderr, b"err\n");
         assert!(!out.truncated);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_command_starting_with_a_dash_is_a_command_as_in_the_framed_server() {
+        // Without `--`, `sh -c "-n; echo ran"` reads "-n; echo ran" as options and fails.
+        let out = run("-n 2>/dev/null; echo ran", Path::new(".")).unwrap();
+        assert_eq!(
+            out.stdout,
+            b"ran\n",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[cfg(unix)]

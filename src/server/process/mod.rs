@@ -3,8 +3,8 @@
 //!
 //! The platform module provides the same interface everywhere:
 //!
-//! - [`ChildProcess`]: one running command. `spawn` starts `sh -c CMD` (Unix) or `cmd /C CMD`
-//!   (Windows) in its own process group (Unix) or Job Object (Windows) and hooks its pipes into
+//! - [`ChildProcess`]: one running command. `spawn` starts [`shell_command`] (`sh -c CMD` on
+//!   Unix, `cmd /C CMD` on Windows) in its own process group (Unix) or Job Object (Windows) and hooks its pipes into
 //!   the event loop; `read_output`, `write_stdin`, `signal` and `kill_tree` do what they say and
 //!   never block.
 //! - [`ExitWatcher`]: a source registered in the event loop that fires when something about
@@ -37,6 +37,39 @@ pub use unix::{
 mod windows;
 #[cfg(windows)]
 pub use windows::{ChildProcess, EnterGuard, ExitWatcher};
+
+/// The system shell, ready to run `command` as one command line: `/bin/sh -c -- command`.
+/// Both servers (framed and unframed) start commands from this, so a command means the same
+/// in either.
+#[cfg(unix)]
+pub fn shell_command(command: &str) -> std::process::Command {
+    // By absolute path: a bare "sh" makes exec try every PATH entry before /bin.
+    let mut shell = std::process::Command::new("/bin/sh");
+    // `--`: a command that starts with `-` is a command, not options of `sh` itself.
+    shell.args(["-c", "--"]).arg(command);
+    shell
+}
+
+/// The system shell, ready to run `command` as one command line: `%ComSpec% /D /S /C
+/// "command"`. Both servers (framed and unframed) start commands from this, so a command
+/// means the same in either.
+///
+/// `/S` and the quotes pass the command to `cmd` exactly as given (`cmd` removes the outer
+/// quotes and nothing else); `/D` skips AutoRun commands from the registry, so the server's
+/// commands do not depend on what an interactive user set up.
+#[cfg(windows)]
+pub fn shell_command(command: &str) -> std::process::Command {
+    use std::os::windows::process::CommandExt;
+    // `%ComSpec%` is `C:\Windows\system32\cmd.exe` unless someone changed it on purpose.
+    let cmd = std::env::var_os("ComSpec")
+        .filter(|path| !path.is_empty())
+        .unwrap_or_else(|| "cmd.exe".into());
+    let mut shell = std::process::Command::new(cmd);
+    // Verbatim: `cmd` parses its own command line, and Rust's quoting for ordinary programs
+    // would add backslashes and quotes that `cmd` keeps.
+    shell.raw_arg(format!("/D /S /C \"{command}\""));
+    shell
+}
 
 /// Something that happened to a child process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

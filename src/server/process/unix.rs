@@ -5,7 +5,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::OnceLock;
 
 use mio::unix::pipe::{Receiver, Sender};
@@ -263,11 +263,7 @@ impl ChildProcess {
 /// # Errors
 /// The process could not be created (out of processes, memory, or `cwd` is gone).
 pub fn start(command: &str, cwd: &Path, with_stdin: bool) -> io::Result<Child> {
-    // By absolute path: a bare "sh" makes exec try every PATH entry before /bin.
-    Command::new("/bin/sh")
-        // `--`: a command that starts with `-` is a command, not options of `sh` itself.
-        .args(["-c", "--"])
-        .arg(command)
+    super::shell_command(command)
         .current_dir(cwd)
         .stdin(if with_stdin {
             Stdio::piped()

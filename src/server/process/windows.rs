@@ -38,12 +38,11 @@
 //! number, so a client sees the same codes as from a Unix server).
 
 use std::cell::RefCell;
-use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::os::windows::io::{AsHandle, AsRawHandle, FromRawHandle, OwnedHandle, RawHandle};
 use std::os::windows::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
@@ -254,13 +253,9 @@ pub struct ChildProcess {
 }
 
 impl ChildProcess {
-    /// Starts `cmd /D /S /C "command"` in `cwd`, in a Job Object of its own, with threads
-    /// that report its pipes under `tokens` to the [`ExitWatcher`] entered on this thread.
-    /// Without `with_stdin` the command reads the null device.
-    ///
-    /// `/S` and the quotes pass the command to `cmd` exactly as given (`cmd` removes the
-    /// outer quotes and nothing else); `/D` skips AutoRun commands from the registry, so the
-    /// server's commands do not depend on what an interactive user set up.
+    /// Starts `cmd /D /S /C "command"` ([`super::shell_command`]) in `cwd`, in a Job Object
+    /// of its own, with threads that report its pipes under `tokens` to the [`ExitWatcher`]
+    /// entered on this thread. Without `with_stdin` the command reads the null device.
     ///
     /// # Errors
     /// No watcher entered on this thread, or creating the job, the process or a thread failed.
@@ -273,10 +268,7 @@ impl ChildProcess {
     ) -> io::Result<ChildProcess> {
         let notifier = current_notifier()?;
         let job = create_job()?;
-        let mut child = Command::new(shell_path())
-            // Verbatim: `cmd` parses its own command line, and Rust's quoting for ordinary
-            // programs would add backslashes and quotes that `cmd` keeps.
-            .raw_arg(format!("/D /S /C \"{command}\""))
+        let mut child = super::shell_command(command)
             .current_dir(cwd)
             .stdin(if with_stdin {
                 Stdio::piped()
@@ -492,13 +484,6 @@ impl ChildProcess {
 
 fn raw(handle: &OwnedHandle) -> HANDLE {
     handle.as_raw_handle() as HANDLE
-}
-
-/// `%ComSpec%`, which is `C:\Windows\system32\cmd.exe` unless someone changed it on purpose.
-fn shell_path() -> OsString {
-    std::env::var_os("ComSpec")
-        .filter(|path| !path.is_empty())
-        .unwrap_or_else(|| "cmd.exe".into())
 }
 
 /// A Job Object that kills its processes when its last handle closes.
