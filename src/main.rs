@@ -309,20 +309,9 @@ fn serve(args: ServeArgs) -> u8 {
         Ok(found) => found,
         Err(why) => return fail(EXIT_FAILURE, why),
     };
-    let workdir = match args.workdir.map_or_else(std::env::current_dir, Ok) {
-        Ok(dir) if dir.is_dir() => dir,
-        Ok(dir) => {
-            return fail(
-                EXIT_USAGE,
-                format!("--workdir {}: not a directory", dir.display()),
-            );
-        }
-        Err(e) => {
-            return fail(
-                EXIT_FAILURE,
-                format!("cannot determine the working directory: {e}"),
-            );
-        }
+    let workdir = match server_workdir(args.workdir) {
+        Ok(dir) => dir,
+        Err(code) => return code,
     };
     let max_body = rcmd::protocol::frame::MAX_BODY_LEN;
     if args.max_command_len > max_body {
@@ -338,7 +327,6 @@ fn serve(args: ServeArgs) -> u8 {
         max_connections: args.max_connections,
         max_handshakes: args.max_handshakes,
         max_command_len: args.max_command_len,
-        ..Limits::default()
     };
     let config = ServerConfig {
         secret,
@@ -398,16 +386,9 @@ fn serve_unframed(args: ServeArgs) -> u8 {
             Err(why) => return fail(EXIT_FAILURE, why),
         }
     };
-    let workdir = match args.workdir.map_or_else(std::env::current_dir, Ok) {
-        Ok(dir) if dir.is_dir() => dir,
-        Ok(dir) => {
-            let why = format!("--workdir {}: not a directory", dir.display());
-            return fail(EXIT_USAGE, why);
-        }
-        Err(e) => {
-            let why = format!("cannot determine the working directory: {e}");
-            return fail(EXIT_FAILURE, why);
-        }
+    let workdir = match server_workdir(args.workdir) {
+        Ok(dir) => dir,
+        Err(code) => return code,
     };
     let config = sticky::UnframedConfig {
         nodelay: args.nodelay,
@@ -430,6 +411,22 @@ fn serve_unframed(args: ServeArgs) -> u8 {
             0
         }
         Err(e) => fail(EXIT_FAILURE, format!("server failed: {e}")),
+    }
+}
+
+/// Where commands start: `--workdir`, or the server's own working directory. On failure the
+/// error is reported and its exit status returned.
+fn server_workdir(flag: Option<PathBuf>) -> Result<PathBuf, u8> {
+    match flag.map_or_else(std::env::current_dir, Ok) {
+        Ok(dir) if dir.is_dir() => Ok(dir),
+        Ok(dir) => {
+            let why = format!("--workdir {}: not a directory", dir.display());
+            Err(fail(EXIT_USAGE, why))
+        }
+        Err(e) => {
+            let why = format!("cannot determine the working directory: {e}");
+            Err(fail(EXIT_FAILURE, why))
+        }
     }
 }
 

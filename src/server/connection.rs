@@ -227,7 +227,7 @@ impl Connection {
             id,
             socket,
             peer,
-            decoder: FrameDecoder::new(ctx.config.limits.max_body_len),
+            decoder: FrameDecoder::default(),
             encoder: FrameEncoder::new(),
             outbound: Vec::new(),
             state: State::Handshake { server_nonce },
@@ -532,12 +532,7 @@ impl Connection {
                     if self.is_handshaking()
                         && let Some(message) = self.decoder.pending_message()
                     {
-                        let name = message.type_name();
-                        warn!("{}: {name} before authentication; dropping", self.peer);
-                        let why = format!(
-                            "only auth is accepted before the handshake completes, got {name}"
-                        );
-                        self.fail(ErrorCode::UnexpectedMessage, why, ctx);
+                        self.refuse_before_auth(message.type_name(), ctx);
                     }
                     break;
                 }
@@ -547,6 +542,14 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Closes a connection that sent something other than `auth` (or `error`) before proving
+    /// it knows the secret.
+    fn refuse_before_auth(&mut self, type_name: &str, ctx: &mut Context) {
+        warn!("{}: {type_name} before authentication; dropping", self.peer);
+        let why = format!("only auth is accepted before the handshake completes, got {type_name}");
+        self.fail(ErrorCode::UnexpectedMessage, why, ctx);
     }
 
     fn handle_frame(&mut self, frame: Frame, ctx: &mut Context) {
@@ -567,18 +570,7 @@ impl Connection {
                 );
                 self.start_closing(ctx);
             }
-            other if self.is_handshaking() => {
-                warn!(
-                    "{}: {} before authentication; dropping",
-                    self.peer,
-                    other.type_name()
-                );
-                let why = format!(
-                    "only auth is accepted before the handshake completes, got {}",
-                    other.type_name()
-                );
-                self.fail(ErrorCode::UnexpectedMessage, why, ctx);
-            }
+            other if self.is_handshaking() => self.refuse_before_auth(other.type_name(), ctx),
             Message::Exec {
                 id,
                 stdin,

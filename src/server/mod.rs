@@ -69,8 +69,6 @@ pub struct Limits {
     pub max_handshakes: usize,
     /// Longest command accepted, in bytes.
     pub max_command_len: usize,
-    /// Largest frame body accepted from a client.
-    pub max_body_len: usize,
 }
 
 impl Default for Limits {
@@ -82,7 +80,6 @@ impl Default for Limits {
             max_connections: 4096,
             max_handshakes: 128,
             max_command_len: 64 * 1024,
-            max_body_len: crate::protocol::frame::MAX_BODY_LEN,
         }
     }
 }
