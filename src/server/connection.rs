@@ -2,9 +2,17 @@
 //!
 //! ```text
 //!  accept ──► Handshake ──auth ok──► Ready ◄──exit sent── Running
-//!                │                     │ exec ──────────────▲
-//!                └─ anything else ─► closing (error frame, flush, close)
+//!                │                     │ exec ──────────────▲   │
+//!                │                     │                        │
+//!                └─────────────────────┴───────────┬────────────┘
+//!                  a fatal error either way, a timeout, │ the server shutting down
+//!                                                      ▼
+//!                     Closing: read nothing more, flush the last frames, FIN,
+//!                              discard until the client closes (at most 2 s)
 //! ```
+//!
+//! A client that closes its socket, or a socket error, ends the connection from any state at
+//! once; leaving `Running` any way but by `exit sent` kills the command's process tree.
 //!
 //! The event loop calls [`Connection::drive`] whenever anything of this connection is ready
 //! (its socket or one of its command's pipes). `drive` makes all the progress it can: read and
@@ -129,6 +137,8 @@ enum State {
     Ready,
     /// Authenticated, running a command.
     Running(Box<RunningCommand>),
+    /// Ending the session (see the module docs); `write_shut` once our FIN is sent.
+    Closing { write_shut: bool },
 }
 
 struct RunningCommand {
@@ -205,10 +215,6 @@ pub struct Connection {
     state: State,
     cwd: PathBuf,
     previous_cwd: Option<PathBuf>,
-    /// Set after a fatal error: read nothing more, flush what is queued, close.
-    closing: bool,
-    /// Our side of the TCP connection is shut down; we are waiting for the client's FIN.
-    write_shut: bool,
     /// The socket is registered for writability too (replies are queued).
     registered_writable: bool,
     /// The socket may have bytes we have not read: cleared when a read finds it drained, set by
@@ -233,8 +239,6 @@ impl Connection {
             state: State::Handshake { server_nonce },
             cwd: ctx.config.workdir.clone(),
             previous_cwd: None,
-            closing: false,
-            write_shut: false,
             registered_writable: false,
             socket_ready: true,
             commands_started: 0,
@@ -265,10 +269,9 @@ impl Connection {
         matches!(self.state, State::Handshake { .. })
     }
 
-    /// Whether this connection counts against the cap on connections in the handshake: one
-    /// that is being closed no longer does.
-    pub fn holds_handshake_slot(&self) -> bool {
-        self.is_handshaking() && !self.closing
+    /// Whether the session is ending: see [`State::Closing`].
+    fn is_closing(&self) -> bool {
+        matches!(self.state, State::Closing { .. })
     }
 
     /// The poll reported `slot` ready. Sources are read only after such an event and until a
@@ -341,7 +344,7 @@ impl Connection {
                     return Drive::Closed;
                 }
             }
-            if self.closing && self.outbound.is_empty() {
+            if self.is_closing() && self.outbound.is_empty() {
                 return self.linger(ctx);
             }
             if !progress {
@@ -378,7 +381,7 @@ impl Connection {
     /// Handles a deadline of this connection. Returns true if the connection must close now.
     pub fn on_deadline(&mut self, kind: DeadlineKind, ctx: &mut Context) -> bool {
         match kind {
-            DeadlineKind::Handshake if self.is_handshaking() && !self.closing => {
+            DeadlineKind::Handshake if self.is_handshaking() => {
                 warn!(
                     "{}: no authentication within {:?}; dropping",
                     self.peer, ctx.config.limits.handshake_timeout
@@ -389,7 +392,7 @@ impl Connection {
                     ctx,
                 );
             }
-            DeadlineKind::Idle if !self.closing => self.check_idle(ctx),
+            DeadlineKind::Idle => self.check_idle(ctx),
             DeadlineKind::Command(serial) => {
                 if let State::Running(command) = &mut self.state
                     && command.serial == serial
@@ -418,7 +421,7 @@ impl Connection {
             return;
         };
         match self.state {
-            State::Handshake { .. } => {}
+            State::Handshake { .. } | State::Closing { .. } => {}
             State::Running(_) => {
                 ctx.deadlines
                     .schedule_after(ctx.now, idle_timeout, self.id, DeadlineKind::Idle)
@@ -442,7 +445,7 @@ impl Connection {
         if let State::Running(command) = &self.state {
             command.log_cut_short(self.peer, "the server is shutting down");
         }
-        if !self.closing {
+        if !self.is_closing() {
             self.fail(ErrorCode::Shutdown, "server is shutting down", ctx);
         }
     }
@@ -463,10 +466,8 @@ impl Connection {
     /// Stops handling frames, kills any command, and gives what is queued [`CLOSING_GRACE`] to
     /// leave; then [`Self::linger`] closes gracefully.
     fn start_closing(&mut self, ctx: &mut Context) {
-        self.closing = true;
-        if let State::Running(_) = self.state {
-            self.state = State::Ready; // dropping the command kills its tree
-        }
+        // Dropping a running command kills its tree.
+        self.state = State::Closing { write_shut: false };
         ctx.deadlines
             .schedule_after(ctx.now, CLOSING_GRACE, self.id, DeadlineKind::Closing);
     }
@@ -476,8 +477,10 @@ impl Connection {
     /// unread client bytes in our buffer would make the kernel send a reset, and a reset can
     /// destroy the error frame before the client has read it.
     fn linger(&mut self, ctx: &mut Context) -> Drive {
-        if !self.write_shut {
-            self.write_shut = true;
+        if let State::Closing { write_shut } = &mut self.state
+            && !*write_shut
+        {
+            *write_shut = true;
             if self.socket.shutdown(std::net::Shutdown::Write).is_err() {
                 return Drive::Closed;
             }
@@ -499,7 +502,7 @@ impl Connection {
         // Client frames are read even while output waits for the client, so that a `signal`
         // or a disconnect is seen at once. Only a client that sends requests and does not read
         // the replies (whose replies pile up past the hard cap) is no longer read from.
-        while self.socket_ready && !self.closing && self.outbound.len() < OUTBOUND_HARD_CAP {
+        while self.socket_ready && !self.is_closing() && self.outbound.len() < OUTBOUND_HARD_CAP {
             match self.socket.read(ctx.scratch) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => {
@@ -519,7 +522,7 @@ impl Connection {
     }
 
     fn handle_frames(&mut self, ctx: &mut Context) {
-        while !self.closing {
+        while !self.is_closing() {
             match self.decoder.next_frame() {
                 Ok(Some(frame)) => {
                     self.last_activity = ctx.now;

@@ -393,10 +393,10 @@ impl Server {
         let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
-        let held_slot = connection.holds_handshake_slot();
+        let held_slot = connection.is_handshaking();
         let mut ctx = Self::context(self.poll.registry(), &mut self.shared, now);
         let outcome = connection.drive(&mut ctx);
-        if held_slot && !connection.holds_handshake_slot() {
+        if held_slot && !connection.is_handshaking() {
             self.handshaking -= 1;
         }
         if outcome != Drive::Closed && connection.sync_interest(self.poll.registry()).is_err() {
@@ -411,7 +411,7 @@ impl Server {
 
     fn close(&mut self, id: ConnId) {
         if let Some(mut connection) = self.connections.remove(&id) {
-            if connection.holds_handshake_slot() {
+            if connection.is_handshaking() {
                 self.handshaking -= 1;
             }
             let _ = self.poll.registry().deregister(connection.socket_mut());
@@ -571,10 +571,10 @@ impl Server {
             let Some(connection) = self.connections.get_mut(&id) else {
                 continue;
             };
-            let held_slot = connection.holds_handshake_slot();
+            let held_slot = connection.is_handshaking();
             let mut ctx = Self::context(self.poll.registry(), &mut self.shared, now);
             let close_now = connection.on_deadline(kind, &mut ctx);
-            if held_slot && !connection.holds_handshake_slot() {
+            if held_slot && !connection.is_handshaking() {
                 // Dropped at the handshake deadline: its slot is free for a new client now,
                 // not only once the goodbye has been flushed.
                 self.handshaking -= 1;
