@@ -245,6 +245,24 @@ fn exit_with_a_status_ends_a_connect_script_there() {
     assert_eq!(output.stdout, b"before\n");
 }
 
+/// `exit` as scripts write it stops the script with the status a shell would leave with; sent
+/// to the server instead, it would only end that line's shell and the script would go on.
+#[test]
+fn exit_written_as_scripts_write_it_stops_a_connect_script() {
+    let server = TestServer::start(&[]);
+    for (exit, status) in [
+        ("exit 3 # done", 3),
+        ("exit $?", 1),
+        ("exit \"5\"", 5),
+        ("exit 6;", 6),
+        ("quit 7", 7),
+    ] {
+        let output = at_the_prompt(&server, &format!("false\n{exit}\necho after\n"));
+        assert_eq!(output.status.code(), Some(status), "{exit}: {output:?}");
+        assert!(output.stdout.is_empty(), "{exit}: {output:?}");
+    }
+}
+
 #[cfg(target_os = "linux")]
 #[test]
 fn an_unwritable_stderr_does_not_turn_an_error_into_a_panic() {

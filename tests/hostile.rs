@@ -196,7 +196,15 @@ fn unknown_message_types_are_refused_by_name() {
     // The longest name a header can hold: the answer quotes it, and must still be a frame the
     // client can decode (the quote is cut short).
     let longest = "x".repeat(16_300);
-    for name in ["shell", "EXEC", "exec ", "", "hello\u{0}", "login", &longest] {
+    for name in [
+        "shell",
+        "EXEC",
+        "exec ",
+        "",
+        "hello\u{0}",
+        "login",
+        &longest,
+    ] {
         let header = serde_json::json!({"type": name, "id": 1}).to_string();
         pre_auth_case(
             &target,

@@ -35,26 +35,50 @@ pub enum Line<'a> {
     /// `quit`, `exit` or `exit N`: leave, with status N if given (else the last command's,
     /// as a shell does).
     Quit(Option<i32>),
-    /// `exit WORD` where WORD is not a number: a shell says so and exits with 2.
+    /// `exit WORD` where WORD is not a number (nor `$?`): a shell says so and exits with 2.
     BadExit(&'a str),
     /// Run this on the server.
     Command(&'a str),
 }
 
 /// Classifies one input line.
+///
+/// A line whose first word is `exit` or `quit` is always the prompt's own: sent to the server,
+/// `exit` would only end the shell of that one command, and a script that meant to stop at it
+/// would go on. Its status is read as the server's `sh` (dash) reads it: the first argument,
+/// after a `;` that ends it and without a `# comment`; quotes around it are the shell's, and
+/// `$?` is the last command's status; further arguments are ignored.
 pub fn classify(line: &str) -> Line<'_> {
     let line = line.trim();
-    let mut words = line.split_whitespace();
-    match (words.next(), words.next(), words.next()) {
-        (None, ..) => Line::Empty,
-        (Some("quit" | "exit"), None, _) => Line::Quit(None),
-        // `exit 3` leaves with status 3, as it would end an ssh session; the status is taken
-        // modulo 256 like a shell's. `exit abc` leaves with 2, as dash and bash do.
-        (Some("exit"), Some(status), None) => match status.parse::<i64>() {
-            Ok(status) => Line::Quit(Some(status.rem_euclid(256) as i32)),
-            Err(_) => Line::BadExit(status),
+    let mut words = line
+        .split_whitespace()
+        .map(|word| word.trim_end_matches(';'));
+    match words.next() {
+        None => Line::Empty,
+        Some("exit" | "quit") => match words
+            .next()
+            .filter(|word| !word.is_empty() && !word.starts_with('#'))
+        {
+            None => Line::Quit(None),
+            Some(word) => exit_status(word),
         },
-        _ => Line::Command(line),
+        Some(_) => Line::Command(line),
+    }
+}
+
+/// What `exit WORD` leaves with: WORD modulo 256 like a shell's status, or the last
+/// command's for `$?`; anything else is an error, as in dash and bash.
+fn exit_status(word: &str) -> Line<'_> {
+    let unquoted = ['"', '\'']
+        .into_iter()
+        .find_map(|quote| word.strip_prefix(quote)?.strip_suffix(quote))
+        .unwrap_or(word);
+    if matches!(unquoted, "$?" | "${?}") {
+        return Line::Quit(None);
+    }
+    match unquoted.parse::<i64>() {
+        Ok(status) => Line::Quit(Some(status.rem_euclid(256) as i32)),
+        Err(_) => Line::BadExit(word),
     }
 }
 
@@ -151,7 +175,13 @@ fn handle_line(
             return Ok(ControlFlow::Break(()));
         }
         Line::BadExit(word) => {
-            crate::say!("rcmd: exit: Illegal number: {word}");
+            // Said as dash says it; a `$` means the word needed the remote shell to expand it.
+            let hint = if word.contains('$') {
+                " (the prompt's exit takes a number or $?)"
+            } else {
+                ""
+            };
+            crate::say!("rcmd: exit: Illegal number: {word}{hint}");
             *last_status = 2;
             return Ok(ControlFlow::Break(()));
         }
@@ -332,10 +362,30 @@ mod tests {
         assert_eq!(classify("exit -1"), Line::Quit(Some(255)));
         // Not a number: a shell says so and exits with 2.
         assert_eq!(classify("exit abc"), Line::BadExit("abc"));
-        // Anything else is the shell's business, which explains the mistake.
-        assert_eq!(classify("exit 1 2"), Line::Command("exit 1 2"));
-        assert_eq!(classify("exit;"), Line::Command("exit;"));
-        assert_eq!(classify("quit 3"), Line::Command("quit 3"));
+        assert_eq!(classify("exit $((1+2))"), Line::BadExit("$((1+2))"));
+    }
+
+    #[test]
+    fn exit_lines_are_read_as_the_servers_sh_reads_them() {
+        // The status a script means to leave with, however it is written (dash's results).
+        assert_eq!(classify("exit 3 # done"), Line::Quit(Some(3)));
+        assert_eq!(classify("exit 3 4"), Line::Quit(Some(3)));
+        assert_eq!(classify("exit 5;"), Line::Quit(Some(5)));
+        assert_eq!(classify("exit 5; echo never"), Line::Quit(Some(5)));
+        assert_eq!(classify("exit;"), Line::Quit(None));
+        assert_eq!(classify("exit ;"), Line::Quit(None));
+        assert_eq!(classify("exit # bye"), Line::Quit(None));
+        assert_eq!(classify(r#"exit "3""#), Line::Quit(Some(3)));
+        assert_eq!(classify("exit '7'"), Line::Quit(Some(7)));
+        assert_eq!(classify("exit $?"), Line::Quit(None));
+        assert_eq!(classify(r#"exit "$?""#), Line::Quit(None));
+        assert_eq!(classify("quit 6"), Line::Quit(Some(6)));
+        // Only a first word `exit` is the prompt's: the rest is the remote shell's.
+        assert_eq!(classify("exitcode"), Line::Command("exitcode"));
+        assert_eq!(
+            classify("false || exit 1"),
+            Line::Command("false || exit 1")
+        );
     }
 
     #[test]
