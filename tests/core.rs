@@ -562,6 +562,36 @@ fn a_reader_that_stops_early_ends_the_client_and_the_remote_command() {
     server.wait_for_log("killed: the client left", Duration::from_secs(5));
 }
 
+/// Ctrl-C while the client's own output is stuck (its reader stopped reading but is still
+/// there) ends the client with 130 within about a second, as it would a local program blocked
+/// on its output; the command's end could never be shown. The remote command got the SIGINT.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_ends_a_client_whose_output_is_stuck() {
+    use std::io::Read;
+    let server = TestServer::start(&[]);
+    let mut client = server
+        .client("run")
+        .args(["--", "yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read a little, then hold the pipe open without reading: the client's writes fill it.
+    let mut stdout = client.stdout.take().unwrap();
+    let mut first = [0u8; 2];
+    stdout.read_exact(&mut first).unwrap();
+    thread::sleep(Duration::from_millis(500));
+    signal(client.id(), "INT");
+    let status = wait_within(&mut client, Duration::from_secs(10));
+    drop(stdout);
+    let status = status.expect("the client ended while its reader was still there");
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    server.wait_for_log("delivering SIGINT", Duration::from_secs(5));
+    server.wait_for_log("finished: killed by signal 2", Duration::from_secs(5));
+}
+
 /// With its reader gone, `rcmd run` ends as a local `yes` would: killed by SIGPIPE (141 in a
 /// shell), quietly, so that `set -o pipefail` sees the output was cut short.
 #[cfg(unix)]

@@ -10,11 +10,18 @@
 //! Emacs' shell, the terminal sends SIGINT and discards the typed line itself, and the handler
 //! starts a new prompt line.) A script run through `connect` ends, with 130, once a command
 //! that got a Ctrl-C has ended ([`presses_so_far`]).
+//!
+//! One exception to forwarding: when the client's own output is stuck (the program reading it
+//! stopped reading, or the terminal is paused), the command's end could never be shown, and a
+//! local program blocked on its output would simply die of the SIGINT. So when a write has
+//! made no progress for [`STUCK_OUTPUT_GRACE`] after a forwarded Ctrl-C, the client ends with
+//! 130 too; closing the connection makes the server kill the command.
 
 #[cfg(unix)]
 use std::io::Write;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use log::debug;
 
@@ -25,6 +32,11 @@ use crate::protocol::{Message, SignalName};
 
 /// Presses of Ctrl-C after which the command is killed rather than interrupted.
 const PRESSES_BEFORE_KILL: u32 = 3;
+
+/// How long a write of command output may stay stuck after a forwarded Ctrl-C before the
+/// client gives up and ends (see the module doc). Long enough for a slow reader to take the
+/// next piece, short enough that `timeout -s INT` is obeyed.
+const STUCK_OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
 struct Target {
     sender: SharedSender,
@@ -39,6 +51,11 @@ static AT_PROMPT: AtomicBool = AtomicBool::new(false);
 
 /// Ctrl-C presses forwarded to commands so far, for a script to notice one.
 static FORWARDED: AtomicU32 = AtomicU32::new(0);
+
+/// Writes of command output to the local stdout or stderr started so far, and whether one is
+/// under way: a write under way whose count does not move is stuck.
+static WRITES_STARTED: AtomicU64 = AtomicU64::new(0);
+static WRITING: AtomicBool = AtomicBool::new(false);
 
 /// Installs the process-wide Ctrl-C handler. Call once, from `main`, before running commands.
 ///
@@ -73,7 +90,35 @@ pub fn install() -> Result<(), ctrlc::Error> {
         if let Ok(mut sender) = target.sender.lock() {
             let _ = sender.send(&message, b"");
         }
+        drop(current);
+        if output_stays_stuck() {
+            debug!("Ctrl-C: the output is stuck; ending");
+            std::process::exit(130);
+        }
     })
+}
+
+/// Writes command output with `write`, noting that it is under way (see the module doc).
+pub fn writing_output<R>(write: impl FnOnce() -> R) -> R {
+    WRITES_STARTED.fetch_add(1, Ordering::SeqCst);
+    WRITING.store(true, Ordering::SeqCst);
+    let result = write();
+    WRITING.store(false, Ordering::SeqCst);
+    result
+}
+
+/// Whether one write of output has been under way, without another starting, for all of
+/// [`STUCK_OUTPUT_GRACE`] from now. Returns at once when nothing is being written.
+fn output_stays_stuck() -> bool {
+    let started = WRITES_STARTED.load(Ordering::SeqCst);
+    let until = Instant::now() + STUCK_OUTPUT_GRACE;
+    while WRITING.load(Ordering::SeqCst) && WRITES_STARTED.load(Ordering::SeqCst) == started {
+        if Instant::now() >= until {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
 }
 
 /// After Ctrl-C at the prompt of a terminal that edits lines itself (`TERM=dumb`), which has

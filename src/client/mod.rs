@@ -228,26 +228,30 @@ impl TerminalSink {
 impl OutputSink for TerminalSink {
     #[cfg(unix)]
     fn stdout(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.out.write_all(bytes)
+        interrupt::writing_output(|| self.out.write_all(bytes))
     }
 
     #[cfg(unix)]
     fn stderr(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.err.write_all(bytes)
+        interrupt::writing_output(|| self.err.write_all(bytes))
     }
 
     #[cfg(not(unix))]
     fn stdout(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let mut out = io::stdout().lock();
-        out.write_all(bytes)?;
-        out.flush()
+        interrupt::writing_output(|| {
+            let mut out = io::stdout().lock();
+            out.write_all(bytes)?;
+            out.flush()
+        })
     }
 
     #[cfg(not(unix))]
     fn stderr(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let mut err = io::stderr().lock();
-        err.write_all(bytes)?;
-        err.flush()
+        interrupt::writing_output(|| {
+            let mut err = io::stderr().lock();
+            err.write_all(bytes)?;
+            err.flush()
+        })
     }
 }
 
