@@ -589,7 +589,9 @@ fn ctrl_c_ends_a_client_whose_output_is_stuck() {
     let status = status.expect("the client ended while its reader was still there");
     assert_eq!(status.code(), Some(130), "{status:?}");
     server.wait_for_log("delivering SIGINT", Duration::from_secs(5));
-    server.wait_for_log("finished: killed by signal 2", Duration::from_secs(5));
+    // "finished", or "ended ... but not all its output was delivered" when output was still
+    // queued for the client: either way SIGINT ended it.
+    server.wait_for_log("killed by signal 2", Duration::from_secs(5));
 }
 
 /// With its reader gone, `rcmd run` ends as a local `yes` would: killed by SIGPIPE (141 in a
