@@ -562,6 +562,19 @@ fn a_reader_that_stops_early_ends_the_client_and_the_remote_command() {
     server.wait_for_log("killed: the client left", Duration::from_secs(5));
 }
 
+/// `rcmd run -- yes` with its stdout and stderr piped to the test.
+#[cfg(unix)]
+fn run_yes_piped(server: &TestServer) -> std::process::Child {
+    server
+        .client("run")
+        .args(["--", "yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Ctrl-C while the client's own output is stuck (its reader stopped reading but is still
 /// there) ends the client with 130 within about a second, as it would a local program blocked
 /// on its output; the command's end could never be shown. The remote command got the SIGINT.
@@ -570,14 +583,7 @@ fn a_reader_that_stops_early_ends_the_client_and_the_remote_command() {
 fn ctrl_c_ends_a_client_whose_output_is_stuck() {
     use std::io::Read;
     let server = TestServer::start(&[]);
-    let mut client = server
-        .client("run")
-        .args(["--", "yes"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut client = run_yes_piped(&server);
     // Read a little, then hold the pipe open without reading: the client's writes fill it.
     let mut stdout = client.stdout.take().unwrap();
     let mut first = [0u8; 2];
@@ -602,14 +608,7 @@ fn a_client_whose_reader_left_ends_as_killed_by_sigpipe() {
     use std::io::Read;
     use std::os::unix::process::ExitStatusExt;
     let server = TestServer::start(&[]);
-    let mut client = server
-        .client("run")
-        .args(["--", "yes"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut client = run_yes_piped(&server);
     let mut first = [0u8; 2];
     client
         .stdout

@@ -41,7 +41,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
 }
 
 fn signal_name() -> impl Strategy<Value = SignalName> {
-    prop::sample::select(vec![SignalName::Int, SignalName::Term, SignalName::Kill])
+    prop::sample::select(SignalName::ALL.to_vec())
 }
 
 /// Every message type, with arbitrary fields.

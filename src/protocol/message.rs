@@ -218,6 +218,9 @@ pub enum SignalName {
 }
 
 impl SignalName {
+    /// Every signal, in declaration order.
+    pub const ALL: [SignalName; 3] = [SignalName::Int, SignalName::Term, SignalName::Kill];
+
     /// The name on the wire, as `kill -l` writes it: `INT`, `TERM`, `KILL`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -229,7 +232,7 @@ impl SignalName {
 
     /// The signal a wire name stands for; `None` for any other text (names are case-sensitive).
     pub fn from_wire(name: &str) -> Option<SignalName> {
-        [SignalName::Int, SignalName::Term, SignalName::Kill]
+        SignalName::ALL
             .into_iter()
             .find(|signal| signal.as_str() == name)
     }
@@ -421,7 +424,7 @@ mod tests {
 
     #[test]
     fn signal_names_read_as_on_the_wire() {
-        for signal in [SignalName::Int, SignalName::Term, SignalName::Kill] {
+        for signal in SignalName::ALL {
             let wire = serde_json::to_string(&signal).unwrap();
             assert_eq!(wire, format!("\"{}\"", signal.as_str()));
         }
@@ -531,7 +534,7 @@ mod tests {
             assert_eq!(wire, format!("\"{}\"", code.as_str()));
             assert_eq!(serde_json::from_str::<ErrorCode>(&wire).unwrap(), code);
         }
-        for signal in [SignalName::Int, SignalName::Term, SignalName::Kill] {
+        for signal in SignalName::ALL {
             let wire = serde_json::to_string(&signal).unwrap();
             assert_eq!(serde_json::from_str::<SignalName>(&wire).unwrap(), signal);
         }
