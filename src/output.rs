@@ -18,7 +18,12 @@
 //!
 //! So Chinese from either source comes out right; what can still be misread is text both ways
 //! unusual on such a system, e.g. a UTF-8 line whose only non-ASCII is Latin accents (`é` is
-//! C3 A9, GBK "铆"). An explicit `--encoding gbk` decodes everything as GBK, with no guessing.
+//! C3 A9, GBK "茅"). An explicit `--encoding gbk` decodes everything as GBK, with no guessing.
+//!
+//! A line is not always held until its newline: its ASCII start is shown at once (it reads the
+//! same either way), a line that is already not UTF-8 is decoded from the code page at once (a
+//! progress message such as "处理中..." appears when written), and one longer than 4 KiB is
+//! decided on what has come. The rest of a line decided early is decoded the same way.
 
 use encoding_rs::{Decoder, Encoding, UTF_8};
 
@@ -120,7 +125,7 @@ pub struct StreamDecoder {
 enum Mode {
     Passthrough,
     Decode(Decoder),
-    Mixed { legacy: Decoder, pending: Vec<u8> },
+    Mixed(MixedDecoder),
 }
 
 impl StreamDecoder {
@@ -131,10 +136,12 @@ impl StreamDecoder {
             OutputEncoding::Decode(encoding) => {
                 Mode::Decode(encoding.new_decoder_without_bom_handling())
             }
-            OutputEncoding::Mixed(encoding) => Mode::Mixed {
+            OutputEncoding::Mixed(encoding) => Mode::Mixed(MixedDecoder {
                 legacy: encoding.new_decoder_without_bom_handling(),
+                utf8: UTF_8.new_decoder_without_bom_handling(),
                 pending: Vec::new(),
-            },
+                line: LineKind::Undecided,
+            }),
         };
         StreamDecoder { mode }
     }
@@ -150,7 +157,7 @@ impl StreamDecoder {
         match &mut self.mode {
             Mode::Passthrough => out.extend_from_slice(input),
             Mode::Decode(decoder) => decode_into(decoder, input, last, out),
-            Mode::Mixed { legacy, pending } => decode_mixed(legacy, pending, input, last, out),
+            Mode::Mixed(mixed) => mixed.decode(input, last, out),
         }
     }
 }
@@ -166,48 +173,98 @@ fn decode_into(decoder: &mut Decoder, input: &[u8], last: bool, out: &mut Vec<u8
     out.truncate(start + written);
 }
 
-/// Per line, UTF-8 or legacy. Splitting at `\n` is safe for the legacy encodings `auto` meets
-/// (GBK, Big5, Shift_JIS, single-byte code pages): none uses 0x0A inside a character.
-fn decode_mixed(
-    legacy: &mut Decoder,
-    pending: &mut Vec<u8>,
-    input: &[u8],
-    last: bool,
-    out: &mut Vec<u8>,
-) {
-    pending.extend_from_slice(input);
-    let mut line_start = 0;
-    while let Some(newline) = pending[line_start..].iter().position(|&b| b == b'\n') {
-        let line_end = line_start + newline + 1;
-        emit_line(legacy, &pending[line_start..line_end], out);
-        line_start = line_end;
-    }
-    pending.drain(..line_start);
-    if last {
-        emit_line(legacy, pending, out);
-        pending.clear();
-        decode_into(legacy, &[], true, out);
-    } else if pending.is_ascii() {
-        // ASCII reads the same either way: show a prompt without its newline at once.
-        out.append(pending);
-    } else if pending.len() >= MAX_PENDING_LINE {
-        match std::str::from_utf8(pending) {
-            Ok(_) if is_utf8_line(pending, legacy.encoding()) => out.append(pending),
-            Ok(_) => {
-                decode_into(legacy, pending, false, out);
-                pending.clear();
+/// `auto`'s state for one stream: per line, UTF-8 or legacy. Splitting at `\n` is safe for the
+/// legacy encodings `auto` meets (GBK, Big5, Shift_JIS, single-byte code pages): none uses 0x0A
+/// inside a character.
+struct MixedDecoder {
+    legacy: Decoder,
+    /// For the rest of a line decided to be UTF-8 before its end: holds back a character split
+    /// between reads, and replaces what is not UTF-8 after all.
+    utf8: Decoder,
+    /// The start of the current line, while it is [`LineKind::Undecided`].
+    pending: Vec<u8>,
+    line: LineKind,
+}
+
+/// What the current line has been decided to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineKind {
+    /// Waiting in `pending` for its newline (or for a reason to decide sooner).
+    Undecided,
+    /// Decided before its newline: the rest of it, through the newline, is decoded the same way.
+    /// (Deciding a line twice would split a legacy character held back in the decoder.)
+    Utf8,
+    Legacy,
+}
+
+impl MixedDecoder {
+    fn decode(&mut self, mut input: &[u8], last: bool, out: &mut Vec<u8>) {
+        while self.line != LineKind::Undecided {
+            let end = input
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(input.len(), |newline| newline + 1);
+            self.decode_decided(&input[..end], out);
+            if end == input.len() && input.last() != Some(&b'\n') {
+                break; // the line goes on in the next read
             }
-            // Valid so far, cut inside a character: send the whole characters, keep the rest.
-            Err(e) if e.error_len().is_none() => {
-                out.extend_from_slice(&pending[..e.valid_up_to()]);
-                pending.drain(..e.valid_up_to());
-            }
-            // Not UTF-8: the streaming legacy decoder holds back any split character itself.
-            Err(_) => {
-                decode_into(legacy, pending, false, out);
-                pending.clear();
-            }
+            self.line = LineKind::Undecided;
+            input = &input[end..];
         }
+        if self.line == LineKind::Undecided {
+            self.decode_undecided(input, out);
+        }
+        if last {
+            let pending = std::mem::take(&mut self.pending);
+            emit_line(&mut self.legacy, &pending, out);
+            decode_into(&mut self.legacy, &[], true, out);
+            decode_into(&mut self.utf8, &[], true, out);
+            self.line = LineKind::Undecided;
+        }
+    }
+
+    /// Whole lines are decided whole; the start of an unfinished one waits in `pending` until
+    /// its newline, unless it can be decided already.
+    fn decode_undecided(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        self.pending.extend_from_slice(input);
+        let mut line_start = 0;
+        while let Some(newline) = self.pending[line_start..].iter().position(|&b| b == b'\n') {
+            let line_end = line_start + newline + 1;
+            emit_line(&mut self.legacy, &self.pending[line_start..line_end], out);
+            line_start = line_end;
+        }
+        self.pending.drain(..line_start);
+        let pending = &mut self.pending;
+        // ASCII reads the same either way: a prompt without its newline, or the start of a
+        // line, is shown at once, and what waits starts at the first other byte.
+        let ascii = pending.iter().take_while(|b| b.is_ascii()).count();
+        out.extend(pending.drain(..ascii));
+        if pending.is_empty() {
+            return;
+        }
+        self.line = match std::str::from_utf8(pending) {
+            // Not UTF-8, whatever follows: a progress message in the code page is shown now.
+            Err(e) if e.error_len().is_some() => LineKind::Legacy,
+            _ if pending.len() < MAX_PENDING_LINE => return,
+            // A long line, UTF-8 so far (perhaps but for a character cut at the end).
+            Err(e) if is_utf8_line(&pending[..e.valid_up_to()], self.legacy.encoding()) => {
+                LineKind::Utf8
+            }
+            Ok(_) if is_utf8_line(pending, self.legacy.encoding()) => LineKind::Utf8,
+            _ => LineKind::Legacy,
+        };
+        let pending = std::mem::take(pending);
+        self.decode_decided(&pending, out);
+    }
+
+    /// Decodes part of a line already decided on. The streaming decoders hold back a character
+    /// split at the end of `bytes` themselves.
+    fn decode_decided(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        let decoder = match self.line {
+            LineKind::Utf8 => &mut self.utf8,
+            _ => &mut self.legacy,
+        };
+        decode_into(decoder, bytes, false, out);
     }
 }
 
@@ -364,6 +421,43 @@ mod tests {
         );
         decoder.decode(&[], true, &mut out);
         assert_eq!(String::from_utf8(out).unwrap(), "你好".repeat(3000));
+    }
+
+    #[test]
+    fn a_long_line_decided_mid_character_is_finished_the_same_way() {
+        // 中, 4,093 x "a", then the lead byte of 丂 (81 40): the line is decided as GBK at
+        // 4,096 bytes with 0x81 held back. Its trail byte 0x40 comes in the next read and looks
+        // like ASCII; it must still complete 丂, and the next line must start clean.
+        let mut first = gbk("中");
+        first.extend(std::iter::repeat_n(b'a', 4093));
+        first.push(0x81);
+        let mut second = vec![0x40];
+        second.extend_from_slice(b"abc\r\n");
+        second.extend(gbk("中文\r\n"));
+        let out = decode_in_pieces(AUTO_GBK, [first.as_slice(), second.as_slice()]);
+        let expected = format!("中{}丂abc\r\n中文\r\n", "a".repeat(4093));
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_long_utf8_line_decided_mid_character_is_finished_as_utf8() {
+        let line = format!("你{}好\n", "b".repeat(4095));
+        let bytes = line.as_bytes();
+        let cut = 3 + 4095 + 1; // inside 好, after 4,096 bytes that decide the line
+        let mut after = bytes[cut..].to_vec();
+        after.extend(gbk("中文\n"));
+        let out = decode_in_pieces(AUTO_GBK, [&bytes[..cut], after.as_slice()]);
+        assert_eq!(String::from_utf8(out).unwrap(), format!("{line}中文\n"));
+    }
+
+    #[test]
+    fn auto_shows_a_code_page_progress_message_without_waiting_for_its_newline() {
+        let mut decoder = StreamDecoder::new(AUTO_GBK);
+        let mut out = Vec::new();
+        decoder.decode(&gbk("处理中..."), false, &mut out);
+        assert_eq!(String::from_utf8(out.clone()).unwrap(), "处理中...");
+        decoder.decode(&gbk(" 完成\r\n"), false, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "处理中... 完成\r\n");
     }
 
     #[test]
