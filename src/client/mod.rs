@@ -6,6 +6,7 @@
 //! which send frames from other threads; they share the sending half through a mutex, because
 //! every frame's tag depends on the count of frames sent before it.
 
+pub mod console;
 pub mod interrupt;
 pub mod prompt;
 pub mod stats;
@@ -207,6 +208,11 @@ pub struct TerminalSink {
     out: std::fs::File,
     #[cfg(unix)]
     err: std::fs::File,
+    /// Each stream that is a console, made UTF-8 for it (see [`console`]).
+    #[cfg(not(unix))]
+    out_console: Option<console::ConsoleText>,
+    #[cfg(not(unix))]
+    err_console: Option<console::ConsoleText>,
 }
 
 impl TerminalSink {
@@ -221,7 +227,14 @@ impl TerminalSink {
             Ok(TerminalSink { out, err })
         }
         #[cfg(not(unix))]
-        Ok(TerminalSink {})
+        {
+            use std::io::IsTerminal;
+            let console = |is: bool| is.then(console::ConsoleText::default);
+            Ok(TerminalSink {
+                out_console: console(io::stdout().is_terminal()),
+                err_console: console(io::stderr().is_terminal()),
+            })
+        }
     }
 }
 
@@ -238,6 +251,11 @@ impl OutputSink for TerminalSink {
 
     #[cfg(not(unix))]
     fn stdout(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let text = self
+            .out_console
+            .as_mut()
+            .map(|console| console.repair(bytes));
+        let bytes = text.as_ref().map_or(bytes, |text| text.as_bytes());
         interrupt::writing_output(|| {
             let mut out = io::stdout().lock();
             out.write_all(bytes)?;
@@ -247,6 +265,11 @@ impl OutputSink for TerminalSink {
 
     #[cfg(not(unix))]
     fn stderr(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let text = self
+            .err_console
+            .as_mut()
+            .map(|console| console.repair(bytes));
+        let bytes = text.as_ref().map_or(bytes, |text| text.as_bytes());
         interrupt::writing_output(|| {
             let mut err = io::stderr().lock();
             err.write_all(bytes)?;
