@@ -31,8 +31,9 @@ pub fn console_output_code_page() -> u32 {
 /// The encoding of command output on this system, for `--encoding auto`.
 ///
 /// A code page `encoding_rs` has no decoder for (the DOS code pages 437 and 850 of Western
-/// Windows) falls back to UTF-8, with a warning that names `--encoding`: ASCII, most of such
-/// output, is the same in all of them.
+/// Windows) falls back to passing output through, with a warning: ASCII, most of such output,
+/// is the same in all of them. (No `--encoding` is suggested: the ANSI code page, 1252 there,
+/// is not what `cmd` writes, and decoding 437 as 1252 turns `é` into `‚`.)
 pub fn console_output_encoding() -> &'static Encoding {
     let code_page = console_output_code_page();
     match encoding_for_code_page(code_page) {
@@ -40,7 +41,8 @@ pub fn console_output_encoding() -> &'static Encoding {
         None => {
             log::warn!(
                 "the console code page {code_page} has no decoder; command output is passed \
-                 through as UTF-8 (choose a decoding with --encoding, e.g. windows-1252)"
+                 through as it is: ASCII reads right, other characters do not (a command can \
+                 switch its console to UTF-8 first: `chcp 65001 >nul & ...`)"
             );
             UTF_8
         }
