@@ -43,11 +43,12 @@ pub enum Line<'a> {
 
 /// Classifies one input line.
 ///
-/// A line whose first word is `exit` or `quit` is always the prompt's own: sent to the server,
-/// `exit` would only end the shell of that one command, and a script that meant to stop at it
-/// would go on. Its status is read as the server's `sh` (dash) reads it: the first argument,
-/// after a `;` that ends it and without a `# comment`; quotes around it are the shell's, and
-/// `$?` is the last command's status; further arguments are ignored.
+/// A line whose first word is `exit` or `quit` (in any case, as `cmd` reads it) is always the
+/// prompt's own: sent to the server, `exit` would only end the shell of that one command, and a
+/// script that meant to stop at it would go on. Its status is read as the server's shell would
+/// read it: the first argument, after a `;` that ends it and without a `# comment`; quotes
+/// around it are the shell's; `$?` (sh) or `%ERRORLEVEL%` (cmd) is the last command's status;
+/// cmd's `/b` is skipped; further arguments are ignored (as dash ignores them).
 pub fn classify(line: &str) -> Line<'_> {
     let line = line.trim();
     let mut words = line
@@ -55,25 +56,27 @@ pub fn classify(line: &str) -> Line<'_> {
         .map(|word| word.trim_end_matches(';'));
     match words.next() {
         None => Line::Empty,
-        Some("exit" | "quit") => match words
-            .next()
-            .filter(|word| !word.is_empty() && !word.starts_with('#'))
-        {
-            None => Line::Quit(None),
-            Some(word) => exit_status(word),
-        },
+        Some(first) if first.eq_ignore_ascii_case("exit") || first.eq_ignore_ascii_case("quit") => {
+            match words
+                .find(|word| !word.eq_ignore_ascii_case("/b"))
+                .filter(|word| !word.is_empty() && !word.starts_with('#'))
+            {
+                None => Line::Quit(None),
+                Some(word) => exit_status(word),
+            }
+        }
         Some(_) => Line::Command(line),
     }
 }
 
 /// What `exit WORD` leaves with: WORD modulo 256 like a shell's status, or the last
-/// command's for `$?`; anything else is an error, as in dash and bash.
+/// command's for `$?` or `%ERRORLEVEL%`; anything else is an error, as in dash and bash.
 fn exit_status(word: &str) -> Line<'_> {
     let unquoted = ['"', '\'']
         .into_iter()
         .find_map(|quote| word.strip_prefix(quote)?.strip_suffix(quote))
         .unwrap_or(word);
-    if matches!(unquoted, "$?" | "${?}") {
+    if matches!(unquoted, "$?" | "${?}") || unquoted.eq_ignore_ascii_case("%errorlevel%") {
         return Line::Quit(None);
     }
     match unquoted.parse::<i64>() {
@@ -380,6 +383,13 @@ mod tests {
         assert_eq!(classify("exit $?"), Line::Quit(None));
         assert_eq!(classify(r#"exit "$?""#), Line::Quit(None));
         assert_eq!(classify("quit 6"), Line::Quit(Some(6)));
+        // And as a Windows administrator writes it for cmd.
+        assert_eq!(classify("exit /b 3"), Line::Quit(Some(3)));
+        assert_eq!(classify("EXIT /B 4"), Line::Quit(Some(4)));
+        assert_eq!(classify("Exit"), Line::Quit(None));
+        assert_eq!(classify("exit /b"), Line::Quit(None));
+        assert_eq!(classify("exit %ERRORLEVEL%"), Line::Quit(None));
+        assert_eq!(classify("exit /b %errorlevel%"), Line::Quit(None));
         // Only a first word `exit` is the prompt's: the rest is the remote shell's.
         assert_eq!(classify("exitcode"), Line::Command("exitcode"));
         assert_eq!(
