@@ -523,7 +523,7 @@ fn connect_unframed(args: ConnectArgs) -> u8 {
         }
     };
     match sticky::client::connect_and_prompt(&args.addr, secret.as_deref(), options) {
-        Ok(()) => 0,
+        Ok(status) => status.rem_euclid(256) as u8,
         Err(sticky::StickyError::LocalIo(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
             end_as_killed_by_sigpipe()
         }

@@ -178,6 +178,38 @@ fn framed_connect_runs_the_same_sequence_without_shifting() {
 }
 
 #[test]
+fn unframed_connect_leaves_with_the_status_exit_gives() {
+    let server = unframed_server(&[]);
+    let output = unframed_connect(&server, &[], "echo hi\nexit 3\necho never\n");
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output.stderr));
+    assert_eq!(text(&output.stdout), "[read 1: 3 bytes]\nhi\n");
+    let output = unframed_connect(&server, &[], "exit abc\n");
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("Illegal number: abc"));
+}
+
+/// Switching back to framed mode without restarting the unframed server: the framed client
+/// says what to do instead of only that the server is not rcmd.
+#[test]
+fn a_framed_client_at_an_unframed_server_is_told_to_use_framing_none() {
+    let server = unframed_server(&[]);
+    let output = output_within(
+        {
+            let mut run = server.client("run");
+            run.args(["--", "true"]).stdin(Stdio::null());
+            run
+        },
+        STEP_TIMEOUT,
+    );
+    assert_eq!(output.status.code(), Some(255));
+    assert!(
+        text(&output.stderr).contains("connect with `--framing none` too"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+#[test]
 fn insecure_no_auth_is_refused_off_loopback_before_binding() {
     // 192.0.2.1 (TEST-NET-1) is not an address of this machine: binding it would fail with a
     // different error, so getting the loopback refusal proves the check comes first.

@@ -374,7 +374,13 @@ impl Session {
                     other.message.type_name()
                 )));
             }
-            Err(ClientError::Protocol(why)) => return Err(ClientError::NotRcmd(why)),
+            // The likeliest such server, in a tutorial, is rcmd's own unframed one.
+            Err(ClientError::Protocol(why)) => {
+                return Err(ClientError::NotRcmd(format!(
+                    "{why} (if it is `rcmd serve --framing none`, connect with `--framing none` \
+                     too)"
+                )));
+            }
             Err(e) => return Err(e),
         };
         let client_nonce = auth::new_nonce();

@@ -267,6 +267,8 @@ pub fn read_header(number: usize, len: usize) -> String {
 }
 
 /// Runs commands from `input` until end of input or `exit`, printing each read to `out`.
+/// Returns the status to leave with: `exit N`'s N, as at the framed prompt; otherwise 0, since
+/// the unframed wire carries no exit statuses.
 ///
 /// Each read is printed as its [`read_header`] line, then its bytes exactly as they arrived,
 /// then a newline if they did not end with one (so the next header starts on its own line).
@@ -280,7 +282,7 @@ pub fn run_prompt(
     out: &mut dyn Write,
     notes: &mut dyn Write,
     interactive: bool,
-) -> Result<(), StickyError> {
+) -> Result<i32, StickyError> {
     let mut line = String::new();
     loop {
         if interactive {
@@ -289,11 +291,16 @@ pub fn run_prompt(
         }
         line.clear();
         if input.read_line(&mut line).map_err(StickyError::LocalIo)? == 0 {
-            return Ok(());
+            return Ok(0);
         }
         let command = match prompt::classify(&line) {
             Line::Empty => continue,
-            Line::Quit(_) | Line::BadExit(_) => return Ok(()),
+            Line::Quit(status) => return Ok(status.unwrap_or(0)),
+            Line::BadExit(word) => {
+                writeln!(notes, "rcmd: exit: Illegal number: {word}")
+                    .map_err(StickyError::LocalIo)?;
+                return Ok(2);
+            }
             Line::Command(command) => command,
         };
         let shown = match client.exchange(command)? {
@@ -327,7 +334,7 @@ pub fn connect_and_prompt(
     addr: &str,
     secret: Option<&[u8]>,
     options: ReadOptions,
-) -> Result<(), StickyError> {
+) -> Result<i32, StickyError> {
     let mut client = UnframedClient::connect(addr, secret, options)?;
     let interactive = io::stdin().is_terminal();
     if interactive {
