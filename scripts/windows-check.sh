@@ -231,6 +231,7 @@ cmd_e2e() {
         'echo 你好& chcp 65001 >nul& echo 你好'
     expect "the working directory" 0 '测试文件.txt\r\n' '' 'dir /b'
     expect_unknown_command
+    expect_cd_as_cmd_reads_it "$(winepath -w "$E2E_DIR")"
     expect "stdin reaches the command" 0 'got abc\r\n' '' 'set /p LINE=& call echo got %LINE%' \
         <<<'abc'
     expect_timeout
@@ -278,6 +279,27 @@ expect_unknown_command() {
     fi
     log "ok: an unknown command: cmd's Chinese error message on stderr"
     sed 's/^/    |2 /' "$E2E_DIR/stderr" >&2
+}
+
+# The prompt's `cd` as a Windows administrator types it: `cd..` climbs (no blank needed, as in
+# cmd), `cd` alone shows the directory, and `cd %TEMP%`, which only cmd could expand and where
+# it would not last, is refused with the reason.
+expect_cd_as_cmd_reads_it() {
+    local parent=$1 got=0
+    printf 'cd..\ncd\ncd %%TEMP%%\ncd\n' | "$CLIENT" connect "$ADDR" --secret-file "$E2E_DIR/secret" \
+        >"$E2E_DIR/stdout" 2>"$E2E_DIR/stderr" || got=$?
+    local fail=""
+    [ "$got" = 0 ] || fail="exit code $got"
+    [ "$(cat "$E2E_DIR/stdout")" = "$(printf '%s\r\n%s\r' "$parent" "$parent")" ] ||
+        fail="$fail; stdout is not the parent directory twice"
+    grep -q 'cd: a variable (%NAME%) needs the shell' "$E2E_DIR/stderr" ||
+        fail="$fail; no refusal of cd %TEMP%"
+    if [ -n "$fail" ]; then
+        od -c "$E2E_DIR/stdout" | head -20 >&2
+        cat "$E2E_DIR/stderr" >&2
+        die "cd: ${fail#; }"
+    fi
+    log "ok: cd.. climbs, cd shows the directory, cd %TEMP% is refused"
 }
 
 # Valid UTF-8 and no U+FFFD (what a wrong decoding would leave).

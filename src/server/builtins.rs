@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 pub enum CdTarget {
     /// `cd` or `cd ~`: the home directory.
     Home,
+    /// `cd` alone on Windows: as in `cmd`, show the current directory and stay.
+    Show,
     /// `cd -`: the previous directory.
     Previous,
     /// `cd DIR`, relative to the current directory or absolute, quotes and variables already
@@ -278,25 +280,39 @@ fn expand(
     }
 }
 
-/// Reads `command` as `cmd.exe` reads its `cd`: `cd` (any case), then the rest of the line is
-/// the directory, spaces included (`cd C:\Program Files`); surrounding double quotes are
-/// removed; a leading `/d` (also change the drive, which ours always does) is skipped.
-/// Backslashes are path separators. `cd`, `cd ~` and `cd -` are as on Unix.
+/// Reads `command` as `cmd.exe` reads its `cd`: `cd` or `chdir` (any case), then the rest of
+/// the line is the directory, spaces included (`cd C:\Program Files`); surrounding double
+/// quotes are removed; a leading `/d` (also change the drive, which ours always does) is
+/// skipped. Backslashes are path separators, and as in cmd the directory may follow without a
+/// blank when it starts with `.` or `\` (`cd..`, `cd\`). `cd` alone shows the directory, as in
+/// cmd; `cd ~` and `cd -` are as on Unix.
 ///
-/// `None` (cmd runs it) if the line has `&`, `|`, `<`, `>`, `^` or `%` (cmd syntax and
-/// variables), a wildcard `*` or `?`, a `"` other than one surrounding pair, another switch,
-/// an empty `""`, or if `cd` is not followed by a blank (`cd..`, `cdx`).
+/// `None` (cmd runs it) if the line has `&`, `|`, `<` or `>` (a command list, a pipeline, a
+/// redirection), a `"` other than one surrounding pair, another switch, an empty `""`, or if
+/// the word is not followed by a blank, `.` or `\` (`cdx`). A lone `cd` with `%` (a variable),
+/// `^` (an escape) or a wildcard `*` or `?` is refused: only cmd could read it, and there it
+/// would not last.
 pub fn parse_cmd_cd(command: &str) -> Option<CdTarget> {
     let line = command.trim_matches([' ', '\t']);
-    if !line.get(..2)?.eq_ignore_ascii_case("cd") {
-        return None;
-    }
-    let rest = &line[2..];
+    let word = ["chdir", "cd"].into_iter().find(|word| {
+        line.get(..word.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+    })?;
+    let rest = &line[word.len()..];
     if rest.is_empty() {
-        return Some(CdTarget::Home);
+        return Some(CdTarget::Show);
     }
-    if !rest.starts_with([' ', '\t']) || rest.contains(['&', '|', '<', '>', '^', '%', '*', '?']) {
+    if !rest.starts_with([' ', '\t', '.', '\\']) || rest.contains(['&', '|', '<', '>']) {
         return None;
+    }
+    if rest.contains('%') {
+        return Some(refused("a variable (%NAME%)"));
+    }
+    if rest.contains('^') {
+        return Some(refused("an escape (^)"));
+    }
+    if rest.contains(['*', '?']) {
+        return Some(refused("a wildcard"));
     }
     let mut dir = rest.trim_start_matches([' ', '\t']);
     if let Some(after) = dir.strip_prefix("/d").or_else(|| dir.strip_prefix("/D")) {
@@ -329,6 +345,7 @@ pub fn resolve_cd(
     previous: Option<&Path>,
 ) -> Result<PathBuf, String> {
     let wanted = match target {
+        CdTarget::Show => cwd.to_path_buf(),
         CdTarget::Home => home_dir().ok_or_else(|| "cd: HOME not set".to_owned())?,
         CdTarget::Previous => previous
             .map(Path::to_path_buf)
@@ -617,26 +634,27 @@ mod tests {
         assert_eq!(cmd("cd .."), path(".."));
         assert_eq!(cmd("cd $HOME"), path("$HOME"));
         assert_eq!(cmd("cd a'b"), path("a'b"));
-        assert_eq!(cmd("  cd  "), Some(CdTarget::Home));
+        assert_eq!(cmd("  cd  "), Some(CdTarget::Show));
+        assert_eq!(cmd("CHDIR"), Some(CdTarget::Show));
         assert_eq!(cmd("cd ~"), Some(CdTarget::Home));
+        // As cmd reads them, with no blank after the word.
+        assert_eq!(cmd("cd.."), path(".."));
+        assert_eq!(cmd(r"cd\"), path(r"\"));
+        assert_eq!(cmd(r"cd\Windows"), path(r"\Windows"));
+        assert_eq!(cmd(r"chdir C:\a b"), path(r"C:\a b"));
         assert_eq!(cmd("cd -"), Some(CdTarget::Previous));
     }
 
     #[test]
     fn cmd_leaves_the_rest_to_cmd() {
         for command in [
-            "cd..",
-            r"cd\",
             "cdx",
+            "chdirx",
             "echo cd",
             r"cd C:\a & dir",
             r"cd C:\a && dir",
             "cd a|b",
             "cd a > f",
-            "cd %USERPROFILE%",
-            "cd a^ b",
-            "cd a*",
-            "cd a?",
             r#"cd "a"b""#,
             r#"cd "a"#,
             r#"cd a"b"#,
@@ -648,6 +666,24 @@ mod tests {
         ] {
             assert_eq!(parse_cmd_cd(command), None, "{command:?}");
         }
+    }
+
+    #[test]
+    fn cmd_refuses_a_lone_cd_only_cmd_could_read() {
+        for (command, what) in [
+            ("cd %USERPROFILE%", "%NAME%"),
+            (r"cd %TEMP%\x", "%NAME%"),
+            ("cd a^ b", "escape"),
+            ("cd a*", "wildcard"),
+            ("cd dir?", "wildcard"),
+        ] {
+            match parse_cmd_cd(command) {
+                Some(CdTarget::Refused(why)) => assert!(why.contains(what), "{command}: {why}"),
+                other => panic!("{command}: {other:?}"),
+            }
+        }
+        // In a list it is cmd's, as any list is.
+        assert_eq!(parse_cmd_cd("cd %TEMP% & dir"), None);
     }
 
     #[test]

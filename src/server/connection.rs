@@ -878,7 +878,14 @@ impl Connection {
     }
 
     fn change_directory(&mut self, id: u32, target: &builtins::CdTarget, started: Instant) {
-        let code = match builtins::resolve_cd(target, &self.cwd, self.previous_cwd.as_deref()) {
+        let resolved = builtins::resolve_cd(target, &self.cwd, self.previous_cwd.as_deref());
+        let code = match resolved {
+            // `cd` alone on Windows: cmd shows where it is.
+            Ok(dir) if *target == builtins::CdTarget::Show => {
+                let shown = format!("{}\r\n", dir.display());
+                self.send(&Message::Stdout { id }, shown.as_bytes());
+                0
+            }
             Ok(dir) => {
                 // `{:?}` rather than `Quoted`: a path need not be UTF-8.
                 info!("{}: cd {dir:?}", self.peer);
