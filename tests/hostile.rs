@@ -602,3 +602,35 @@ fn nothing_a_client_sends_can_forge_a_line_in_the_servers_log() {
         "{log}"
     );
 }
+
+/// An authenticated client that floods frames needing no reply (`stdin_close` for no command)
+/// does not keep the event loop to itself: another client connects, authenticates and runs a
+/// command while the flood is still being read. (Each connection gets a bounded share of a
+/// turn of the loop; before, the server read the flooding socket until it ran dry.)
+#[test]
+fn a_client_flooding_frames_does_not_starve_the_others() {
+    use std::io::Write;
+    let server = TestServer::start(&[]);
+    let secret = load_secret(&server.secret.path);
+    let mut flooder = RawClient::authenticated(server.addr, &secret);
+    let mut flood = Vec::new();
+    while flood.len() < 16 << 20 {
+        flood.extend(flooder.encode(&Message::StdinClose { id: 999 }, b""));
+    }
+    let mut stream = flooder.stream.try_clone().unwrap();
+    let flooding = std::thread::spawn(move || stream.write_all(&flood));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut other = RawClient::authenticated(server.addr, &secret);
+    let (stdout, _, status) = other.run("echo hi", None);
+    let flood_still_going = !flooding.is_finished();
+    flooding.join().unwrap().unwrap();
+    assert_eq!(stdout, b"hi\n");
+    assert_eq!(status, ExitStatus::Exited { code: 0 });
+    assert!(
+        flood_still_going,
+        "the other client was served only after the flood had been read"
+    );
+    // And the flooder's connection is still in order afterwards.
+    let (stdout, _, _) = flooder.run("echo after", None);
+    assert_eq!(stdout, b"after\n");
+}

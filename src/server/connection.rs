@@ -71,6 +71,8 @@ const AFTER_EXIT_LIMIT: usize = 1024 * 1024;
 const CLOSING_GRACE: Duration = Duration::from_secs(2);
 /// Rounds of progress per call to `drive` before giving other connections a turn.
 const MAX_ROUNDS: usize = 16;
+/// Client frames handled per round, so that a turn's work is bounded however small the frames.
+const FRAMES_PER_ROUND: usize = 64;
 
 /// What each token of a connection refers to. A token is `conn_id << 2 | slot`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -485,7 +487,9 @@ impl Connection {
                 return Drive::Closed;
             }
         }
-        loop {
+        // Bounded per turn, as reading is in `drive`: the closing deadline ends a client that
+        // keeps sending, and meanwhile the others are served.
+        for _ in 0..MAX_ROUNDS {
             match self.socket.read(ctx.scratch) {
                 Ok(0) => return Drive::Closed,
                 Ok(_) => {}
@@ -494,11 +498,23 @@ impl Connection {
                 Err(_) => return Drive::Closed,
             }
         }
+        Drive::MoreWork
     }
 
-    /// Reads client bytes and handles every complete frame. Ok(true) if anything was read.
+    /// Handles client frames: those still buffered from an earlier read, or else what one read
+    /// brings. Ok(true) if any were handled or anything was read.
+    ///
+    /// A bounded amount per round of [`Self::drive`] (one read, at most [`FRAMES_PER_ROUND`]
+    /// frames), not until `WouldBlock`: a client that keeps sending frames that need no reply
+    /// (`stdin_close` for no command) would otherwise keep the loop in this connection for as
+    /// long as it liked, and no other client, timer or `accept` would be served. So
+    /// [`MAX_ROUNDS`] bounds a connection's turn.
     fn read_socket(&mut self, ctx: &mut Context) -> io::Result<bool> {
-        let mut progress = false;
+        // An invalid frame counts as ready: handling it is what reports it.
+        if !self.is_closing() && self.decoder.frame_ready().unwrap_or(true) {
+            self.handle_frames(ctx);
+            return Ok(true);
+        }
         // Client frames are read even while output waits for the client, so that a `signal`
         // or a disconnect is seen at once. Only a client that sends requests and does not read
         // the replies (whose replies pile up past the hard cap) is no longer read from.
@@ -506,9 +522,9 @@ impl Connection {
             match self.socket.read(ctx.scratch) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => {
-                    progress = true;
                     self.decoder.feed(&ctx.scratch[..n]);
                     self.handle_frames(ctx);
+                    return Ok(true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.socket_ready = false;
@@ -518,11 +534,15 @@ impl Connection {
                 Err(e) => return Err(e),
             }
         }
-        Ok(progress)
+        Ok(false)
     }
 
+    /// Handles the complete frames in the decoder, at most [`FRAMES_PER_ROUND`] of them.
     fn handle_frames(&mut self, ctx: &mut Context) {
-        while !self.is_closing() {
+        for _ in 0..FRAMES_PER_ROUND {
+            if self.is_closing() {
+                break;
+            }
             match self.decoder.next_frame() {
                 Ok(Some(frame)) => {
                     self.last_activity = ctx.now;
