@@ -4,7 +4,11 @@
 //! Two things make this more than a map from pid to connection:
 //!
 //! - A child started by the spawner threads can exit, and be reaped, before the loop has
-//!   learned that it was started. Its exit is kept until the connection claims the pid.
+//!   learned that it was started. Its exit is kept until the connection claims the pid, or
+//!   until every start that could have made it has been reported without claiming it (a start
+//!   that failed after its child existed, or an orphan reparented to a server that is PID 1):
+//!   then no claim can come, and a kept exit would be handed to a later child given the same
+//!   pid ([`ChildTable::forget_unclaimable`]).
 //! - The kernel reuses a pid as soon as it has been reaped. An entry must therefore go exactly
 //!   when its exit is taken: one left behind would send the exit of a later child with the same
 //!   pid to the wrong connection, and that later command would never finish.
@@ -31,20 +35,32 @@ pub enum ExitRoute {
 #[derive(Default)]
 pub struct ChildTable {
     owners: HashMap<u32, ConnId>,
-    early_exits: HashMap<u32, ExitStatus>,
+    /// Exits kept for a claim, with the spawner's [`tickets_issued`] when each was reaped:
+    /// only a start with a smaller ticket can claim it.
+    ///
+    /// [`tickets_issued`]: super::spawner::Spawner::tickets_issued
+    early_exits: HashMap<u32, (ExitStatus, u64)>,
     unwanted: HashSet<u32>,
 }
 
 impl ChildTable {
-    /// Routes the exit of `pid`, just reaped. `starts_pending`: the spawner may still report
-    /// children it started, so an unknown pid may be one of those.
-    pub fn exited(&mut self, pid: u32, status: ExitStatus, starts_pending: bool) -> ExitRoute {
+    /// Routes the exit of `pid`, just reaped. `pending_starts`: when the spawner may still
+    /// report children it started, its [`tickets_issued`] now, for an unknown pid may be one of
+    /// those; `None` when no start is outstanding.
+    ///
+    /// [`tickets_issued`]: super::spawner::Spawner::tickets_issued
+    pub fn exited(
+        &mut self,
+        pid: u32,
+        status: ExitStatus,
+        pending_starts: Option<u64>,
+    ) -> ExitRoute {
         if let Some(conn) = self.owners.remove(&pid) {
             ExitRoute::Owner(conn)
         } else if self.unwanted.remove(&pid) {
             ExitRoute::Unwanted
-        } else if starts_pending {
-            self.early_exits.insert(pid, status);
+        } else if let Some(tickets_issued) = pending_starts {
+            self.early_exits.insert(pid, (status, tickets_issued));
             ExitRoute::KeptForClaim
         } else {
             ExitRoute::Unknown
@@ -54,7 +70,7 @@ impl ChildTable {
     /// Connection `conn` takes the child `pid` it started. Returns the child's exit if it was
     /// reaped already; the pid is then not recorded, since it is no longer the child's.
     pub fn claim(&mut self, pid: u32, conn: ConnId) -> Option<ExitStatus> {
-        let early = self.early_exits.remove(&pid);
+        let early = self.early_exits.remove(&pid).map(|(status, _)| status);
         if early.is_none() {
             self.owners.insert(pid, conn);
         }
@@ -80,6 +96,20 @@ impl ChildTable {
         true
     }
 
+    /// Lets go of the kept exits no start can claim any more: those reaped when every start
+    /// still outstanding had a ticket below `oldest_outstanding`, which have all been reported
+    /// now. Call after the reported starts have been handed to their connections.
+    #[cfg_attr(windows, allow(dead_code))] // only the Unix spawner threads start children late
+    pub fn forget_unclaimable(&mut self, oldest_outstanding: u64) {
+        self.early_exits.retain(|pid, (status, tickets_issued)| {
+            let claimable = *tickets_issued > oldest_outstanding;
+            if !claimable {
+                log::debug!("pid {pid} ({status}) was reaped, and no start of ours claimed it");
+            }
+            claimable
+        });
+    }
+
     /// How many children have not been reaped yet.
     pub fn running(&self) -> usize {
         self.owners.len() + self.unwanted.len()
@@ -96,23 +126,23 @@ mod tests {
     fn an_exit_goes_to_the_connection_that_claimed_the_pid() {
         let mut table = ChildTable::default();
         assert_eq!(table.claim(100, 7), None);
-        assert_eq!(table.exited(100, DONE, false), ExitRoute::Owner(7));
+        assert_eq!(table.exited(100, DONE, None), ExitRoute::Owner(7));
         assert_eq!(table.running(), 0);
     }
 
     #[test]
     fn an_exit_reaped_before_the_claim_is_handed_over_and_leaves_nothing_behind() {
         let mut table = ChildTable::default();
-        assert_eq!(table.exited(100, DONE, true), ExitRoute::KeptForClaim);
+        assert_eq!(table.exited(100, DONE, Some(1)), ExitRoute::KeptForClaim);
         assert_eq!(table.claim(100, 7), Some(DONE));
         assert_eq!(table.running(), 0);
         // The kernel gives pid 100 to a child of another connection, which also exits before
         // it is claimed: its exit must be kept for that connection, not sent to the first.
-        assert_eq!(table.exited(100, DONE, true), ExitRoute::KeptForClaim);
+        assert_eq!(table.exited(100, DONE, Some(1)), ExitRoute::KeptForClaim);
         assert_eq!(table.claim(100, 8), Some(DONE));
         // And once more, claimed before it exits.
         assert_eq!(table.claim(100, 9), None);
-        assert_eq!(table.exited(100, DONE, false), ExitRoute::Owner(9));
+        assert_eq!(table.exited(100, DONE, None), ExitRoute::Owner(9));
     }
 
     #[test]
@@ -122,7 +152,24 @@ mod tests {
         table.reaped_by_owner(100);
         assert_eq!(table.running(), 0);
         assert_eq!(table.claim(100, 8), None);
-        assert_eq!(table.exited(100, DONE, false), ExitRoute::Owner(8));
+        assert_eq!(table.exited(100, DONE, None), ExitRoute::Owner(8));
+    }
+
+    #[test]
+    fn an_exit_no_start_can_claim_is_let_go_and_not_given_to_a_later_child() {
+        let mut table = ChildTable::default();
+        // Reaped while the starts with tickets 0, 1 and 2 were outstanding.
+        assert_eq!(table.exited(100, DONE, Some(3)), ExitRoute::KeptForClaim);
+        // Ticket 2 is still outstanding: it may yet claim pid 100.
+        table.forget_unclaimable(2);
+        assert_eq!(table.claim(100, 7), Some(DONE));
+        // Reaped again, and every start before it is reported without claiming it (a failed
+        // start whose child existed, an orphan of a server that is PID 1).
+        assert_eq!(table.exited(100, DONE, Some(3)), ExitRoute::KeptForClaim);
+        table.forget_unclaimable(3);
+        // A later command that is given pid 100 is running, not ended by that old exit.
+        assert_eq!(table.claim(100, 8), None);
+        assert_eq!(table.exited(100, DONE, None), ExitRoute::Owner(8));
     }
 
     #[test]
@@ -130,9 +177,9 @@ mod tests {
         let mut table = ChildTable::default();
         assert!(table.disown(100));
         assert_eq!(table.running(), 1);
-        assert_eq!(table.exited(100, DONE, false), ExitRoute::Unwanted);
-        assert_eq!(table.exited(100, DONE, false), ExitRoute::Unknown);
-        assert_eq!(table.exited(200, DONE, true), ExitRoute::KeptForClaim);
+        assert_eq!(table.exited(100, DONE, None), ExitRoute::Unwanted);
+        assert_eq!(table.exited(100, DONE, None), ExitRoute::Unknown);
+        assert_eq!(table.exited(200, DONE, Some(1)), ExitRoute::KeptForClaim);
         assert!(!table.disown(200), "already reaped: nothing to kill");
         assert_eq!(table.running(), 0);
     }

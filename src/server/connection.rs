@@ -884,8 +884,16 @@ impl Connection {
         if !waiting {
             return result.ok();
         }
-        match result.and_then(|child| ChildProcess::attach(child, ctx.registry, self.pipe_tokens()))
-        {
+        let attached = result.and_then(|child| {
+            let pid = child.id();
+            ChildProcess::attach(child, ctx.registry, self.pipe_tokens()).inspect_err(|_| {
+                // Unless reaped already (then its pid may be another process's by now).
+                if ctx.children.disown(pid) {
+                    super::process::kill_unwanted(pid);
+                }
+            })
+        });
+        match attached {
             Ok(process) => self.attach(process, ctx),
             Err(e) => {
                 let State::Running(command) = mem::replace(&mut self.state, State::Ready) else {

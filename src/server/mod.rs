@@ -524,8 +524,8 @@ impl Server {
                 }
                 ChildEvent::Exited { pid, status } => (pid, status),
             };
-            let starts_pending = self.shared.spawner.in_flight() > 0;
-            match self.shared.children.exited(pid, status, starts_pending) {
+            let pending_starts = self.shared.spawner.pending_starts();
+            match self.shared.children.exited(pid, status, pending_starts) {
                 ExitRoute::Owner(id) => {
                     debug!("pid {pid} exited: {status}");
                     if let Some(connection) = self.connections.get_mut(&id) {
@@ -561,9 +561,11 @@ impl Server {
             if let Some(child) = unwanted
                 && self.shared.children.disown(child.id())
             {
-                process::kill_unwanted(&child);
+                process::kill_unwanted(child.id());
             }
         }
+        let oldest = self.shared.spawner.oldest_outstanding();
+        self.shared.children.forget_unclaimable(oldest);
     }
 
     fn fire_deadlines(&mut self, now: Instant, to_drive: &mut Vec<ConnId>) {
@@ -700,13 +702,18 @@ impl Server {
                 if let Ok(child) = spawned.result
                     && self.shared.children.disown(child.id())
                 {
-                    process::kill_unwanted(&child);
+                    process::kill_unwanted(child.id());
                 }
+            }
+            #[cfg(unix)]
+            {
+                let oldest = self.shared.spawner.oldest_outstanding();
+                self.shared.children.forget_unclaimable(oldest);
             }
             for event in self.exit_watcher.take_events() {
                 if let ChildEvent::Exited { pid, status } = event {
-                    let starts_pending = self.shared.spawner.in_flight() > 0;
-                    self.shared.children.exited(pid, status, starts_pending);
+                    let pending_starts = self.shared.spawner.pending_starts();
+                    self.shared.children.exited(pid, status, pending_starts);
                 }
             }
             std::thread::sleep(Duration::from_millis(10));

@@ -11,6 +11,7 @@
 //! On Windows the loop's single `Waker` belongs to the child watcher, and commands are always
 //! started inline.
 
+use std::collections::BTreeSet;
 use std::io;
 use std::path::PathBuf;
 use std::process::Child;
@@ -43,6 +44,8 @@ pub struct SpawnRequest {
 pub struct Spawned {
     pub conn: ConnId,
     pub serial: u64,
+    /// The spawner's number for this start (see [`Spawner::oldest_outstanding`]).
+    pub ticket: u64,
     pub result: io::Result<Child>,
 }
 
@@ -55,15 +58,22 @@ pub enum Start {
 }
 
 /// Starts commands inline or on the pool.
+///
+/// Each start handed to the pool gets a ticket, a number counting up. The child table keeps
+/// the exit of an unknown pid reaped while starts are outstanding, in case it is one of them;
+/// with the tickets it can tell when every start that could own such an exit has been reported,
+/// and let the exit go ([`super::children::ChildTable::forget_unclaimable`]).
 pub struct Spawner {
     pool: Option<Pool>,
-    in_flight: usize,
+    next_ticket: u64,
+    /// Tickets handed to the pool whose result has not been taken yet.
+    outstanding: BTreeSet<u64>,
 }
 
 // On Windows commands always start inline, so the pool is never built there.
 #[cfg_attr(not(unix), allow(dead_code))]
 struct Pool {
-    jobs: mpsc::Sender<SpawnRequest>,
+    jobs: mpsc::Sender<(u64, SpawnRequest)>,
     finished: Arc<Mutex<Vec<Spawned>>>,
 }
 
@@ -80,17 +90,23 @@ impl Spawner {
             let _ = (registry, token);
             None
         };
-        Ok(Spawner { pool, in_flight: 0 })
+        Ok(Spawner {
+            pool,
+            next_ticket: 0,
+            outstanding: BTreeSet::new(),
+        })
     }
 
     /// Starts `request`: inline when the loop has nothing else waiting (`loop_busy` false)
     /// and no other start is in flight, on the pool otherwise.
     pub fn start(&mut self, request: SpawnRequest, registry: &Registry, loop_busy: bool) -> Start {
         match &self.pool {
-            Some(pool) if loop_busy || self.in_flight > 0 => {
-                self.in_flight += 1;
+            Some(pool) if loop_busy || !self.outstanding.is_empty() => {
+                let ticket = self.next_ticket;
+                self.next_ticket += 1;
+                self.outstanding.insert(ticket);
                 pool.jobs
-                    .send(request)
+                    .send((ticket, request))
                     .expect("spawn threads live as long as the spawner");
                 Start::Pending
             }
@@ -106,7 +122,27 @@ impl Spawner {
 
     /// Starts handed to the pool whose result has not been taken yet.
     pub fn in_flight(&self) -> usize {
-        self.in_flight
+        self.outstanding.len()
+    }
+
+    /// Tickets handed out so far: every start handed to the pool before now has a smaller one.
+    pub fn tickets_issued(&self) -> u64 {
+        self.next_ticket
+    }
+
+    /// [`Self::tickets_issued`] while any start is outstanding (an exit of an unknown pid
+    /// reaped now may be one of them), `None` otherwise.
+    pub fn pending_starts(&self) -> Option<u64> {
+        (!self.outstanding.is_empty()).then_some(self.next_ticket)
+    }
+
+    /// The smallest ticket whose result has not been taken yet, or [`Self::tickets_issued`]
+    /// when none is outstanding: every start with a smaller ticket has been reported.
+    pub fn oldest_outstanding(&self) -> u64 {
+        self.outstanding
+            .first()
+            .copied()
+            .unwrap_or(self.next_ticket)
     }
 
     /// Commands the pool has started since the last call.
@@ -115,7 +151,9 @@ impl Spawner {
             return Vec::new();
         };
         let finished = std::mem::take(&mut *pool.finished.lock().expect("spawner lock"));
-        self.in_flight -= finished.len();
+        for spawned in &finished {
+            self.outstanding.remove(&spawned.ticket);
+        }
         finished
     }
 }
@@ -123,7 +161,7 @@ impl Spawner {
 impl Pool {
     #[cfg(unix)]
     fn new(waker: Arc<Waker>) -> Pool {
-        let (jobs, queue) = mpsc::channel::<SpawnRequest>();
+        let (jobs, queue) = mpsc::channel::<(u64, SpawnRequest)>();
         let queue = Arc::new(Mutex::new(queue));
         let finished = Arc::new(Mutex::new(Vec::new()));
         for n in 0..SPAWN_THREADS {
@@ -134,7 +172,7 @@ impl Pool {
                     loop {
                         // The lock is held only while waiting for a job, not while spawning.
                         let next = queue.lock().expect("spawner lock").recv();
-                        let Ok(request) = next else { return }; // the server is gone
+                        let Ok((ticket, request)) = next else { return }; // the server is gone
                         let result = super::process::start(
                             &request.command,
                             &request.cwd,
@@ -143,6 +181,7 @@ impl Pool {
                         let done = Spawned {
                             conn: request.conn,
                             serial: request.serial,
+                            ticket,
                             result,
                         };
                         finished.lock().expect("spawner lock").push(done);

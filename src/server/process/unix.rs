@@ -44,22 +44,26 @@ impl ChildProcess {
         registry: &Registry,
         tokens: PipeTokens,
     ) -> io::Result<ChildProcess> {
-        ChildProcess::attach(start(command, cwd, with_stdin)?, registry, tokens)
+        let child = start(command, cwd, with_stdin)?;
+        let pid = child.id();
+        // Not reaped yet: the loop that reaps is the one running this.
+        ChildProcess::attach(child, registry, tokens).inspect_err(|_| kill_unwanted(pid))
     }
 
     /// Takes a child made by [`start`] into the event loop: its pipes become non-blocking and
     /// are registered under `tokens`. This part never blocks, unlike `start`.
     ///
     /// # Errors
-    /// Registering failed; the child has then been killed.
+    /// Registering failed. The child is not killed here: only the caller knows whether its pid
+    /// is still the child's (a child from the spawner threads may have been reaped already).
     pub fn attach(
         mut child: Child,
         registry: &Registry,
         tokens: PipeTokens,
     ) -> io::Result<ChildProcess> {
         let pid = child.id();
-        // From here on the process exists: anything that fails must not leave it running.
-        let pipes = (|| -> io::Result<ChildProcess> {
+        // The process exists: if anything fails, the caller kills it (see above).
+        (|| -> io::Result<ChildProcess> {
             let mut process = ChildProcess {
                 pid,
                 stdout: None,
@@ -86,12 +90,8 @@ impl ChildProcess {
                 process.stdin = Some(stdin);
             }
             Ok(process)
-        })();
-        if pipes.is_err() {
-            kill_group(pid, libc::SIGKILL);
-        }
+        })()
         // `child` is dropped without waiting: the ExitWatcher reaps every child by pid.
-        pipes
     }
 
     /// The child's process id (also its process group id).
@@ -303,9 +303,10 @@ fn dev_null() -> Stdio {
 }
 
 /// Kills the process group of a child that was started but is no longer wanted (its client
-/// left while it was being spawned). Only for a child not yet reaped.
-pub fn kill_unwanted(child: &Child) {
-    kill_group(child.id(), libc::SIGKILL);
+/// left while it was being spawned, or its pipes could not be registered). Only for a child
+/// not yet reaped.
+pub fn kill_unwanted(pid: u32) {
+    kill_group(pid, libc::SIGKILL);
 }
 
 fn kill_group(pgid: u32, signal: libc::c_int) {
