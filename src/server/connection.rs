@@ -271,6 +271,11 @@ impl Connection {
         matches!(self.state, State::Handshake { .. })
     }
 
+    /// Whether the command with this serial number (see [`DeadlineKind::Command`]) is running.
+    pub fn is_running(&self, serial: u64) -> bool {
+        matches!(&self.state, State::Running(command) if command.serial == serial)
+    }
+
     /// Whether the session is ending: see [`State::Closing`].
     fn is_closing(&self) -> bool {
         matches!(self.state, State::Closing { .. })

@@ -3,9 +3,11 @@
 //!
 //! Entries are never removed early. A connection whose deadline moved (it became active, its
 //! command finished) just finds, when the old entry fires, that it is not yet due, and schedules
-//! the new time then. That keeps scheduling O(log n) and cancellation free. The entries of closed
-//! connections are swept out in bulk ([`Deadlines::sweep_closed`]): left to fire, the idle
-//! checks of every connection of the last hour would pile up on a busy server.
+//! the new time then. That keeps scheduling O(log n) and cancellation free. The entries no one
+//! needs any more are swept out in bulk ([`Deadlines::sweep`]): those of closed connections
+//! (left to fire, the idle checks of every connection of the last hour would pile up on a busy
+//! server) and the timeouts of commands that have finished (a connection running many commands
+//! with a long timeout would pile up one each).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -69,14 +71,15 @@ impl Deadlines {
         self.heap.len()
     }
 
-    /// Drops the deadlines of connections for which `live` does not hold, and the memory they
-    /// took, once the heap has grown to twice what the last sweep kept: the O(n) sweep then
-    /// costs O(1) per entry, however many deadlines live connections keep.
-    pub fn sweep_closed(&mut self, live: impl Fn(ConnId) -> bool) {
+    /// Drops the deadlines for which `wanted` does not hold, and the memory they took, once the
+    /// heap has grown to twice what the last sweep kept: the O(n) sweep then costs O(1) per
+    /// entry, however many deadlines are wanted. Cheap to call every turn of the loop.
+    pub fn sweep(&mut self, wanted: impl Fn(ConnId, DeadlineKind) -> bool) {
         if self.heap.len() < self.next_sweep.max(MIN_SWEEP) {
             return;
         }
-        self.heap.retain(|Reverse((_, conn, _))| live(*conn));
+        self.heap
+            .retain(|Reverse((_, conn, kind))| wanted(*conn, *kind));
         self.heap.shrink_to(2 * self.heap.len());
         self.next_sweep = 2 * self.heap.len();
     }
@@ -111,6 +114,25 @@ mod tests {
     }
 
     #[test]
+    fn timeouts_of_finished_commands_are_swept_out_too() {
+        // One connection running many commands with a long timeout: one deadline each.
+        let now = Instant::now();
+        let mut deadlines = Deadlines::default();
+        let commands = 2 * MIN_SWEEP as u64;
+        for serial in 1..=commands {
+            let when = now + Duration::from_secs(3600);
+            deadlines.schedule(when, 1, DeadlineKind::Command(serial));
+        }
+        deadlines.schedule(now, 1, DeadlineKind::Idle);
+        let running = commands;
+        deadlines.sweep(|_, kind| match kind {
+            DeadlineKind::Command(serial) => serial == running,
+            _ => true,
+        });
+        assert_eq!(deadlines.waiting(), 2);
+    }
+
+    #[test]
     fn deadlines_of_closed_connections_are_swept_out_in_bulk() {
         let now = Instant::now();
         let mut deadlines = Deadlines::default();
@@ -122,12 +144,12 @@ mod tests {
                 DeadlineKind::Idle,
             );
         }
-        let live = |conn: ConnId| conn.is_multiple_of(100);
-        deadlines.sweep_closed(live);
+        let live = |conn: ConnId, _| conn.is_multiple_of(100);
+        deadlines.sweep(live);
         assert_eq!(deadlines.waiting(), (n / 100) as usize);
         // Below the threshold nothing is swept: a sweep per closed connection would be O(n^2).
         deadlines.schedule(now, 1, DeadlineKind::Idle);
-        deadlines.sweep_closed(live);
+        deadlines.sweep(live);
         assert_eq!(deadlines.waiting(), (n / 100) as usize + 1);
         let later = now + Duration::from_secs(n + 1);
         let order: Vec<_> = std::iter::from_fn(|| deadlines.pop_due(later)).collect();

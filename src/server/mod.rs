@@ -34,7 +34,7 @@ use crate::protocol::frame::MAX_CHUNK;
 use crate::protocol::{ErrorCode, FrameEncoder, Message};
 use children::{ChildTable, ExitRoute};
 use connection::{ConnId, Connection, Context, Drive, Slot};
-use deadlines::Deadlines;
+use deadlines::{DeadlineKind, Deadlines};
 use process::{ChildEvent, ExitWatcher};
 use spawner::Spawner;
 
@@ -310,6 +310,7 @@ impl Server {
             }
             // Only now, with this turn's replies sent, the turn's log lines (`crate::logging`).
             crate::logging::write_held();
+            self.sweep_deadlines();
             self.hand_back_memory_after_a_burst();
             if let Some(started) = self.shutdown_started
                 && (self.connections.is_empty() || started.elapsed() > SHUTDOWN_GRACE)
@@ -321,6 +322,18 @@ impl Server {
         info!("shut down");
         crate::logging::write_held();
         Ok(())
+    }
+
+    /// Lets the deadline heap drop, in bulk, what no one needs: the deadlines of closed
+    /// connections, and the timeouts of commands that are no longer running.
+    fn sweep_deadlines(&mut self) {
+        let connections = &self.connections;
+        self.shared.deadlines.sweep(|id, kind| match kind {
+            DeadlineKind::Command(serial) => connections
+                .get(&id)
+                .is_some_and(|connection| connection.is_running(serial)),
+            _ => connections.contains_key(&id),
+        });
     }
 
     /// After a burst of connections has mostly gone, returns the memory their buffers used to
@@ -419,10 +432,6 @@ impl Server {
             // Dropping the connection kills its command's process tree, if one is running.
         }
         // Its deadlines (an idle check lies an hour ahead) go in the next bulk sweep.
-        let live = &self.connections;
-        self.shared
-            .deadlines
-            .sweep_closed(|id| live.contains_key(&id));
     }
 
     fn accept_all(&mut self, now: Instant, to_drive: &mut Vec<ConnId>) {
