@@ -264,3 +264,45 @@ fn closing_the_terminal_of_a_demo_stops_its_running_command() {
     signal(demo.id(), "HUP");
     assert_demo_died_of(&mut demo, libc::SIGHUP, &marker);
 }
+
+/// Commands cannot reach the terminal the server was started from: a password prompt there
+/// would stop in the background, waiting for an answer no client can give. Here `rcmd demo`
+/// runs at a terminal that is its controlling terminal (started by a shell, as from a terminal
+/// window), and a command that opens `/dev/tty` finds none, as under sshd without a pty.
+#[test]
+fn commands_cannot_open_the_terminal_the_server_runs_in() {
+    let config = tempfile::tempdir().unwrap();
+    let secret = SecretFile::new();
+    let mut terminal = Terminal::open();
+    let side = || Stdio::from(terminal.program_side.try_clone().unwrap());
+    // `setsid --ctty`: the terminal becomes the controlling terminal of a new session, whose
+    // leader is `sh`; the demo is its child, as when a shell in a terminal window starts it.
+    let mut demo = std::process::Command::new("setsid")
+        .args([
+            "--ctty",
+            "sh",
+            "-c",
+            "\"$0\" demo --secret-file \"$1\"; exit $?",
+        ])
+        .arg(rcmd_bin())
+        .arg(&secret.path)
+        .env("XDG_CONFIG_HOME", config.path())
+        .env("TERM", "xterm")
+        .current_dir(config.path())
+        .stdin(side())
+        .stdout(side())
+        .stderr(side())
+        .spawn()
+        .expect("start rcmd demo");
+    terminal.wait_for(PROMPT, 1);
+    terminal.type_text(
+        "if (exec 3</dev/tty) 2>/dev/null; then echo has-a-terminal; else echo no-terminal; fi\r",
+    );
+    terminal.wait_for(PROMPT, 2);
+    let screen = terminal.screen();
+    assert!(screen.contains("\r\nno-terminal"), "{screen:?}");
+    assert!(!screen.contains("\r\nhas-a-terminal"), "{screen:?}");
+    // The demo itself still works at its terminal.
+    terminal.type_text("exit 4\r");
+    assert_eq!(exit_code(&mut demo), Some(4));
+}

@@ -31,7 +31,8 @@
 mod unix;
 #[cfg(unix)]
 pub use unix::{
-    ChildProcess, ExitWatcher, give_children_default_signals, kill_unwanted, open_dev_null, start,
+    ChildProcess, ExitWatcher, give_children_default_signals, keep_commands_off_the_terminal,
+    kill_unwanted, open_dev_null, start,
 };
 #[cfg(windows)]
 mod windows;

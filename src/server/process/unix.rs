@@ -389,6 +389,34 @@ fn exit_status(raw_status: libc::c_int) -> Option<ExitStatus> {
     }
 }
 
+/// Gives up the terminal the server was started from (`rcmd serve` in a terminal window, or
+/// `rcmd demo`), so that its commands, which inherit the server's controlling terminal, cannot
+/// reach it through `/dev/tty`: a password prompt (`sudo`, `ssh`, Python's `getpass`) would
+/// write to the server's terminal, then stop in the background (SIGTTIN) waiting for a reply
+/// no client can give. Without a terminal they fail at once ("a terminal is required"), as a
+/// command run by `sshd` without a pty does (sshd puts it in a session of its own; std can put
+/// a child in a new session only by fork and exec, which costs every command 7-15% here).
+///
+/// A session leader keeps its terminal: giving it up would hang up its foreground process
+/// group, which includes itself. The server's own stdin, stdout and stderr stay as they were,
+/// and signals from the terminal (Ctrl-C, the window closing) still reach its process group.
+pub fn keep_commands_off_the_terminal() {
+    // SAFETY: getsid and getpid have no preconditions.
+    if unsafe { libc::getsid(0) == libc::getpid() } {
+        return;
+    }
+    let Ok(terminal) = std::fs::File::open("/dev/tty") else {
+        return; // no controlling terminal: nothing to give up
+    };
+    // SAFETY: TIOCNOTTY takes no argument; the descriptor is open for the call's duration.
+    if unsafe { libc::ioctl(terminal.as_raw_fd(), libc::TIOCNOTTY) } != 0 {
+        log::debug!(
+            "cannot give up the terminal: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
 /// Makes commands start with the default action for the signals a shell's `nohup` or `&`
 /// leaves ignored (SIGHUP, SIGINT, SIGQUIT), without changing what the server itself does.
 ///
