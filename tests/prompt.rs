@@ -306,3 +306,33 @@ fn commands_cannot_open_the_terminal_the_server_runs_in() {
     terminal.type_text("exit 4\r");
     assert_eq!(exit_code(&mut demo), Some(4));
 }
+
+/// A byte that is not UTF-8 typed at the prompt (a terminal set to Latin-1 sends `é` as 0xE9)
+/// costs that line, not the session.
+#[test]
+fn a_line_that_is_not_utf8_is_not_run_and_the_session_goes_on() {
+    let (_server, _config, mut terminal, mut client) = connect_at_a_terminal();
+    terminal.typing.write_all(b"echo caf\xe9\r").unwrap();
+    terminal.wait_for("not valid UTF-8", 1);
+    terminal.type_text("echo after\r");
+    terminal.wait_for("\r\nafter\r\n", 1);
+    terminal.type_text("exit\r");
+    assert_eq!(exit_code(&mut client), Some(0));
+}
+
+/// History is kept line by line, so a session that ends by a signal (its terminal window
+/// closed) keeps it, as bash's does; a line typed with a leading space stays out of it, as with
+/// bash's `HISTCONTROL=ignorespace`.
+#[test]
+fn history_survives_a_hang_up_and_leaves_out_lines_starting_with_a_space() {
+    let (_server, config, mut terminal, mut client) = connect_at_a_terminal();
+    terminal.type_text("echo kept\r");
+    terminal.wait_for("\r\nkept\r\n", 1);
+    terminal.type_text(" echo secret\r");
+    terminal.wait_for("\r\nsecret\r\n", 1);
+    signal(client.id(), "HUP");
+    wait_within(&mut client, Duration::from_secs(20)).expect("the client ended");
+    let history = std::fs::read_to_string(config.path().join("rcmd/history")).unwrap();
+    assert!(history.contains("echo kept"), "{history}");
+    assert!(!history.contains("secret"), "{history}");
+}

@@ -4,8 +4,9 @@
 //! a `signal` frame instead, and the server delivers SIGINT to the command's process group, as
 //! if Ctrl-C had been pressed at a local shell. A command that ignores SIGINT gets SIGKILL on
 //! the third press. With no command running, Ctrl-C ends the client with status 130 (128 +
-//! SIGINT), as it would a local program, except while the interactive prompt reads a line:
-//! there it abandons the line, as in a shell. (Usually the line editor sees Ctrl-C as a key
+//! SIGINT), as it would a local program, except in an interactive prompt session: while the
+//! prompt reads a line it abandons the line, as in a shell, and in the moment between a
+//! command's end and the next prompt it is dropped. (Usually the line editor sees Ctrl-C as a key
 //! and no signal is sent; where it cannot put the terminal in raw mode, `TERM=dumb` as in
 //! Emacs' shell, the terminal sends SIGINT and discards the typed line itself, and the handler
 //! starts a new prompt line.) A script run through `connect` ends, with 130, once a command
@@ -49,6 +50,10 @@ static CURRENT: Mutex<Option<Target>> = Mutex::new(None);
 /// Whether the interactive prompt is reading a line (see the module doc).
 static AT_PROMPT: AtomicBool = AtomicBool::new(false);
 
+/// Whether an interactive prompt session is under way: there a Ctrl-C between a command's end
+/// and the next prompt is dropped, as a shell drops it, instead of ending the client.
+static INTERACTIVE: AtomicBool = AtomicBool::new(false);
+
 /// Ctrl-C presses forwarded to commands so far, for a script to notice one.
 static FORWARDED: AtomicU32 = AtomicU32::new(0);
 
@@ -71,6 +76,10 @@ pub fn install() -> Result<(), ctrlc::Error> {
             drop(current);
             if AT_PROMPT.load(Ordering::SeqCst) {
                 start_a_fresh_prompt_line();
+                return;
+            }
+            if INTERACTIVE.load(Ordering::SeqCst) {
+                debug!("Ctrl-C between commands: dropped");
                 return;
             }
             std::process::exit(130);
@@ -165,6 +174,22 @@ pub fn reading_a_line() -> PromptGuard {
 
 /// Ends [`reading_a_line`] when dropped.
 pub struct PromptGuard;
+
+/// Marks an interactive prompt session until the returned guard is dropped (see
+/// [`INTERACTIVE`]).
+pub fn interactive_session() -> InteractiveGuard {
+    INTERACTIVE.store(true, Ordering::SeqCst);
+    InteractiveGuard
+}
+
+/// Ends [`interactive_session`] when dropped.
+pub struct InteractiveGuard;
+
+impl Drop for InteractiveGuard {
+    fn drop(&mut self) {
+        INTERACTIVE.store(false, Ordering::SeqCst);
+    }
+}
 
 impl Drop for PromptGuard {
     fn drop(&mut self) {

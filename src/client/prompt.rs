@@ -96,7 +96,16 @@ pub fn run_prompt(session: &mut Session, history: Option<PathBuf>) -> Result<i32
     if io::stdin().is_terminal() {
         #[cfg(unix)]
         super::terminal::restore_on_termination();
-        let mut editor = DefaultEditor::new().map_err(|e| ClientError::Io(io::Error::other(e)))?;
+        // A line typed with a leading space stays out of the history, as with bash's
+        // `HISTCONTROL=ignorespace`: the way to keep a secret on a command line out of it.
+        let config = rustyline::Config::builder()
+            .history_ignore_space(true)
+            .build();
+        let mut editor = DefaultEditor::with_config(config)
+            .map_err(|e| ClientError::Io(io::Error::other(e)))?;
+        // Ctrl-C outside a command and outside the line editor (just before or after a
+        // command) must not end an interactive session.
+        let _interactive = interrupt::interactive_session();
         if let Some(path) = &history {
             let _ = editor.load_history(path);
         }
@@ -126,8 +135,10 @@ pub fn run_prompt(session: &mut Session, history: Option<PathBuf>) -> Result<i32
             }
             match read {
                 Ok(line) => {
-                    if !line.trim().is_empty() {
-                        let _ = editor.add_history_entry(line.as_str());
+                    if !line.trim().is_empty() && editor.add_history_entry(line.as_str()).is_ok() {
+                        // Saved line by line, so that a session ended by a signal (its
+                        // terminal window closed) keeps its history, as bash's does.
+                        save_history_to(&mut editor, history.as_deref());
                     }
                     if handle_line(session, &mut sink, &line, &mut last_status)?.is_break() {
                         break;
@@ -136,6 +147,12 @@ pub fn run_prompt(session: &mut Session, history: Option<PathBuf>) -> Result<i32
                 // Ctrl-C at the prompt abandons the line, as in a shell.
                 Err(ReadlineError::Interrupted) => {}
                 Err(ReadlineError::Eof) => break,
+                // A byte that is not UTF-8 (a terminal set to Latin-1): this line cannot be a
+                // command, as in a script (see below), but the session goes on.
+                Err(ReadlineError::Io(e)) if e.kind() == io::ErrorKind::InvalidData => {
+                    crate::say!("rcmd: the line is not valid UTF-8; not run");
+                    last_status = NOT_RUN_STATUS;
+                }
                 Err(e) => return Err(ClientError::Io(io::Error::other(e))),
             }
         }
