@@ -101,8 +101,8 @@ pub fn run_prompt(session: &mut Session, history: Option<PathBuf>) -> Result<i32
         let config = rustyline::Config::builder()
             .history_ignore_space(true)
             .build();
-        let mut editor = DefaultEditor::with_config(config)
-            .map_err(|e| ClientError::Io(io::Error::other(e)))?;
+        let mut editor =
+            DefaultEditor::with_config(config).map_err(|e| ClientError::Io(io::Error::other(e)))?;
         // Ctrl-C outside a command and outside the line editor (just before or after a
         // command) must not end an interactive session.
         let _interactive = interrupt::interactive_session();

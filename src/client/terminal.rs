@@ -66,6 +66,17 @@ fn install() {
                 if let Some(saved) = &saved {
                     // SAFETY: `saved` is a termios that tcgetattr filled in for this descriptor.
                     unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved) };
+                    // The line editor turns bracketed paste on while it reads a line; left
+                    // on, the shell after us would see `^[[200~` around every paste. And end
+                    // the line the prompt was on, so the shell's prompt starts on its own.
+                    // A plain write(2): the main thread may hold std's stdout lock.
+                    const RESET: &[u8] = b"\x1b[?2004l\r\n";
+                    // SAFETY: isatty and write on fd 1 with a valid buffer and its length.
+                    unsafe {
+                        if libc::isatty(libc::STDOUT_FILENO) == 1 {
+                            libc::write(libc::STDOUT_FILENO, RESET.as_ptr().cast(), RESET.len());
+                        }
+                    }
                 }
                 if let Some(hook) = BEFORE_DYING.get() {
                     // The hook ends the session, which the main thread sees too: it must not
