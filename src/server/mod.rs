@@ -279,6 +279,7 @@ impl Server {
                         if self.exit_watcher.take_shutdown_request() {
                             info!("received a console control event (Ctrl-C, Ctrl-Break, close)");
                             if self.shutdown_requested(now, &mut to_drive) {
+                                self.exit_now();
                                 return Ok(());
                             }
                         }
@@ -286,12 +287,14 @@ impl Server {
                     #[cfg(unix)]
                     STOP_REQUESTS => {
                         if self.stop_requested(now, &mut to_drive) {
+                            self.exit_now();
                             return Ok(());
                         }
                     }
                     #[cfg(unix)]
                     SIGNALS => {
                         if self.handle_signals(now, &mut to_drive) {
+                            self.exit_now();
                             return Ok(());
                         }
                     }
@@ -669,6 +672,27 @@ impl Server {
                 );
             }
             Err(e) => warn!("kept the old secret: {e}"),
+        }
+    }
+
+    /// The end of "exit now" (a second shutdown request): the connections, dropped with the
+    /// server, kill their commands; a command the spawner threads are starting at this moment
+    /// has no connection any more, so it is waited for briefly and killed here, not left
+    /// running after the server.
+    fn exit_now(&mut self) {
+        #[cfg(unix)]
+        {
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while self.shared.spawner.in_flight() > 0 && Instant::now() < deadline {
+                for spawned in self.shared.spawner.take_finished() {
+                    if let Ok(child) = spawned.result
+                        && self.shared.children.disown(child.id())
+                    {
+                        process::kill_unwanted(child.id());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
     }
 
