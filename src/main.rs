@@ -337,7 +337,12 @@ fn serve(args: ServeArgs) -> u8 {
         secret_file: Some(secret_file),
     };
     #[cfg(unix)]
-    rcmd::server::raise_fd_limit();
+    {
+        rcmd::server::raise_fd_limit();
+        // Not in `demo`, whose server shares its process with the prompt: there the terminal
+        // is the user's, and the prompt needs it as its controlling terminal (job control).
+        rcmd::server::process::keep_commands_off_the_terminal();
+    }
     let server = match Server::bind(args.listen, config) {
         Ok(server) => server,
         Err(e) => {

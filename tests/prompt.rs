@@ -270,45 +270,53 @@ fn closing_the_terminal_of_a_demo_stops_its_running_command() {
 }
 
 /// Commands cannot reach the terminal the server was started from: a password prompt there
-/// would stop in the background, waiting for an answer no client can give. Here `rcmd demo`
+/// would stop in the background, waiting for an answer no client can give. Here `rcmd serve`
 /// runs at a terminal that is its controlling terminal (started by a shell, as from a terminal
 /// window), and a command that opens `/dev/tty` finds none, as under sshd without a pty.
 #[test]
 fn commands_cannot_open_the_terminal_the_server_runs_in() {
-    let config = tempfile::tempdir().unwrap();
     let secret = SecretFile::new();
-    let mut terminal = Terminal::open();
+    let terminal = Terminal::open();
     let side = || Stdio::from(terminal.program_side.try_clone().unwrap());
     // `setsid --ctty`: the terminal becomes the controlling terminal of a new session, whose
-    // leader is `sh`; the demo is its child, as when a shell in a terminal window starts it.
-    let mut demo = std::process::Command::new("setsid")
+    // leader is `sh`; the server is its child, as when a shell in a terminal window starts it.
+    let mut session = std::process::Command::new("setsid")
         .args([
             "--ctty",
             "sh",
             "-c",
-            "\"$0\" demo --secret-file \"$1\"; exit $?",
+            "\"$0\" serve --listen 127.0.0.1:0 --secret-file \"$1\"; exit $?",
         ])
         .arg(rcmd_bin())
         .arg(&secret.path)
-        .env("XDG_CONFIG_HOME", config.path())
-        .env("TERM", "xterm")
-        .current_dir(config.path())
         .stdin(side())
         .stdout(side())
         .stderr(side())
         .spawn()
-        .expect("start rcmd demo");
-    terminal.wait_for(PROMPT, 1);
-    terminal.type_text(
-        "if (exec 3</dev/tty) 2>/dev/null; then echo has-a-terminal; else echo no-terminal; fi\r",
-    );
-    terminal.wait_for(PROMPT, 2);
+        .expect("start rcmd serve");
+    terminal.wait_for("listening on ", 1);
     let screen = terminal.screen();
-    assert!(screen.contains("\r\nno-terminal"), "{screen:?}");
-    assert!(!screen.contains("\r\nhas-a-terminal"), "{screen:?}");
-    // The demo itself still works at its terminal.
-    terminal.type_text("exit 4\r");
-    assert_eq!(exit_code(&mut demo), Some(4));
+    let addr = screen
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the address")
+        .to_owned();
+    let output = std::process::Command::new(rcmd_bin())
+        .args(["run", &addr, "--secret-file"])
+        .arg(&secret.path)
+        .arg("--")
+        .arg(
+            "if (exec 3</dev/tty) 2>/dev/null; then echo has-a-terminal; else echo no-terminal; fi",
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    // `sh` leads the session and its process group, which the server shares.
+    // SAFETY: kill(2) with a negative pid signals the process group.
+    unsafe { libc::kill(-(session.id() as libc::pid_t), libc::SIGTERM) };
+    wait_within(&mut session, Duration::from_secs(20)).expect("the server stopped");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "no-terminal\n");
 }
 
 /// A byte that is not UTF-8 typed at the prompt (a terminal set to Latin-1 sends `é` as 0xE9)
@@ -339,4 +347,19 @@ fn history_survives_a_hang_up_and_leaves_out_lines_starting_with_a_space() {
     let history = std::fs::read_to_string(config.path().join("rcmd/history")).unwrap();
     assert!(history.contains("echo kept"), "{history}");
     assert!(!history.contains("secret"), "{history}");
+}
+
+/// SIGTERM ends the client even while its terminal is stopped (Ctrl-S) and every write to it
+/// blocks: nothing on the way out may wait for the terminal.
+#[test]
+fn sigterm_ends_the_client_while_its_terminal_is_stopped() {
+    let (_server, _config, mut terminal, mut client) = connect_at_a_terminal();
+    terminal.type_text("yes\r");
+    terminal.wait_for("y\r\ny\r\ny\r\n", 1);
+    terminal.type_text("\x13"); // Ctrl-S: the terminal stops taking output
+    thread::sleep(Duration::from_millis(300));
+    signal(client.id(), "TERM");
+    let ended = wait_within(&mut client, Duration::from_secs(10));
+    terminal.type_text("\x11"); // Ctrl-Q, so that a client still running can be ended
+    assert!(ended.is_some(), "SIGTERM did not end the client");
 }

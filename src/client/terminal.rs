@@ -66,17 +66,6 @@ fn install() {
                 if let Some(saved) = &saved {
                     // SAFETY: `saved` is a termios that tcgetattr filled in for this descriptor.
                     unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved) };
-                    // The line editor turns bracketed paste on while it reads a line; left
-                    // on, the shell after us would see `^[[200~` around every paste. And end
-                    // the line the prompt was on, so the shell's prompt starts on its own.
-                    // A plain write(2): the main thread may hold std's stdout lock.
-                    const RESET: &[u8] = b"\x1b[?2004l\r\n";
-                    // SAFETY: isatty and write on fd 1 with a valid buffer and its length.
-                    unsafe {
-                        if libc::isatty(libc::STDOUT_FILENO) == 1 {
-                            libc::write(libc::STDOUT_FILENO, RESET.as_ptr().cast(), RESET.len());
-                        }
-                    }
                 }
                 if let Some(hook) = BEFORE_DYING.get() {
                     // The hook ends the session, which the main thread sees too: it must not
@@ -84,12 +73,35 @@ fn install() {
                     ENDING_BY_SIGNAL.store(true, Ordering::SeqCst);
                     hook();
                 }
+                if saved.is_some() {
+                    end_the_prompt_line();
+                }
                 // Die of the signal, as without this handler; exit like a shell reports it
                 // if that fails.
                 let _ = signal_hook::low_level::emulate_default_handler(signal);
                 std::process::exit(128 + signal);
             }
         });
+}
+
+/// Turns bracketed paste off again (the line editor turns it on while it reads a line; left on,
+/// the shell after us would see `^[[200~` around every paste) and ends the line the prompt was
+/// on. Through a new, non-blocking open of our stdout: a terminal stopped with Ctrl-S must not
+/// keep a dying client alive, and std's stdout lock may be held by the main thread.
+fn end_the_prompt_line() {
+    use std::os::unix::fs::OpenOptionsExt;
+    const RESET: &[u8] = b"\x1b[?2004l\r\n";
+    // SAFETY: isatty has no preconditions.
+    if unsafe { libc::isatty(libc::STDOUT_FILENO) } != 1 {
+        return;
+    }
+    if let Ok(mut terminal) = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open("/proc/self/fd/1")
+    {
+        let _ = std::io::Write::write(&mut terminal, RESET);
+    }
 }
 
 /// Whether stdin is a terminal in canonical mode, editing lines itself: the line editor has not

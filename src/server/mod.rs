@@ -156,7 +156,6 @@ impl Server {
         #[cfg(unix)]
         {
             process::give_children_default_signals();
-            process::keep_commands_off_the_terminal();
             process::open_dev_null();
         }
         // Windows: Ctrl-C and closing the console come as a shutdown request through the

@@ -389,8 +389,8 @@ fn exit_status(raw_status: libc::c_int) -> Option<ExitStatus> {
     }
 }
 
-/// Gives up the terminal the server was started from (`rcmd serve` in a terminal window, or
-/// `rcmd demo`), so that its commands, which inherit the server's controlling terminal, cannot
+/// Gives up the terminal the server was started from (`rcmd serve` in a terminal window), so
+/// that its commands, which inherit the server's controlling terminal, cannot
 /// reach it through `/dev/tty`: a password prompt (`sudo`, `ssh`, Python's `getpass`) would
 /// write to the server's terminal, then stop in the background (SIGTTIN) waiting for a reply
 /// no client can give. Without a terminal they fail at once ("a terminal is required"), as a
