@@ -600,6 +600,46 @@ fn ctrl_c_ends_a_client_whose_output_is_stuck() {
     server.wait_for_log("killed by signal 2", Duration::from_secs(5));
 }
 
+/// A reader that is slow but still reading is not "stuck": after a Ctrl-C the client waits for
+/// the command's own end (here a trap that exits 3) and delivers all its output.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_with_a_slow_reader_waits_for_the_commands_end() {
+    use std::io::Read;
+    let server = TestServer::start(&[]);
+    let mut client = server
+        .client("run")
+        .args([
+            "--",
+            // 64 KiB writes, so that the server sends 64 KiB frames.
+            "trap 'echo caught; exit 3' INT; dd if=/dev/zero bs=65536 count=3 2>/dev/null; sleep 30",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = client.stdout.take().unwrap();
+    // 5 KiB every quarter second: a 64 KiB frame takes three seconds to go through, one of
+    // the client's 16 KiB pieces less than the second that counts as stuck.
+    let reader = thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 5120];
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+            thread::sleep(Duration::from_millis(250));
+        }
+        got
+    });
+    thread::sleep(Duration::from_secs(1));
+    signal(client.id(), "INT");
+    let status = wait_within(&mut client, Duration::from_secs(60)).expect("client ended");
+    let got = reader.join().unwrap();
+    assert_eq!(status.code(), Some(3), "{status:?}");
+    assert_eq!(got.len(), 3 * 65536 + "caught\n".len());
+    assert!(got.ends_with(b"caught\n"));
+}
+
 /// With its reader gone, `rcmd run` ends as a local `yes` would: killed by SIGPIPE (141 in a
 /// shell), quietly, so that `set -o pipefail` sees the output was cut short.
 #[cfg(unix)]

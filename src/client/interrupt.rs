@@ -14,9 +14,10 @@
 //!
 //! One exception to forwarding: when the client's own output is stuck (the program reading it
 //! stopped reading, or the terminal is paused), the command's end could never be shown, and a
-//! local program blocked on its output would simply die of the SIGINT. So when a write has
-//! made no progress for [`STUCK_OUTPUT_GRACE`] after a forwarded Ctrl-C, the client ends with
-//! 130 too; closing the connection makes the server kill the command.
+//! local program blocked on its output would simply die of the SIGINT. So when output has made
+//! no progress for [`STUCK_OUTPUT_GRACE`] after a forwarded Ctrl-C (output is written in
+//! 16 KiB pieces, so that a slow reader still counts as progress), the client ends with 130
+//! too; closing the connection makes the server kill the command.
 
 #[cfg(unix)]
 use std::io::Write;
@@ -61,6 +62,13 @@ static FORWARDED: AtomicU32 = AtomicU32::new(0);
 /// under way: a write under way whose count does not move is stuck.
 static WRITES_STARTED: AtomicU64 = AtomicU64::new(0);
 static WRITING: AtomicBool = AtomicBool::new(false);
+
+/// Output is written in pieces of at most this, each counted as progress: "stuck" means the
+/// reader took less than this in [`STUCK_OUTPUT_GRACE`]. (A blocking write to a pipe returns
+/// only when all of it is in, so a whole 64 KiB frame to a reader taking 16 KiB a second would
+/// look stuck for four seconds.) Small enough for slow readers, large enough that streaming
+/// pays for few more system calls than one per frame.
+const OUTPUT_PIECE: usize = 16 * 1024;
 
 /// Installs the process-wide Ctrl-C handler. Call once, from `main`, before running commands.
 ///
@@ -107,13 +115,24 @@ pub fn install() -> Result<(), ctrlc::Error> {
     })
 }
 
-/// Writes command output with `write`, noting that it is under way (see the module doc).
-pub fn writing_output<R>(write: impl FnOnce() -> R) -> R {
-    WRITES_STARTED.fetch_add(1, Ordering::SeqCst);
-    WRITING.store(true, Ordering::SeqCst);
-    let result = write();
-    WRITING.store(false, Ordering::SeqCst);
-    result
+/// Writes command output with `write` in pieces of at most [`OUTPUT_PIECE`], noting each one
+/// under way (see the module doc), so that "stuck" means no progress for the grace time, not
+/// one long write to a slow reader.
+///
+/// # Errors
+/// The first error `write` returns.
+pub fn write_output(
+    bytes: &[u8],
+    mut write: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    for part in bytes.chunks(OUTPUT_PIECE) {
+        WRITES_STARTED.fetch_add(1, Ordering::SeqCst);
+        WRITING.store(true, Ordering::SeqCst);
+        let result = write(part);
+        WRITING.store(false, Ordering::SeqCst);
+        result?;
+    }
+    Ok(())
 }
 
 /// Whether one write of output has been under way, without another starting, for all of

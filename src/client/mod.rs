@@ -241,12 +241,12 @@ impl TerminalSink {
 impl OutputSink for TerminalSink {
     #[cfg(unix)]
     fn stdout(&mut self, bytes: &[u8]) -> io::Result<()> {
-        interrupt::writing_output(|| self.out.write_all(bytes))
+        interrupt::write_output(bytes, |part| self.out.write_all(part))
     }
 
     #[cfg(unix)]
     fn stderr(&mut self, bytes: &[u8]) -> io::Result<()> {
-        interrupt::writing_output(|| self.err.write_all(bytes))
+        interrupt::write_output(bytes, |part| self.err.write_all(part))
     }
 
     #[cfg(not(unix))]
@@ -256,9 +256,9 @@ impl OutputSink for TerminalSink {
             .as_mut()
             .map(|console| console.repair(bytes));
         let bytes = text.as_ref().map_or(bytes, |text| text.as_bytes());
-        interrupt::writing_output(|| {
+        interrupt::write_output(bytes, |part| {
             let mut out = io::stdout().lock();
-            out.write_all(bytes)?;
+            out.write_all(part)?;
             out.flush()
         })
     }
@@ -270,9 +270,9 @@ impl OutputSink for TerminalSink {
             .as_mut()
             .map(|console| console.repair(bytes));
         let bytes = text.as_ref().map_or(bytes, |text| text.as_bytes());
-        interrupt::writing_output(|| {
+        interrupt::write_output(bytes, |part| {
             let mut err = io::stderr().lock();
-            err.write_all(bytes)?;
+            err.write_all(part)?;
             err.flush()
         })
     }
