@@ -425,18 +425,33 @@ mod tests {
 
     #[test]
     fn a_long_line_decided_mid_character_is_finished_the_same_way() {
-        // 中, 4,093 x "a", then the lead byte of 丂 (81 40): the line is decided as GBK at
-        // 4,096 bytes with 0x81 held back. Its trail byte 0x40 comes in the next read and looks
-        // like ASCII; it must still complete 丂, and the next line must start clean.
-        let mut first = gbk("中");
-        first.extend(std::iter::repeat_n(b'a', 4093));
-        first.push(0x81);
-        let mut second = vec![0x40];
-        second.extend_from_slice(b"abc\r\n");
-        second.extend(gbk("中文\r\n"));
-        let out = decode_in_pieces(AUTO_GBK, [first.as_slice(), second.as_slice()]);
-        let expected = format!("中{}丂abc\r\n中文\r\n", "a".repeat(4093));
-        assert_eq!(String::from_utf8(out).unwrap(), expected);
+        // Two ways a line is decided before its newline, each with a character's lead byte
+        // held back in the GBK decoder; its trail byte 0x40 comes in the next read and looks
+        // like ASCII, yet must complete the character, and the next line must start clean.
+        // - 中 is not UTF-8: the line is decided at once; 0x81 is the lead byte of 丂 (81 40).
+        // - C3 A9 is UTF-8 é and GBK 茅: 2,048 of them are a line both ways, decided (as GBK:
+        //   no character of three UTF-8 bytes) at 4 KiB; C4, the lead byte of 腀 (C4 40), is
+        //   also the start of a UTF-8 character, so it is held back as cut, not invalid.
+        let mut chinese = gbk("中");
+        chinese.extend(std::iter::repeat_n(b'a', 4093));
+        let cases = [
+            (chinese, 0x81, format!("中{}丂", "a".repeat(4093))),
+            (
+                gbk("茅").repeat(2048),
+                0xC4,
+                format!("{}腀", "茅".repeat(2048)),
+            ),
+        ];
+        for (start, lead, text) in cases {
+            let mut first = start;
+            first.push(lead);
+            let mut second = vec![0x40];
+            second.extend_from_slice(b"abc\r\n");
+            second.extend(gbk("中文\r\n"));
+            let out = decode_in_pieces(AUTO_GBK, [first.as_slice(), second.as_slice()]);
+            let expected = format!("{text}abc\r\n中文\r\n");
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
     }
 
     #[test]

@@ -28,6 +28,16 @@ impl ConsoleText {
     /// The UTF-8 text for `bytes`, the next piece of the stream; an incomplete character at
     /// its end is kept for the next call.
     pub fn repair(&mut self, bytes: &[u8]) -> String {
+        self.decode(bytes, false)
+    }
+
+    /// The end of the stream (the command ended): an incomplete character held back becomes
+    /// U+FFFD, and the next call starts afresh.
+    pub fn finish(&mut self) -> String {
+        self.decode(&[], true)
+    }
+
+    fn decode(&mut self, bytes: &[u8], last: bool) -> String {
         let mut text = String::with_capacity(bytes.len() + 4);
         // Worst case: every byte a U+FFFD (3 bytes), plus a held-back character.
         let needed = self
@@ -35,7 +45,10 @@ impl ConsoleText {
             .max_utf8_buffer_length(bytes.len())
             .unwrap_or(bytes.len() * 3 + 4);
         text.reserve(needed);
-        let _ = self.decoder.decode_to_string(bytes, &mut text, false);
+        let _ = self.decoder.decode_to_string(bytes, &mut text, last);
+        if last {
+            self.decoder = UTF_8.new_decoder_without_bom_handling();
+        }
         text
     }
 }
@@ -52,6 +65,17 @@ mod tests {
         let mut text = console.repair(&bytes[..cut]);
         text.push_str(&console.repair(&bytes[cut..]));
         assert_eq!(text, "héllo 你好");
+    }
+
+    #[test]
+    fn a_character_cut_at_the_end_of_a_command_is_not_carried_into_the_next() {
+        let mut console = ConsoleText::default();
+        assert_eq!(
+            console.repair("done 你".as_bytes().split_last().unwrap().1),
+            "done "
+        );
+        assert_eq!(console.finish(), "\u{FFFD}");
+        assert_eq!(console.repair(b"next\r\n"), "next\r\n");
     }
 
     #[test]

@@ -196,6 +196,15 @@ pub trait OutputSink {
     /// # Errors
     /// As for `stdout`.
     fn stderr(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// The command has ended: what a sink holds back (a character cut at the end of the last
+    /// frame) goes out now, so that it does not end up in the next command's output. A sink
+    /// that wraps another passes this on.
+    ///
+    /// # Errors
+    /// As for `stdout`.
+    fn command_ended(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The process's own stdout and stderr. Each frame is written at once, so output appears as
@@ -261,6 +270,18 @@ impl OutputSink for TerminalSink {
             out.write_all(part)?;
             out.flush()
         })
+    }
+
+    #[cfg(not(unix))]
+    fn command_ended(&mut self) -> io::Result<()> {
+        // An incomplete character at the end is a U+FFFD, not the start of the next output.
+        if let Some(tail) = self.out_console.as_mut().map(console::ConsoleText::finish) {
+            self.stdout(tail.as_bytes())?;
+        }
+        if let Some(tail) = self.err_console.as_mut().map(console::ConsoleText::finish) {
+            self.stderr(tail.as_bytes())?;
+        }
+        Ok(())
     }
 
     #[cfg(not(unix))]
@@ -563,7 +584,10 @@ impl Session {
                 Message::Stderr { id: of } if of == id => {
                     sink.stderr(frame.body).map_err(ClientError::LocalOutput)?
                 }
-                Message::Exit { id: of, status, .. } if of == id => return Ok(status),
+                Message::Exit { id: of, status, .. } if of == id => {
+                    sink.command_ended().map_err(ClientError::LocalOutput)?;
+                    return Ok(status);
+                }
                 Message::StdinAck { id: of, bytes } if of == id => window.release(bytes),
                 Message::Error {
                     fatal: true,

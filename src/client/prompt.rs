@@ -51,22 +51,35 @@ pub enum Line<'a> {
 /// cmd's `/b` is skipped; further arguments are ignored (as dash ignores them).
 pub fn classify(line: &str) -> Line<'_> {
     let line = line.trim();
-    let mut words = line
-        .split_whitespace()
-        .map(|word| word.trim_end_matches(';'));
+    if line.is_empty() {
+        return Line::Empty;
+    }
+    // The first command of the line: `exit 5;echo never` and `exit 3&&echo x` leave there.
+    let first_command = line.split([';', '&', '|']).next().unwrap_or("");
+    let mut words = first_command.split_whitespace();
     match words.next() {
-        None => Line::Empty,
         Some(first) if first.eq_ignore_ascii_case("exit") || first.eq_ignore_ascii_case("quit") => {
             match words
                 .find(|word| !word.eq_ignore_ascii_case("/b"))
-                .filter(|word| !word.is_empty() && !word.starts_with('#'))
+                .filter(|word| !word.starts_with('#'))
             {
                 None => Line::Quit(None),
                 Some(word) => exit_status(word),
             }
         }
-        Some(_) => Line::Command(line),
+        _ => Line::Command(line),
     }
+}
+
+/// What to say of `exit WORD` whose WORD is no status: as dash says it, and a `$` means the word
+/// needed the remote shell to expand it.
+pub fn bad_exit_message(word: &str) -> String {
+    let hint = if word.contains('$') {
+        " (the prompt's exit takes a number or $?)"
+    } else {
+        ""
+    };
+    format!("rcmd: exit: Illegal number: {word}{hint}")
 }
 
 /// What `exit WORD` leaves with: WORD modulo 256 like a shell's status, or the last
@@ -135,7 +148,9 @@ pub fn run_prompt(session: &mut Session, history: Option<PathBuf>) -> Result<i32
             }
             match read {
                 Ok(line) => {
-                    if !line.trim().is_empty() && editor.add_history_entry(line.as_str()).is_ok() {
+                    if !line.trim().is_empty()
+                        && matches!(editor.add_history_entry(line.as_str()), Ok(true))
+                    {
                         // Saved line by line, so that a session ended by a signal (its
                         // terminal window closed) keeps its history, as bash's does.
                         save_history_to(&mut editor, history.as_deref());
@@ -195,13 +210,7 @@ fn handle_line(
             return Ok(ControlFlow::Break(()));
         }
         Line::BadExit(word) => {
-            // Said as dash says it; a `$` means the word needed the remote shell to expand it.
-            let hint = if word.contains('$') {
-                " (the prompt's exit takes a number or $?)"
-            } else {
-                ""
-            };
-            crate::say!("rcmd: exit: Illegal number: {word}{hint}");
+            crate::say!("{}", bad_exit_message(word));
             *last_status = 2;
             return Ok(ControlFlow::Break(()));
         }
@@ -360,6 +369,10 @@ impl OutputSink for LineTrackingSink {
         }
         Ok(())
     }
+
+    fn command_ended(&mut self) -> io::Result<()> {
+        self.inner.command_ended()
+    }
 }
 
 #[cfg(test)]
@@ -372,6 +385,7 @@ mod tests {
         assert_eq!(classify(" exit "), Line::Quit(None));
         assert_eq!(classify("quit"), Line::Quit(None));
         assert_eq!(classify(" ls -la "), Line::Command("ls -la"));
+        assert_eq!(classify("; ls"), Line::Command("; ls"));
     }
 
     #[test]
@@ -394,6 +408,10 @@ mod tests {
         assert_eq!(classify("exit 5; echo never"), Line::Quit(Some(5)));
         assert_eq!(classify("exit;"), Line::Quit(None));
         assert_eq!(classify("exit ;"), Line::Quit(None));
+        assert_eq!(classify("exit;echo never"), Line::Quit(None));
+        assert_eq!(classify("exit 5;echo never"), Line::Quit(Some(5)));
+        assert_eq!(classify("exit 3&&echo x"), Line::Quit(Some(3)));
+        assert_eq!(classify("exit 1 || echo x"), Line::Quit(Some(1)));
         assert_eq!(classify("exit # bye"), Line::Quit(None));
         assert_eq!(classify(r#"exit "3""#), Line::Quit(Some(3)));
         assert_eq!(classify("exit '7'"), Line::Quit(Some(7)));

@@ -49,6 +49,10 @@ impl OutputSink for CountingSink<'_> {
         self.stderr_bytes += bytes.len() as u64;
         Ok(())
     }
+
+    fn command_ended(&mut self) -> io::Result<()> {
+        self.inner.command_ended()
+    }
 }
 
 /// A reader that counts what was read through it. Stdin is forwarded from a thread of its

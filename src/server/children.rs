@@ -35,20 +35,20 @@ pub enum ExitRoute {
 #[derive(Default)]
 pub struct ChildTable {
     owners: HashMap<u32, ConnId>,
-    /// Exits kept for a claim, with the spawner's [`tickets_issued`] when each was reaped:
-    /// only a start with a smaller ticket can claim it.
+    /// Exits kept for a claim, with the spawner's ticket count when each was reaped
+    /// ([`pending_starts`]): only a start with a smaller ticket can claim it.
     ///
-    /// [`tickets_issued`]: super::spawner::Spawner::tickets_issued
+    /// [`pending_starts`]: super::spawner::Spawner::pending_starts
     early_exits: HashMap<u32, (ExitStatus, u64)>,
     unwanted: HashSet<u32>,
 }
 
 impl ChildTable {
-    /// Routes the exit of `pid`, just reaped. `pending_starts`: when the spawner may still
-    /// report children it started, its [`tickets_issued`] now, for an unknown pid may be one of
-    /// those; `None` when no start is outstanding.
+    /// Routes the exit of `pid`, just reaped. `pending_starts`: the spawner's
+    /// [`pending_starts`] now (its ticket count while it may still report children it started,
+    /// for an unknown pid may be one of those; `None` when no start is outstanding).
     ///
-    /// [`tickets_issued`]: super::spawner::Spawner::tickets_issued
+    /// [`pending_starts`]: super::spawner::Spawner::pending_starts
     pub fn exited(
         &mut self,
         pid: u32,

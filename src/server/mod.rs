@@ -674,6 +674,21 @@ impl Server {
         }
     }
 
+    /// Kills the commands the spawner threads have started since their connections went (at
+    /// shutdown, every connection has), unless reaped already.
+    #[cfg(unix)]
+    fn kill_starts_without_owner(&mut self) {
+        for spawned in self.shared.spawner.take_finished() {
+            if let Ok(child) = spawned.result
+                && self.shared.children.disown(child.id())
+            {
+                process::kill_unwanted(child.id());
+            }
+        }
+        let oldest = self.shared.spawner.oldest_outstanding();
+        self.shared.children.forget_unclaimable(oldest);
+    }
+
     /// The end of "exit now" (a second shutdown request): the connections, dropped with the
     /// server, kill their commands; a command the spawner threads are starting at this moment
     /// has no connection any more, so it is waited for briefly and killed here, not left
@@ -683,13 +698,7 @@ impl Server {
         {
             let deadline = Instant::now() + Duration::from_secs(1);
             while self.shared.spawner.in_flight() > 0 && Instant::now() < deadline {
-                for spawned in self.shared.spawner.take_finished() {
-                    if let Ok(child) = spawned.result
-                        && self.shared.children.disown(child.id())
-                    {
-                        process::kill_unwanted(child.id());
-                    }
-                }
+                self.kill_starts_without_owner();
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
@@ -731,18 +740,7 @@ impl Server {
         while pending(&self.shared) && Instant::now() < deadline {
             // Commands still being started when the connections went: kill them on arrival.
             #[cfg(unix)]
-            for spawned in self.shared.spawner.take_finished() {
-                if let Ok(child) = spawned.result
-                    && self.shared.children.disown(child.id())
-                {
-                    process::kill_unwanted(child.id());
-                }
-            }
-            #[cfg(unix)]
-            {
-                let oldest = self.shared.spawner.oldest_outstanding();
-                self.shared.children.forget_unclaimable(oldest);
-            }
+            self.kill_starts_without_owner();
             for event in self.exit_watcher.take_events() {
                 if let ChildEvent::Exited { pid, status } = event {
                     let pending_starts = self.shared.spawner.pending_starts();

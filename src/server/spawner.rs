@@ -125,18 +125,14 @@ impl Spawner {
         self.outstanding.len()
     }
 
-    /// Tickets handed out so far: every start handed to the pool before now has a smaller one.
-    pub fn tickets_issued(&self) -> u64 {
-        self.next_ticket
-    }
-
-    /// [`Self::tickets_issued`] while any start is outstanding (an exit of an unknown pid
-    /// reaped now may be one of them), `None` otherwise.
+    /// While any start is outstanding (an exit of an unknown pid reaped now may be one of
+    /// them), the number of tickets handed out so far: every start handed to the pool before
+    /// now has a smaller one. `None` otherwise.
     pub fn pending_starts(&self) -> Option<u64> {
         (!self.outstanding.is_empty()).then_some(self.next_ticket)
     }
 
-    /// The smallest ticket whose result has not been taken yet, or [`Self::tickets_issued`]
+    /// The smallest ticket whose result has not been taken yet, or the next ticket to hand out
     /// when none is outstanding: every start with a smaller ticket has been reported.
     pub fn oldest_outstanding(&self) -> u64 {
         self.outstanding

@@ -297,7 +297,7 @@ pub fn run_prompt(
             Line::Empty => continue,
             Line::Quit(status) => return Ok(status.unwrap_or(0)),
             Line::BadExit(word) => {
-                writeln!(notes, "rcmd: exit: Illegal number: {word}")
+                writeln!(notes, "{}", prompt::bad_exit_message(word))
                     .map_err(StickyError::LocalIo)?;
                 return Ok(2);
             }
