@@ -260,16 +260,7 @@ impl OutputSink for TerminalSink {
 
     #[cfg(not(unix))]
     fn stdout(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let text = self
-            .out_console
-            .as_mut()
-            .map(|console| console.repair(bytes));
-        let bytes = text.as_ref().map_or(bytes, |text| text.as_bytes());
-        interrupt::write_output(bytes, |part| {
-            let mut out = io::stdout().lock();
-            out.write_all(part)?;
-            out.flush()
-        })
+        write_for_windows(&mut io::stdout().lock(), self.out_console.as_mut(), bytes)
     }
 
     #[cfg(not(unix))]
@@ -286,17 +277,24 @@ impl OutputSink for TerminalSink {
 
     #[cfg(not(unix))]
     fn stderr(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let text = self
-            .err_console
-            .as_mut()
-            .map(|console| console.repair(bytes));
-        let bytes = text.as_ref().map_or(bytes, |text| text.as_bytes());
-        interrupt::write_output(bytes, |part| {
-            let mut err = io::stderr().lock();
-            err.write_all(part)?;
-            err.flush()
-        })
+        write_for_windows(&mut io::stderr().lock(), self.err_console.as_mut(), bytes)
     }
+}
+
+/// Writes output to one of the process's streams on Windows: made UTF-8 first when the stream
+/// is a console (see [`console`]), flushed at once.
+#[cfg(not(unix))]
+fn write_for_windows(
+    out: &mut impl Write,
+    console: Option<&mut console::ConsoleText>,
+    bytes: &[u8],
+) -> io::Result<()> {
+    let text = console.map(|console| console.repair(bytes));
+    let bytes = text.as_ref().map_or(bytes, |text| text.as_bytes());
+    interrupt::write_output(bytes, |part| {
+        out.write_all(part)?;
+        out.flush()
+    })
 }
 
 /// How a command's stdin is fed.
