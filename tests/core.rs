@@ -562,12 +562,12 @@ fn a_reader_that_stops_early_ends_the_client_and_the_remote_command() {
     server.wait_for_log("killed: the client left", Duration::from_secs(5));
 }
 
-/// `rcmd run -- yes` with its stdout and stderr piped to the test.
+/// `rcmd run -- COMMAND` with its stdout and stderr piped to the test.
 #[cfg(unix)]
-fn run_yes_piped(server: &TestServer) -> std::process::Child {
+fn run_piped(server: &TestServer, command: &str) -> std::process::Child {
     server
         .client("run")
-        .args(["--", "yes"])
+        .args(["--", command])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -583,7 +583,7 @@ fn run_yes_piped(server: &TestServer) -> std::process::Child {
 fn ctrl_c_ends_a_client_whose_output_is_stuck() {
     use std::io::Read;
     let server = TestServer::start(&[]);
-    let mut client = run_yes_piped(&server);
+    let mut client = run_piped(&server, "yes");
     // Read a little, then hold the pipe open without reading: the client's writes fill it.
     let mut stdout = client.stdout.take().unwrap();
     let mut first = [0u8; 2];
@@ -607,18 +607,11 @@ fn ctrl_c_ends_a_client_whose_output_is_stuck() {
 fn ctrl_c_with_a_slow_reader_waits_for_the_commands_end() {
     use std::io::Read;
     let server = TestServer::start(&[]);
-    let mut client = server
-        .client("run")
-        .args([
-            "--",
-            // 64 KiB writes, so that the server sends 64 KiB frames.
-            "trap 'echo caught; exit 3' INT; dd if=/dev/zero bs=65536 count=3 2>/dev/null; sleep 30",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // 64 KiB writes, so that the server sends 64 KiB frames.
+    let mut client = run_piped(
+        &server,
+        "trap 'echo caught; exit 3' INT; dd if=/dev/zero bs=65536 count=3 2>/dev/null; sleep 30",
+    );
     let mut stdout = client.stdout.take().unwrap();
     // 5 KiB every quarter second: a 64 KiB frame takes three seconds to go through, one of
     // the client's 16 KiB pieces less than the second that counts as stuck.
@@ -648,7 +641,7 @@ fn a_client_whose_reader_left_ends_as_killed_by_sigpipe() {
     use std::io::Read;
     use std::os::unix::process::ExitStatusExt;
     let server = TestServer::start(&[]);
-    let mut client = run_yes_piped(&server);
+    let mut client = run_piped(&server, "yes");
     let mut first = [0u8; 2];
     client
         .stdout
