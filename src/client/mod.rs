@@ -359,49 +359,9 @@ impl Session {
             next_id: 1,
             peer,
         };
-        let server_nonce = match session.read_frame() {
-            Ok(Frame {
-                message:
-                    Message::Hello {
-                        protocol,
-                        version,
-                        nonce,
-                    },
-                ..
-            }) => {
-                if protocol != PROTOCOL_NAME {
-                    return Err(ClientError::NotRcmd(format!(
-                        "it calls its protocol {protocol:?}"
-                    )));
-                }
-                if version != PROTOCOL_VERSION {
-                    let why = format!("this client speaks protocol version {PROTOCOL_VERSION}");
-                    let _ = session.send(&Message::fatal(ErrorCode::VersionMismatch, why), b"");
-                    return Err(ClientError::VersionMismatch { server: version });
-                }
-                nonce.0
-            }
-            Ok(Frame {
-                message: Message::Error { code, message, .. },
-                ..
-            }) => {
-                return Err(ClientError::Server { code, message });
-            }
-            Ok(other) => {
-                return Err(ClientError::NotRcmd(format!(
-                    "it opened with {}",
-                    other.message.type_name()
-                )));
-            }
-            // The likeliest such server, in a tutorial, is rcmd's own unframed one.
-            Err(ClientError::Protocol(why)) => {
-                return Err(ClientError::NotRcmd(format!(
-                    "{why} (if it is `rcmd serve --framing none`, connect with `--framing none` \
-                     too)"
-                )));
-            }
-            Err(e) => return Err(e),
-        };
+        // The steps of docs/protocol.md §6.1.
+        let server_nonce = session.read_hello()?;
+        // Step 4: prove that we know the secret, bound to both nonces.
         let client_nonce = auth::new_nonce();
         let proof = auth::proof(secret, Role::Client, &server_nonce, &client_nonce);
         let auth = Message::Auth {
@@ -410,28 +370,8 @@ impl Session {
             proof: Bytes32(proof),
         };
         session.send(&auth, b"")?;
-        match session.read_frame()?.message {
-            Message::Welcome { proof } => {
-                if !auth::verify_proof(secret, Role::Server, &server_nonce, &client_nonce, &proof.0)
-                {
-                    return Err(ClientError::ServerNotAuthenticated);
-                }
-            }
-            Message::Error {
-                code: ErrorCode::AuthFailed,
-                ..
-            } => return Err(ClientError::AuthFailed),
-            // Including `version_mismatch`: the server's message names both versions.
-            Message::Error { code, message, .. } => {
-                return Err(ClientError::Server { code, message });
-            }
-            other => {
-                return Err(ClientError::Protocol(format!(
-                    "expected welcome, got {}",
-                    other.type_name()
-                )));
-            }
-        }
+        session.read_welcome(secret, &server_nonce, &client_nonce)?;
+        // Step 7: from here every frame in each direction carries a tag under its session key.
         let keys = SessionKeys::derive(secret, &server_nonce, &client_nonce);
         session
             .sender
@@ -448,6 +388,76 @@ impl Session {
             .map_err(ClientError::Io)?;
         debug!("authenticated to {peer}");
         Ok(session)
+    }
+
+    /// Step 3 of the handshake (docs/protocol.md §6.1): the server's `hello`, checked to be
+    /// rcmd's protocol in this client's version; returns the server's nonce.
+    fn read_hello(&mut self) -> Result<[u8; 32], ClientError> {
+        let first = match self.read_frame() {
+            Ok(frame) => frame.message,
+            // The likeliest such server, in a tutorial, is rcmd's own unframed one.
+            Err(ClientError::Protocol(why)) => {
+                return Err(ClientError::NotRcmd(format!(
+                    "{why} (if it is `rcmd serve --framing none`, connect with `--framing none` \
+                     too)"
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        match first {
+            Message::Hello {
+                protocol,
+                version,
+                nonce,
+            } => {
+                if protocol != PROTOCOL_NAME {
+                    return Err(ClientError::NotRcmd(format!(
+                        "it calls its protocol {protocol:?}"
+                    )));
+                }
+                if version != PROTOCOL_VERSION {
+                    let why = format!("this client speaks protocol version {PROTOCOL_VERSION}");
+                    let _ = self.send(&Message::fatal(ErrorCode::VersionMismatch, why), b"");
+                    return Err(ClientError::VersionMismatch { server: version });
+                }
+                Ok(nonce.0)
+            }
+            // E.g. `too_many_connections`, sent instead of `hello`.
+            Message::Error { code, message, .. } => Err(ClientError::Server { code, message }),
+            other => Err(ClientError::NotRcmd(format!(
+                "it opened with {}",
+                other.type_name()
+            ))),
+        }
+    }
+
+    /// Step 6 of the handshake (after sending `auth`): the server's `welcome`, whose proof
+    /// shows that the server knows the secret too.
+    fn read_welcome(
+        &mut self,
+        secret: &[u8],
+        server_nonce: &[u8; 32],
+        client_nonce: &[u8; 32],
+    ) -> Result<(), ClientError> {
+        match self.read_frame()?.message {
+            Message::Welcome { proof } => {
+                if auth::verify_proof(secret, Role::Server, server_nonce, client_nonce, &proof.0) {
+                    Ok(())
+                } else {
+                    Err(ClientError::ServerNotAuthenticated)
+                }
+            }
+            Message::Error {
+                code: ErrorCode::AuthFailed,
+                ..
+            } => Err(ClientError::AuthFailed),
+            // Including `version_mismatch`: the server's message names both versions.
+            Message::Error { code, message, .. } => Err(ClientError::Server { code, message }),
+            other => Err(ClientError::Protocol(format!(
+                "expected welcome, got {}",
+                other.type_name()
+            ))),
+        }
     }
 
     /// The server's address.

@@ -680,6 +680,8 @@ impl Connection {
         }
     }
 
+    /// Step 5 of the handshake (docs/protocol.md §6.1): checks the client's `auth` and answers
+    /// with `welcome`, or a fatal error.
     fn authenticate(
         &mut self,
         version: u32,
