@@ -39,12 +39,12 @@ use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
-use super::ServerConfig;
 use super::builtins;
 use super::children::ChildTable;
 use super::deadlines::{DeadlineKind, Deadlines};
 use super::process::{ChildProcess, OutputStream, PipeTokens};
 use super::spawner::{SpawnRequest, Spawner, Start};
+use super::{Limits, ServerConfig};
 use crate::auth::{self, FrameMac, Role, SessionKeys};
 use crate::logging::Quoted;
 use crate::output::StreamDecoder;
@@ -741,26 +741,7 @@ impl Connection {
             let why = format!("command {} is still running", command.id);
             return self.send(&Message::command_error(id, ErrorCode::Busy, why), b"");
         }
-        let limits = &ctx.config.limits;
-        let refusal = match String::from_utf8(body) {
-            Err(_) => Err((
-                ErrorCode::BadCommand,
-                "the command is not valid UTF-8".to_owned(),
-            )),
-            Ok(command) if command.len() > limits.max_command_len => Err((
-                ErrorCode::CommandTooLong,
-                format!(
-                    "the command is {} bytes; the limit is {}",
-                    command.len(),
-                    limits.max_command_len
-                ),
-            )),
-            Ok(command) if command.trim().is_empty() => {
-                Err((ErrorCode::EmptyCommand, "the command is empty".to_owned()))
-            }
-            Ok(command) => Ok(command),
-        };
-        let command = match refusal {
+        let command = match check_command(body, &ctx.config.limits) {
             Ok(command) => command,
             Err((code, why)) => {
                 info!("{}: refused command {id}: {why}", self.peer);
@@ -789,14 +770,7 @@ impl Connection {
                 None
             }
         };
-        let requested = timeout_secs
-            .filter(|&secs| secs > 0)
-            .map(Duration::from_secs);
-        let timeout = match (requested, limits.command_timeout) {
-            (Some(asked), Some(max)) => Some(asked.min(max)),
-            (asked, max) => asked.or(max),
-        };
-        if let Some(timeout) = timeout {
+        if let Some(timeout) = command_timeout(timeout_secs, ctx.config.limits.command_timeout) {
             ctx.deadlines
                 .schedule_after(ctx.now, timeout, self.id, DeadlineKind::Command(serial));
         }
@@ -1137,5 +1111,69 @@ impl Connection {
             self.outbound = Vec::new();
         }
         Ok(written > 0)
+    }
+}
+
+/// The command text of an `exec` body, or why it is refused (docs/protocol.md §7.1).
+fn check_command(body: Vec<u8>, limits: &Limits) -> Result<String, (ErrorCode, String)> {
+    let Ok(command) = String::from_utf8(body) else {
+        return Err((
+            ErrorCode::BadCommand,
+            "the command is not valid UTF-8".to_owned(),
+        ));
+    };
+    if command.len() > limits.max_command_len {
+        let why = format!(
+            "the command is {} bytes; the limit is {}",
+            command.len(),
+            limits.max_command_len
+        );
+        return Err((ErrorCode::CommandTooLong, why));
+    }
+    if command.trim().is_empty() {
+        return Err((ErrorCode::EmptyCommand, "the command is empty".to_owned()));
+    }
+    Ok(command)
+}
+
+/// A command's time limit: the one the client asked for (0 or none: no limit of its own),
+/// capped by the server's `--command-timeout`.
+fn command_timeout(asked_secs: Option<u64>, server_max: Option<Duration>) -> Option<Duration> {
+    let asked = asked_secs.filter(|&secs| secs > 0).map(Duration::from_secs);
+    match (asked, server_max) {
+        (Some(asked), Some(max)) => Some(asked.min(max)),
+        (asked, max) => asked.or(max),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_gets_the_shorter_of_its_own_and_the_servers_time_limit() {
+        let secs = Duration::from_secs;
+        assert_eq!(command_timeout(None, None), None);
+        assert_eq!(command_timeout(Some(0), None), None);
+        assert_eq!(command_timeout(Some(5), None), Some(secs(5)));
+        assert_eq!(command_timeout(None, Some(secs(60))), Some(secs(60)));
+        assert_eq!(command_timeout(Some(0), Some(secs(60))), Some(secs(60)));
+        assert_eq!(command_timeout(Some(5), Some(secs(60))), Some(secs(5)));
+        assert_eq!(command_timeout(Some(600), Some(secs(60))), Some(secs(60)));
+    }
+
+    #[test]
+    fn commands_are_refused_for_bad_utf8_length_and_emptiness_in_that_order() {
+        let limits = Limits {
+            max_command_len: 8,
+            ..Limits::default()
+        };
+        let code = |body: &[u8]| check_command(body.to_vec(), &limits).map_err(|(code, _)| code);
+        assert_eq!(code(b"ls"), Ok("ls".to_owned()));
+        assert_eq!(code(b"\xff ls"), Err(ErrorCode::BadCommand));
+        assert_eq!(code(b"echo 123456"), Err(ErrorCode::CommandTooLong));
+        assert_eq!(code(b"         "), Err(ErrorCode::CommandTooLong));
+        assert_eq!(code(b" \t\n"), Err(ErrorCode::EmptyCommand));
+        assert_eq!(code(b""), Err(ErrorCode::EmptyCommand));
     }
 }
