@@ -646,6 +646,12 @@ class SelfTest:
             "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
         assert blake3(b"abc").hex() == \
             "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
+        # §13's BLAKE3-only vectors: one chunk, one byte over, a tree of 100 chunks.
+        for n, digest in [
+                (1024, "42214739f095a406f3fc83deb889744ac00df831c10daa55189b5d121c855af7"),
+                (1025, "d00278ae47eb27b34faecf67b4fe263f82d5412916c1ffd97c8cb7fb814b8444"),
+                (102400, "bc3e3d41a1146b069abffad3c0d44860cf664390afce4d9661f7902e7943e085")]:
+            assert blake3(bytes(i % 251 for i in range(n))).hex() == digest, n
 
     def t_vectors(self):
         s = b"0123456789abcdef0123456789abcdef"

@@ -304,6 +304,29 @@ mod tests {
             to_hex(&server.tag(&long)),
             "d1da343d7014428f6f2aab1d549f00fbde6e192947c965d27b3566cac13c9a0a"
         );
+        // BLAKE3 alone at the chunk boundary and over a deep tree (the BLAKE3 project's own
+        // inputs: byte i is i mod 251), for checking a hand-written BLAKE3 (§13).
+        for (len, digest) in [
+            (
+                1024,
+                "42214739f095a406f3fc83deb889744ac00df831c10daa55189b5d121c855af7",
+            ),
+            (
+                1025,
+                "d00278ae47eb27b34faecf67b4fe263f82d5412916c1ffd97c8cb7fb814b8444",
+            ),
+            (
+                102_400,
+                "bc3e3d41a1146b069abffad3c0d44860cf664390afce4d9661f7902e7943e085",
+            ),
+        ] {
+            let input: Vec<u8> = (0..len).map(|i: u32| (i % 251) as u8).collect();
+            assert_eq!(
+                blake3::hash(&input).to_hex().as_str(),
+                digest,
+                "{len} bytes"
+            );
+        }
     }
 
     #[test]

@@ -465,6 +465,25 @@ mod tests {
                 duration_ms: 7
             }
         );
+        // §5.11: the field of the reason is required, a field of another reason is ignored.
+        for missing in [
+            r#"{"type":"exit","id":1,"reason":"exited","duration_ms":3}"#,
+            r#"{"type":"exit","id":1,"reason":"signaled","code":0,"duration_ms":3}"#,
+            r#"{"type":"exit","id":1,"reason":"crashed","code":0,"duration_ms":3}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<Message>(missing).is_err(),
+                "{missing}"
+            );
+        }
+        let extra = r#"{"type":"exit","id":1,"reason":"timed_out","code":0,"duration_ms":3}"#;
+        assert!(matches!(
+            serde_json::from_str::<Message>(extra),
+            Ok(Message::Exit {
+                status: ExitStatus::TimedOut,
+                ..
+            })
+        ));
     }
 
     #[test]
