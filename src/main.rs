@@ -112,7 +112,8 @@ struct ServeArgs {
     /// Connections served at once (at least 1).
     #[arg(long, value_name = "N", default_value_t = 4096, value_parser = at_least_one::<usize>)]
     max_connections: usize,
-    /// Connections allowed to be in the handshake at once (at least 1).
+    /// Connections allowed at once that have not authenticated, in the handshake or being
+    /// closed after failing it (at least 1).
     #[arg(long, value_name = "N", default_value_t = 128, value_parser = at_least_one::<usize>)]
     max_handshakes: usize,
     /// Longest command accepted, in bytes.

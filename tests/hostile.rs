@@ -603,6 +603,41 @@ fn nothing_a_client_sends_can_forge_a_line_in_the_servers_log() {
     );
 }
 
+#[test]
+fn a_clients_error_message_is_clipped_in_the_log() {
+    // Before authenticating, a peer could write 16 KiB of log per connection with one `error`
+    // frame; after it, one per frame. Either way the log keeps the first 200 bytes.
+    let target = Target::start(&[]);
+    let long_message = format!("{}{}", "x".repeat(300), "y".repeat(15_000));
+    let mut early = RawClient::connect(target.server.addr);
+    early.read_hello();
+    early
+        .send_raw(&encode_untagged(
+            &Message::fatal(ErrorCode::VersionMismatch, long_message.clone()),
+            b"",
+        ))
+        .unwrap();
+    early.expect_closed(WAIT);
+    let mut late = RawClient::authenticated(target.server.addr, &target.secret);
+    late.send(&Message::fatal(ErrorCode::Unknown, long_message), b"")
+        .unwrap();
+    late.expect_closed(WAIT);
+    target.server.wait_for_log("client reports unknown", WAIT);
+    let log = target.server.log();
+    let reports: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("client reports"))
+        .collect();
+    assert_eq!(reports.len(), 2, "{log}");
+    for line in reports {
+        assert!(line.len() < 400, "{} bytes: {line}", line.len());
+        assert!(
+            line.contains(&"x".repeat(190)) && !line.contains('y'),
+            "{line}"
+        );
+    }
+}
+
 /// An authenticated client that floods frames needing no reply (`stdin_close` for no command)
 /// does not keep the event loop to itself: another client connects, authenticates and runs a
 /// command while the flood is still being read. (Each connection gets a bounded share of a

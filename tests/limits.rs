@@ -106,6 +106,65 @@ fn login_grace_timeout_frees_the_only_handshake_slot_for_a_later_client() {
 }
 
 #[test]
+fn failed_handshakes_hold_their_slot_until_closed_so_they_cannot_fill_the_server() {
+    // A peer that fails the handshake on purpose and never closes leaves a connection in its
+    // closing grace (2 s). Those must count against --max-handshakes, as sshd's MaxStartups
+    // counts unauthenticated connections, or repeating it fills --max-connections.
+    let server = TestServer::start(&["--max-connections", "40", "--max-handshakes", "3"]);
+    let secret = load_secret(&server.secret.path);
+    let mut user = RawClient::authenticated(server.addr, &secret);
+    let wrong = b"not the secret".to_vec();
+    let started = Instant::now();
+    let (mut lingering, mut hellos, mut refused) = (Vec::new(), 0, 0);
+    for _ in 0..20 {
+        let mut attacker = RawClient::connect(server.addr);
+        match attacker.read_frame(WAIT) {
+            Ok(Frame {
+                message: Message::Hello { nonce, .. },
+                ..
+            }) => {
+                hellos += 1;
+                let (auth, _) = RawClient::auth_frame(&wrong, &nonce.0);
+                attacker.send_raw(&auth).unwrap();
+                match attacker.read_frame(WAIT) {
+                    Ok(Frame {
+                        message: Message::Error { code, .. },
+                        ..
+                    }) => assert_eq!(code, ErrorCode::AuthFailed),
+                    other => panic!("expected auth_failed, got {other:?}"),
+                }
+            }
+            Ok(Frame {
+                message: Message::Error { code, .. },
+                ..
+            }) => {
+                assert_eq!(code, ErrorCode::TooManyConnections);
+                refused += 1;
+            }
+            other => panic!("expected hello or too_many_connections, got {other:?}"),
+        }
+        // Never closed by us: the server's closing grace is all that ends it.
+        lingering.push(attacker);
+    }
+    if started.elapsed() < Duration::from_millis(1500) {
+        // All within one closing grace: exactly the three slots were ever handed out.
+        assert_eq!((hellos, refused), (3, 17));
+    } else {
+        // A slow machine: slots came free as the grace ran out, but far fewer than 20.
+        assert!(hellos < 20, "{hellos} attackers got in");
+    }
+    // The authenticated user was not affected, and a new client gets in once the failed
+    // connections are gone.
+    let (out, _, status) = user.run("echo still here", None);
+    assert_eq!(
+        (out, status),
+        (b"still here\n".to_vec(), ExitStatus::Exited { code: 0 })
+    );
+    drop(lingering);
+    assert!(eventually(WAIT, || server.run("true").status.success()));
+}
+
+#[test]
 fn past_the_connection_cap_new_clients_are_refused_and_old_ones_served() {
     let server = TestServer::start(&["--max-connections", "3"]);
     let secret = load_secret(&server.secret.path);

@@ -49,7 +49,7 @@ use crate::auth::{self, FrameMac, Role, SessionKeys};
 use crate::logging::Quoted;
 use crate::output::StreamDecoder;
 use crate::protocol::frame::MAX_CHUNK;
-use crate::protocol::message::{Bytes32, PROTOCOL_NAME, STDIN_WINDOW};
+use crate::protocol::message::{Bytes32, PROTOCOL_NAME, STDIN_WINDOW, clip};
 use crate::protocol::{
     ErrorCode, ExitStatus, Frame, FrameDecoder, FrameEncoder, Message, PROTOCOL_VERSION, SignalName,
 };
@@ -73,6 +73,10 @@ const CLOSING_GRACE: Duration = Duration::from_secs(2);
 const MAX_ROUNDS: usize = 16;
 /// Client frames handled per round, so that a turn's work is bounded however small the frames.
 const FRAMES_PER_ROUND: usize = 64;
+/// How much of a client's `error` message goes into the log. The message is the client's own
+/// text, up to a 16 KiB header of it; unclipped, anyone able to connect could write 16 KiB of
+/// log per connection without ever authenticating.
+const LOGGED_CLIENT_MESSAGE_LEN: usize = 200;
 
 /// What each token of a connection refers to. A token is `conn_id << 2 | slot`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,6 +229,11 @@ pub struct Connection {
     /// Commands spawned so far: each command's serial number, for its deadline.
     commands_started: u64,
     last_activity: Instant,
+    /// The client proved it knows the secret. Until then the connection takes one of the
+    /// server's `--max-handshakes` slots, also while it is being closed after a failed
+    /// handshake: otherwise failing the handshake on purpose, over and over, would fill the
+    /// server with unauthenticated connections lingering in their closing grace.
+    authenticated: bool,
 }
 
 impl Connection {
@@ -245,6 +254,7 @@ impl Connection {
             socket_ready: true,
             commands_started: 0,
             last_activity: ctx.now,
+            authenticated: false,
         };
         let hello = Message::Hello {
             protocol: PROTOCOL_NAME.to_owned(),
@@ -266,9 +276,15 @@ impl Connection {
         self.peer
     }
 
-    /// Whether the client has not yet proven it knows the secret.
+    /// Whether the connection is waiting for the client's `auth`.
     pub fn is_handshaking(&self) -> bool {
         matches!(self.state, State::Handshake { .. })
+    }
+
+    /// Whether the connection counts against `--max-handshakes`: it never authenticated,
+    /// whether it is still in the handshake or being closed after failing it.
+    pub fn holds_handshake_slot(&self) -> bool {
+        !self.authenticated
     }
 
     /// Whether the command with this serial number (see [`DeadlineKind::Command`]) is running.
@@ -594,7 +610,7 @@ impl Connection {
                     "{}: client reports {} during the handshake: {}",
                     self.peer,
                     code.as_str(),
-                    Quoted(&message)
+                    Quoted(&clip(message, LOGGED_CLIENT_MESSAGE_LEN))
                 );
                 self.start_closing(ctx);
             }
@@ -632,7 +648,7 @@ impl Connection {
                     "{}: client reports {}: {}",
                     self.peer,
                     code.as_str(),
-                    Quoted(&message)
+                    Quoted(&clip(message, LOGGED_CLIENT_MESSAGE_LEN))
                 );
                 if fatal {
                     self.start_closing(ctx);
@@ -722,6 +738,7 @@ impl Connection {
         self.decoder
             .start_verifying(FrameMac::new(&keys.client_to_server));
         self.state = State::Ready;
+        self.authenticated = true;
         info!("{}: authenticated", self.peer);
         if let Some(idle) = ctx.config.limits.idle_timeout {
             ctx.deadlines

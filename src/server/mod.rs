@@ -65,7 +65,8 @@ pub struct Limits {
     pub command_timeout: Option<Duration>,
     /// Connections served at once.
     pub max_connections: usize,
-    /// Connections still in the handshake at once (like sshd's MaxStartups).
+    /// Connections not authenticated at once: in the handshake, or being closed after failing
+    /// it (like sshd's MaxStartups).
     pub max_handshakes: usize,
     /// Longest command accepted, in bytes.
     pub max_command_len: usize,
@@ -110,6 +111,8 @@ pub struct Server {
     local_addr: SocketAddr,
     connections: HashMap<ConnId, Connection>,
     next_id: ConnId,
+    /// Connections that have not authenticated (still in the handshake, or being closed after
+    /// failing it): the number `--max-handshakes` caps.
     handshaking: usize,
     exit_watcher: ExitWatcher,
     #[cfg(unix)]
@@ -409,10 +412,10 @@ impl Server {
         let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
-        let held_slot = connection.is_handshaking();
+        let held_slot = connection.holds_handshake_slot();
         let mut ctx = Self::context(self.poll.registry(), &mut self.shared, now);
         let outcome = connection.drive(&mut ctx);
-        if held_slot && !connection.is_handshaking() {
+        if held_slot && !connection.holds_handshake_slot() {
             self.handshaking -= 1;
         }
         if outcome != Drive::Closed && connection.sync_interest(self.poll.registry()).is_err() {
@@ -427,7 +430,7 @@ impl Server {
 
     fn close(&mut self, id: ConnId) {
         if let Some(mut connection) = self.connections.remove(&id) {
-            if connection.is_handshaking() {
+            if connection.holds_handshake_slot() {
                 self.handshaking -= 1;
             }
             let _ = self.poll.registry().deregister(connection.socket_mut());
@@ -585,14 +588,10 @@ impl Server {
             let Some(connection) = self.connections.get_mut(&id) else {
                 continue;
             };
-            let held_slot = connection.is_handshaking();
             let mut ctx = Self::context(self.poll.registry(), &mut self.shared, now);
+            // A connection dropped at the handshake deadline keeps its handshake slot until
+            // it is closed, at most the closing grace later (see `holds_handshake_slot`).
             let close_now = connection.on_deadline(kind, &mut ctx);
-            if held_slot && !connection.is_handshaking() {
-                // Dropped at the handshake deadline: its slot is free for a new client now,
-                // not only once the goodbye has been flushed.
-                self.handshaking -= 1;
-            }
             if close_now {
                 self.close(id);
             } else {
