@@ -8,7 +8,8 @@
 //! elsewhere (the flag wins). To use rcmd across machines, copy the file.
 //!
 //! The key is the file's content without surrounding whitespace: `rcmd keygen` writes 32 random
-//! bytes as 64 hex digits, but any text of at least [`MIN_SECRET_LEN`] bytes works.
+//! bytes as 64 hex digits, but any text of at least [`MIN_SECRET_LEN`] bytes (and at most
+//! [`MAX_SECRET_FILE_LEN`]) works.
 
 use std::fmt;
 use std::fs;
@@ -23,6 +24,10 @@ use crate::protocol::message::to_hex;
 /// Environment variable naming the secret file.
 pub const SECRET_FILE_ENV: &str = "RCMD_SECRET_FILE";
 
+/// The largest secret file read. Far more than any secret needs; it stops a file that never
+/// ends (a link to /dev/zero) from filling memory.
+pub const MAX_SECRET_FILE_LEN: u64 = 64 * 1024;
+
 /// Why the secret could not be had.
 #[derive(Debug)]
 pub enum SecretError {
@@ -32,6 +37,10 @@ pub enum SecretError {
     Missing(PathBuf),
     /// The file is there but shorter than [`MIN_SECRET_LEN`] bytes.
     TooShort(PathBuf),
+    /// The file is longer than [`MAX_SECRET_FILE_LEN`] bytes.
+    TooLong(PathBuf),
+    /// The server's secret file is not a regular file (a FIFO, a device, a directory).
+    NotAFile(PathBuf),
     /// `keygen` would overwrite an existing file.
     Exists(PathBuf),
     /// The server's secret file can be read by every user of the machine, or changed by users
@@ -62,6 +71,18 @@ impl fmt::Display for SecretError {
                     path.display()
                 )
             }
+            SecretError::TooLong(path) => write!(
+                f,
+                "the secret file {} is longer than {MAX_SECRET_FILE_LEN} bytes; a secret is a \
+                 short line of text (`rcmd keygen` writes 64 hex digits)",
+                path.display()
+            ),
+            SecretError::NotAFile(path) => write!(
+                f,
+                "the secret file {} is not a regular file; a server reads its secret from a \
+                 file (a pipe or device could stall it when SIGHUP reads it again)",
+                path.display()
+            ),
             SecretError::Exists(path) => {
                 write!(
                     f,
@@ -124,24 +145,33 @@ fn named_path(flag: Option<&Path>) -> Option<PathBuf> {
 /// # Errors
 /// The file is missing, unreadable or too short.
 pub fn load(path: &Path) -> Result<Vec<u8>, SecretError> {
-    load_checked(path, |_| Ok(()))
+    // A client may read its secret from a pipe (`--secret-file <(pass show rcmd)`): a
+    // blocking open waits for the writer as a reader of a pipe should.
+    load_checked(path, |path| fs::File::open(path), |_| Ok(()))
 }
 
-/// Opens `path`, lets `check` judge the open file's metadata, then reads the secret from that
-/// same file: what was checked is what is read, even if the path is swapped meanwhile.
+/// Opens `path` with `open`, lets `check` judge the open file's metadata, then reads the secret
+/// from that same file: what was checked is what is read, even if the path is swapped
+/// meanwhile.
 fn load_checked(
     path: &Path,
+    open: impl FnOnce(&Path) -> io::Result<fs::File>,
     check: impl FnOnce(&fs::Metadata) -> Result<(), SecretError>,
 ) -> Result<Vec<u8>, SecretError> {
     let io_error = |e: io::Error| match e.kind() {
         io::ErrorKind::NotFound => SecretError::Missing(path.to_path_buf()),
         _ => SecretError::Io(path.to_path_buf(), e),
     };
-    let mut file = fs::File::open(path).map_err(io_error)?;
+    let file = open(path).map_err(io_error)?;
     let meta = file.metadata().map_err(io_error)?;
     check(&meta)?;
     let mut content = Vec::new();
-    file.read_to_end(&mut content).map_err(io_error)?;
+    file.take(MAX_SECRET_FILE_LEN + 1)
+        .read_to_end(&mut content)
+        .map_err(io_error)?;
+    if content.len() as u64 > MAX_SECRET_FILE_LEN {
+        return Err(SecretError::TooLong(path.to_path_buf()));
+    }
     let secret = content.trim_ascii().to_vec();
     if secret.len() < MIN_SECRET_LEN {
         return Err(SecretError::TooShort(path.to_path_buf()));
@@ -159,23 +189,39 @@ pub fn named(flag: Option<&Path>) -> bool {
 /// Reads the secret for a server, which is stricter than a client: a file every user of the
 /// machine can read, or that its group or everyone can write, is refused, as `sshd` refuses
 /// such key files, because they could then run commands as the server's user. (Group read
-/// only gets the warning: a service's group may be meant to read it.)
+/// only gets the warning: a service's group may be meant to read it.) It must be a regular
+/// file: the server reads it again on SIGHUP, on its event loop, where a FIFO waiting for a
+/// writer would stop every connection.
 ///
 /// # Errors
-/// As [`load`], and [`SecretError::OpenToOthers`].
+/// As [`load`], and [`SecretError::OpenToOthers`], [`SecretError::NotAFile`].
 pub fn load_for_server(path: &Path) -> Result<Vec<u8>, SecretError> {
-    load_checked(path, |meta| {
+    load_checked(path, open_without_waiting, |meta| {
+        if !meta.is_file() {
+            return Err(SecretError::NotAFile(path.to_path_buf()));
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            if meta.is_file() && meta.permissions().mode() & 0o026 != 0 {
+            if meta.permissions().mode() & 0o026 != 0 {
                 return Err(SecretError::OpenToOthers(path.to_path_buf()));
             }
         }
-        #[cfg(not(unix))]
-        let _ = meta;
         Ok(())
     })
+}
+
+/// Opens for reading without waiting: opening a FIFO blocks until a writer comes, unless
+/// non-blocking. (A regular file, the only kind then accepted, ignores the flag.)
+fn open_without_waiting(path: &Path) -> io::Result<fs::File> {
+    let mut options = fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    options.open(path)
 }
 
 /// Reads the secret, first creating the file with a new random secret if it does not exist.
@@ -354,6 +400,29 @@ mod tests {
             let error = generate(dir.path(), force).unwrap_err().to_string();
             assert!(error.ends_with("it is a directory; name a file"), "{error}");
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_server_refuses_a_fifo_or_device_at_once_and_anyone_an_endless_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // No writer ever comes: a blocking open would wait forever.
+        assert!(matches!(
+            load_for_server(&fifo),
+            Err(SecretError::NotAFile(_))
+        ));
+        let zero = Path::new("/dev/zero");
+        assert!(matches!(
+            load_for_server(zero),
+            Err(SecretError::NotAFile(_))
+        ));
+        assert!(matches!(load(zero), Err(SecretError::TooLong(_))));
     }
 
     #[test]
