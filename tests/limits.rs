@@ -165,6 +165,41 @@ fn failed_handshakes_hold_their_slot_until_closed_so_they_cannot_fill_the_server
 }
 
 #[test]
+fn connections_idle_after_sending_stdin_give_their_buffers_back() {
+    // A connection that has streamed stdin (64 KiB frames) and gone back to the prompt should
+    // cost what a fresh one does, not keep a receive buffer sized for the stream.
+    const CLIENTS: u64 = 100;
+    let server = TestServer::start(&[]);
+    let secret = load_secret(&server.secret.path);
+    let pid = server.pid();
+    assert!(server.run("true").status.success());
+    let before = rss_kib(pid);
+    let chunk = vec![b'z'; 60 * 1024];
+    let mut idle = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut client = RawClient::authenticated(server.addr, &secret);
+        let id = client.exec_with_stdin("cat >/dev/null");
+        // 240 KiB, within the 256 KiB window, so no acknowledgement needs waiting for.
+        for _ in 0..4 {
+            client.send_stdin(id, &chunk).unwrap();
+        }
+        client.send(&Message::StdinClose { id }, b"").unwrap();
+        let (_, _, status) = client.collect(id, WAIT);
+        assert_eq!(status, ExitStatus::Exited { code: 0 });
+        idle.push(client);
+    }
+    let after = rss_kib(pid);
+    let per_connection = after.saturating_sub(before) / CLIENTS;
+    eprintln!(
+        "server RSS {before} KiB -> {after} KiB with {CLIENTS} idle: {per_connection} KiB each"
+    );
+    assert!(
+        per_connection < 32,
+        "{per_connection} KiB per idle connection ({before} -> {after} KiB)"
+    );
+}
+
+#[test]
 fn past_the_connection_cap_new_clients_are_refused_and_old_ones_served() {
     let server = TestServer::start(&["--max-connections", "3"]);
     let secret = load_secret(&server.secret.path);

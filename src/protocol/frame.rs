@@ -319,6 +319,15 @@ impl FrameDecoder {
         }
     }
 
+    /// Frees the buffer if it is larger than `keep` bytes and holds nothing unread. For a
+    /// receiver going idle: a buffer that grew for a stream of large frames (stdin, 64 KiB
+    /// each) is otherwise kept for the connection's life, 128 KiB or more per idle connection.
+    pub fn release_idle_buffer(&mut self, keep: usize) {
+        if self.start == self.end && self.buf.len() > keep {
+            (self.buf, self.start, self.end) = (Vec::new(), 0, 0);
+        }
+    }
+
     /// Bytes received but not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.end - self.start
@@ -555,6 +564,27 @@ mod tests {
         let mut decoder = FrameDecoder::default();
         decoder.feed(bytes);
         decoder.next_frame()
+    }
+
+    #[test]
+    fn an_idle_buffer_is_released_only_when_nothing_is_left_unread() {
+        let big = encode(&Message::Stdin { id: 1 }, &[7; 60 * 1024]);
+        let mut decoder = FrameDecoder::default();
+        decoder.feed(&big);
+        decoder.feed(&big[..100]); // the next frame, cut short
+        assert_eq!(decoder.next_frame().unwrap().unwrap().body.len(), 60 * 1024);
+        decoder.release_idle_buffer(4096);
+        assert!(
+            decoder.buf.len() > 4096,
+            "bytes of the next frame were unread"
+        );
+        decoder.feed(&big[100..]);
+        assert_eq!(decoder.next_frame().unwrap().unwrap().body.len(), 60 * 1024);
+        decoder.release_idle_buffer(4096);
+        assert!(decoder.buf.is_empty());
+        // And it goes on decoding from nothing.
+        decoder.feed(&big);
+        assert_eq!(decoder.next_frame().unwrap().unwrap().body.len(), 60 * 1024);
     }
 
     #[test]

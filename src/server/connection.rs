@@ -1120,14 +1120,20 @@ impl Connection {
             }
         }
         self.outbound.drain(..written);
-        if self.outbound.is_empty()
-            && self.outbound.capacity() > 4096
-            && !matches!(self.state, State::Running(_))
-        {
-            // A connection waiting at the prompt should not keep a streaming-sized buffer.
-            self.outbound = Vec::new();
+        if !matches!(self.state, State::Running(_)) {
+            self.release_streaming_buffers();
         }
         Ok(written > 0)
+    }
+
+    /// A connection waiting at the prompt should not keep buffers sized for streaming output
+    /// out or stdin in: thousands of idle connections would each hold a few hundred KiB.
+    fn release_streaming_buffers(&mut self) {
+        const KEEP: usize = 4096;
+        if self.outbound.is_empty() && self.outbound.capacity() > KEEP {
+            self.outbound = Vec::new();
+        }
+        self.decoder.release_idle_buffer(KEEP);
     }
 }
 
