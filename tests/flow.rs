@@ -116,6 +116,31 @@ fn an_absurd_timeout_does_not_crash_the_server() {
     assert!(server.run("true").status.success());
 }
 
+/// A command that stopped itself still ends on Ctrl-C (INT) or TERM: the server continues
+/// the group after delivering them, as bash's `kill` does for a stopped job.
+#[cfg(unix)]
+#[test]
+fn a_stopped_command_ends_on_int_and_term() {
+    let server = TestServer::start(&[]);
+    let secret = load_secret(&server.secret.path);
+    let mut client = RawClient::authenticated(server.addr, &secret);
+    for (signal, number) in [(SignalName::Int, 2), (SignalName::Term, 15)] {
+        let marker = unique_marker("stopped");
+        let command = format!(": {marker}; kill -STOP $$; echo resumed");
+        let id = client.exec_full(command.as_bytes(), false, None);
+        assert!(
+            eventually(Duration::from_secs(10), || processes_matching(&marker)
+                .into_iter()
+                .any(|pid| proc_stat(pid).is_some_and(|stat| stat.state == 'T'))),
+            "the command did not stop"
+        );
+        client.send(&Message::Signal { id, signal }, b"").unwrap();
+        let (out, _, status) = client.collect(id, Duration::from_secs(10));
+        assert_eq!(status, ExitStatus::Signaled { signal: number });
+        assert_eq!(out, b"", "it must end, not resume");
+    }
+}
+
 /// A `signal` for a command is delivered even while a lot of its output waits for the client.
 #[test]
 fn a_signal_gets_through_while_output_is_backed_up() {

@@ -236,6 +236,11 @@ impl ChildProcess {
 
     /// Delivers `signal` to the command's whole process group.
     ///
+    /// INT and TERM are followed by SIGCONT, as bash's `kill` does for a stopped job: a
+    /// process stopped (`kill -STOP $$`, SIGTSTP) would otherwise hold them pending and go on
+    /// waiting, and the client's Ctrl-C would do nothing until the command timeout. To a
+    /// process that is running, SIGCONT changes nothing.
+    ///
     /// Only call this before the child has been reaped: until then its pid (and so its group
     /// id) cannot be reused by an unrelated process.
     pub fn signal(&self, signal: SignalName) {
@@ -245,6 +250,9 @@ impl ChildProcess {
             SignalName::Kill => libc::SIGKILL,
         };
         kill_group(self.pid, number);
+        if number != libc::SIGKILL {
+            kill_group(self.pid, libc::SIGCONT);
+        }
     }
 
     /// Kills the command and everything it started in its process group.
