@@ -362,7 +362,7 @@ pub fn resolve_cd(
             // Canonical, so `cd ..` twice climbs two levels and `pwd` shows a clean path.
             let canonical = wanted
                 .canonicalize()
-                .map_err(|e| format!("cd: {shown}: {e}"))?;
+                .map_err(|e| format!("cd: {shown}: {}", as_a_shell_says(&e)))?;
             let usable = if cfg!(windows) {
                 canonical.to_str().and_then(without_verbatim_prefix)
             } else {
@@ -374,7 +374,17 @@ pub fn resolve_cd(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             Err(format!("cd: {shown}: No such file or directory"))
         }
-        Err(e) => Err(format!("cd: {shown}: {e}")),
+        Err(e) => Err(format!("cd: {shown}: {}", as_a_shell_says(&e))),
+    }
+}
+
+/// An error as a shell's `cd` words it: "Permission denied", without the " (os error 13)"
+/// that Rust adds.
+fn as_a_shell_says(error: &std::io::Error) -> String {
+    let text = error.to_string();
+    match text.rfind(" (os error ") {
+        Some(at) if text.ends_with(')') => text[..at].to_owned(),
+        _ => text,
     }
 }
 
@@ -413,6 +423,21 @@ mod tests {
             _ => return None,
         };
         Some(value.into())
+    }
+
+    #[test]
+    fn errors_are_worded_as_a_shell_words_them() {
+        let denied = std::io::Error::from_raw_os_error(13);
+        let rust_says = denied.to_string();
+        assert!(rust_says.ends_with(" (os error 13)"), "{rust_says}");
+        assert_eq!(
+            as_a_shell_says(&denied),
+            rust_says.trim_end_matches(" (os error 13)")
+        );
+        #[cfg(unix)]
+        assert_eq!(as_a_shell_says(&denied), "Permission denied");
+        let custom = std::io::Error::other("something odd");
+        assert_eq!(as_a_shell_says(&custom), "something odd");
     }
 
     fn sh(command: &str) -> Option<CdTarget> {
