@@ -461,6 +461,9 @@ fn say_secret_created(path: &Path) {
 
 fn load_or_create_secret(flag: Option<&Path>) -> Result<Vec<u8>, secret::SecretError> {
     let path = secret::resolve_path(flag)?;
+    if secret::named(flag) && !path.exists() {
+        secret::require_existing_directory(&path)?;
+    }
     let (secret, created) = secret::load_or_create(&path)?;
     if created {
         say_secret_created(&path);
@@ -638,6 +641,12 @@ fn keygen(args: KeygenArgs) -> u8 {
         Ok(path) => path,
         Err(e) => return fail(EXIT_FAILURE, e),
     };
+    let flag = args.secret.secret_file.as_deref();
+    if secret::named(flag)
+        && let Err(e) = secret::require_existing_directory(&path)
+    {
+        return fail(EXIT_FAILURE, e);
+    }
     match secret::generate(&path, args.force) {
         Ok(()) => {
             say_out!("wrote a new secret to {}", path.display());

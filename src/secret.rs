@@ -41,6 +41,8 @@ pub enum SecretError {
     TooLong(PathBuf),
     /// The server's secret file is not a regular file (a FIFO, a device, a directory).
     NotAFile(PathBuf),
+    /// A secret file named by the user is to be created in a directory that does not exist.
+    NoDirectory(PathBuf),
     /// `keygen` would overwrite an existing file.
     Exists(PathBuf),
     /// The server's secret file can be read by every user of the machine, or changed by users
@@ -81,6 +83,12 @@ impl fmt::Display for SecretError {
                 f,
                 "the secret file {} is not a regular file; a server reads its secret from a \
                  file (a pipe or device could stall it when SIGHUP reads it again)",
+                path.display()
+            ),
+            SecretError::NoDirectory(path) => write!(
+                f,
+                "cannot create the secret file {}: its directory does not exist (rcmd creates \
+                 only its default location)",
                 path.display()
             ),
             SecretError::Exists(path) => {
@@ -222,6 +230,19 @@ fn open_without_waiting(path: &Path) -> io::Result<fs::File> {
         options.custom_flags(libc::O_NONBLOCK);
     }
     options.open(path)
+}
+
+/// Checks that a secret file the user named (`--secret-file`, [`SECRET_FILE_ENV`]) can be
+/// created without creating directories: a typo in such a path should fail, as `ssh-keygen -f`
+/// does, not make up a tree of directories. Only the default location is created whole.
+///
+/// # Errors
+/// [`SecretError::NoDirectory`].
+pub fn require_existing_directory(path: &Path) -> Result<(), SecretError> {
+    match path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        Some(dir) if !dir.is_dir() => Err(SecretError::NoDirectory(path.to_path_buf())),
+        _ => Ok(()),
+    }
 }
 
 /// Reads the secret, first creating the file with a new random secret if it does not exist.

@@ -290,6 +290,40 @@ fn an_unwritable_stderr_does_not_turn_an_error_into_a_panic() {
 }
 
 #[test]
+fn a_named_secret_file_in_a_missing_directory_is_refused_not_made_up() {
+    // As `ssh-keygen -f` fails: a typo in a path must not create directories and a secret.
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("no-such-dir").join("secret");
+    for (args, env) in [
+        (
+            vec!["keygen", "--secret-file", typo.to_str().unwrap()],
+            None,
+        ),
+        (vec!["keygen"], Some(&typo)),
+        (vec!["demo", "--secret-file", typo.to_str().unwrap()], None),
+    ] {
+        let mut command = Command::new(rcmd_bin());
+        command.args(&args).stdin(Stdio::null());
+        if let Some(path) = env {
+            command.env("RCMD_SECRET_FILE", path);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("its directory does not exist"), "{stderr}");
+        assert!(!dir.path().join("no-such-dir").exists(), "{args:?}");
+    }
+    // An existing directory is fine.
+    let named = dir.path().join("secret");
+    let status = Command::new(rcmd_bin())
+        .args(["keygen", "--secret-file"])
+        .arg(&named)
+        .status()
+        .unwrap();
+    assert!(status.success() && named.is_file());
+}
+
+#[test]
 fn an_empty_command_is_a_usage_error_found_before_connecting() {
     // Nothing listens on port 1: had it connected first, this would be 255.
     let output = Command::new(rcmd_bin())
