@@ -70,7 +70,8 @@ enum Command {
 
 #[derive(Args)]
 struct SecretArg {
-    /// The shared secret file [default: $RCMD_SECRET_FILE, else ~/.config/rcmd/secret].
+    /// The shared secret file [default: $RCMD_SECRET_FILE, else rcmd/secret in $XDG_CONFIG_HOME,
+    /// or ~/.config if unset (%APPDATA% on Windows)].
     // Global: `rcmd demo sticky --secret-file F` as well as `rcmd demo --secret-file F sticky`.
     #[arg(long, value_name = "PATH", global = true)]
     secret_file: Option<PathBuf>,

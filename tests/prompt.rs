@@ -349,6 +349,33 @@ fn history_survives_a_hang_up_and_leaves_out_lines_starting_with_a_space() {
     assert!(!history.contains("secret"), "{history}");
 }
 
+/// History that cannot be saved is reported once, and the prompt goes on.
+#[test]
+fn history_that_cannot_be_saved_is_reported_once() {
+    let server = TestServer::start(&[]);
+    let config = tempfile::tempdir().unwrap();
+    // A file where the history's directory would go.
+    std::fs::write(config.path().join("rcmd"), "in the way").unwrap();
+    let mut terminal = Terminal::open();
+    let mut client = terminal.connect(&server, &config);
+    terminal.wait_for(PROMPT, 1);
+    terminal.type_text("echo one\r");
+    terminal.wait_for("\r\none\r\n", 1);
+    terminal.type_text("echo two\r");
+    terminal.wait_for("\r\ntwo\r\n", 1);
+    terminal.type_text("exit\r");
+    assert_eq!(exit_code(&mut client), Some(0));
+    assert_eq!(
+        terminal
+            .screen()
+            .matches("rcmd: history not saved to ")
+            .count(),
+        1,
+        "{:?}",
+        terminal.screen()
+    );
+}
+
 /// SIGTERM ends the client even while its terminal is stopped (Ctrl-S) and every write to it
 /// blocks: nothing on the way out may wait for the terminal.
 #[test]

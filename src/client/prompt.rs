@@ -7,8 +7,6 @@
 use std::io::{self, BufRead, IsTerminal};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-
-#[cfg(unix)]
 use std::sync::atomic::{AtomicBool, Ordering};
 #[cfg(unix)]
 use std::sync::{Arc, Mutex};
@@ -297,18 +295,25 @@ fn save_history_to(editor: &mut DefaultEditor, path: Option<&Path>) {
     }
 }
 
-/// Saves the history, creating its directory (private, like the secret's) if need be.
+/// Saves the history, creating its directory (private, like the secret's) if need be. If that
+/// fails, says so once per session (it is saved after every line) and the prompt goes on.
 fn save_history(editor: &mut DefaultEditor, path: &Path) {
-    if let Some(dir) = path.parent().filter(|dir| !dir.exists()) {
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        if builder.create(dir).is_err() {
-            return;
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let saved = (|| {
+        if let Some(dir) = path.parent().filter(|dir| !dir.exists()) {
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(dir)?;
         }
+        editor.save_history(path).map_err(io::Error::other)
+    })();
+    if let Err(e) = saved
+        && !WARNED.swap(true, Ordering::SeqCst)
+    {
+        crate::say!("rcmd: history not saved to {}: {e}", path.display());
     }
-    let _ = editor.save_history(path);
 }
 
 /// The terminal sink, remembering whether the output so far stopped in the middle of a line
