@@ -2,7 +2,7 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -535,6 +535,49 @@ fn ctrl_c_interrupts_the_remote_command() {
         &marker
     )
     .is_empty()));
+}
+
+#[test]
+fn a_command_ignoring_ctrl_c_is_killed_at_the_third_press_after_a_hint() {
+    let server = TestServer::start(&[]);
+    let marker = unique_sleep_marker();
+    let mut client = server.client("run");
+    client
+        .arg("--")
+        .arg(format!("trap '' INT; sleep 300 {marker}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = client.spawn().unwrap();
+    assert!(eventually(Duration::from_secs(10), || !sleeps_matching(
+        &marker
+    )
+    .is_empty()));
+    for _ in 0..2 {
+        signal(child.id(), "INT");
+        thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "two Ctrl-Cs to a command ignoring SIGINT must not end it"
+    );
+    signal(child.id(), "INT");
+    let status = wait_within(&mut child, Duration::from_secs(10)).expect("killed at the third");
+    assert_eq!(status.code(), Some(137));
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(
+        stderr
+            .matches("rcmd: press Ctrl-C once more to kill the command (SIGKILL)")
+            .count(),
+        1,
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -93,6 +93,7 @@ pub fn install() -> Result<(), ctrlc::Error> {
             std::process::exit(130);
         };
         target.presses += 1;
+        let kill_next = target.presses == PRESSES_BEFORE_KILL - 1;
         FORWARDED.fetch_add(1, Ordering::SeqCst);
         let signal = if target.presses >= PRESSES_BEFORE_KILL {
             SignalName::Kill
@@ -111,6 +112,10 @@ pub fn install() -> Result<(), ctrlc::Error> {
         if output_stays_stuck() {
             debug!("Ctrl-C: the output is stuck; ending");
             std::process::exit(130);
+        }
+        if kill_next {
+            // Otherwise a command that ignores SIGINT looks as if Ctrl-C did nothing.
+            crate::say!("rcmd: press Ctrl-C once more to kill the command (SIGKILL)");
         }
     })
 }
