@@ -135,9 +135,11 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct ConnectArgs {
-    /// Server address: host, host:port or [ipv6]:port.
-    #[arg(default_value = client::DEFAULT_ADDR)]
-    addr: String,
+    /// Server address: host, host:port or [ipv6]:port [default: 127.0.0.1:9999].
+    addr: Option<String>,
+    /// The server's port, as ssh's -p (or write HOST:PORT) [default: 9999].
+    #[arg(short = 'p', long, value_name = "PORT")]
+    port: Option<u16>,
     #[command(flatten)]
     secret: SecretArg,
     /// Wire format: `length` (rcmd's frames) or `none` (unframed; see `rcmd demo sticky`).
@@ -161,6 +163,9 @@ struct RunArgs {
     /// written `rcmd run -- CMD...`]. rcmd's options may also follow it, before the command.
     #[arg(value_name = "ADDR")]
     addr: Option<String>,
+    /// The server's port, as ssh's -p (or write HOST:PORT) [default: 9999].
+    #[arg(short = 'p', long, value_name = "PORT")]
+    port: Option<u16>,
     /// The command, run by the server's shell (`sh -c` / `cmd /C`). As with ssh, from its
     /// first word on everything is the command, options included; its words are joined with
     /// spaces.
@@ -186,8 +191,15 @@ struct RunArgs {
 }
 
 impl RunArgs {
-    /// The address and the command words: `ADDR CMD...`, `ADDR -- CMD...` or `-- CMD...`.
-    fn address_and_command(&self) -> Result<(&str, &[String]), String> {
+    /// The address (with `-p`'s port) and the command words: `ADDR CMD...`, `ADDR -- CMD...`
+    /// or `-- CMD...`.
+    fn address_and_command(&self) -> Result<(String, &[String]), String> {
+        let (addr, command) = self.address_and_command_words()?;
+        let addr = client::target_address(addr, self.port).map_err(|e| e.to_string())?;
+        Ok((addr, command))
+    }
+
+    fn address_and_command_words(&self) -> Result<(Option<&str>, &[String]), String> {
         // Like ssh: an option rcmd does not know, where the command would start, is a usage
         // error here rather than a word for the remote shell to misread.
         if let (Some(addr), Some(word)) = (&self.addr, self.command.first())
@@ -204,7 +216,10 @@ impl RunArgs {
             self.after_dashes.as_slice(),
         ) {
             (None, _, []) => Err("no command given: rcmd run [ADDR] [--] CMD...".into()),
-            (None, _, command) => Ok((client::DEFAULT_ADDR, command)),
+            (None, _, command) => Ok((None, command)),
+            (Some(addr), [], []) if looks_like_an_address(addr) => Err(format!(
+                "no command given for {addr}: rcmd run {addr} CMD..."
+            )),
             (Some(addr), [], []) => Err(format!(
                 "no command given for {addr}: rcmd run {addr} CMD... \
                  (or rcmd run -- {addr} to run it on {})",
@@ -213,9 +228,19 @@ impl RunArgs {
             // At most one of the two holds words: clap keeps a `--` after the command's first
             // word as a word of the command (`rcmd run host ls -- -x` runs `ls -- -x`, as ssh
             // would).
-            (Some(addr), [], command) | (Some(addr), command, _) => Ok((addr, command)),
+            (Some(addr), [], command) | (Some(addr), command, _) => Ok((Some(addr), command)),
         }
     }
+}
+
+/// Whether a lone word given to `run` is surely an address (an IP address, `[v6]`, or
+/// `name:PORT`), so that suggesting to run it as a command would be silly.
+fn looks_like_an_address(word: &str) -> bool {
+    word.parse::<std::net::IpAddr>().is_ok()
+        || word.starts_with('[')
+        || word
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
 #[derive(Args)]
@@ -500,7 +525,11 @@ fn connect(args: ConnectArgs) -> u8 {
             "--insecure-no-auth, --recv-size and --read-delay-ms apply only to --framing none",
         );
     }
-    match start_session(&args.addr, args.secret.secret_file.as_deref()) {
+    let addr = match client::target_address(args.addr.as_deref(), args.port) {
+        Ok(addr) => addr,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    match start_session(&addr, args.secret.secret_file.as_deref()) {
         Ok(mut session) => prompt_exit_code(prompt::run_prompt(&mut session, history_path())),
         Err(code) => code,
     }
@@ -532,7 +561,11 @@ fn connect_unframed(args: ConnectArgs) -> u8 {
             Err(code) => return code,
         }
     };
-    match sticky::client::connect_and_prompt(&args.addr, secret.as_deref(), options) {
+    let addr = match client::target_address(args.addr.as_deref(), args.port) {
+        Ok(addr) => addr,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    match sticky::client::connect_and_prompt(&addr, secret.as_deref(), options) {
         Ok(status) => status.rem_euclid(256) as u8,
         Err(sticky::StickyError::LocalIo(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
             end_as_killed_by_sigpipe()
@@ -590,7 +623,7 @@ fn run(args: RunArgs) -> u8 {
     if command.trim().is_empty() {
         return fail(EXIT_USAGE, "the command is empty");
     }
-    let mut session = match start_session(addr, args.secret.secret_file.as_deref()) {
+    let mut session = match start_session(&addr, args.secret.secret_file.as_deref()) {
         Ok(session) => session,
         Err(code) => return code,
     };
@@ -810,5 +843,16 @@ mod tests {
         assert!(usage("host -x true").starts_with("unknown option -x"));
         assert!(usage("host --bogus echo x").starts_with("unknown option --bogus"));
         assert_eq!(run_target("host -- -x"), at("host", "-x"));
+        // ssh's -p, before the address or after it.
+        assert_eq!(run_target("-p 2222 host uptime"), at("host:2222", "uptime"));
+        assert_eq!(run_target("host -p 2222 uptime"), at("host:2222", "uptime"));
+        assert_eq!(run_target("-p 2222 -- true"), at("127.0.0.1:2222", "true"));
+        assert!(usage("-p 2222 host:7 true").ends_with("it names a port, and -p names another"));
+        assert!(usage("-p 99999 host true").contains("99999"));
+        // A lone address is not suggested as a command; a lone word may be one.
+        for addr in ["127.0.0.1:37867", "host:7", "::1", "[::1]:7"] {
+            assert!(!usage(addr).contains("rcmd run --"), "{addr}");
+        }
+        assert!(usage("uptime").contains("or rcmd run -- uptime"));
     }
 }

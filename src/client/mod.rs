@@ -33,6 +33,8 @@ use crate::tcp;
 
 /// Port used when an address names only a host.
 pub const DEFAULT_PORT: u16 = 9999;
+/// Host used when none is given: the local machine.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
 /// Address used when none is given: the local machine.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9999";
 /// How long each connection attempt may take, and each wait for the server's next handshake
@@ -140,13 +142,22 @@ pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>, ClientError> {
         return Ok(vec![SocketAddr::new(ip, DEFAULT_PORT)]);
     }
     let malformed = |why| Err(ClientError::MalformedAddress(addr.to_owned(), why));
-    let has_port = match addr.strip_prefix('[').map(|inside| inside.split_once(']')) {
-        None => addr.contains(':'),
-        Some(None) => return malformed("the [ before an IPv6 address has no closing ]"),
-        Some(Some((_, ""))) => false,
-        Some(Some((_, after))) if after.starts_with(':') => true,
-        Some(Some(_)) => return malformed("after [IPv6 address] comes :PORT or nothing"),
+    let has_port = names_a_port(addr)?;
+    let host = if has_port {
+        let (host, port) = addr.rsplit_once(':').expect("it names a port");
+        // 0 too: a server's `--listen host:0` asks for any free port.
+        if port.parse::<u16>().is_err() {
+            return malformed("the port must be a number from 0 to 65535");
+        }
+        host
+    } else {
+        addr
     };
+    if host.contains('@') {
+        return malformed(
+            "rcmd has no user names (commands run as the server's user); write HOST or HOST:PORT",
+        );
+    }
     let with_port = if has_port {
         addr.to_owned()
     } else {
@@ -163,6 +174,40 @@ pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>, ClientError> {
         ));
     }
     Ok(resolved)
+}
+
+/// Whether `addr` (not a bare IP address) ends in `:PORT`.
+fn names_a_port(addr: &str) -> Result<bool, ClientError> {
+    let malformed = |why| Err(ClientError::MalformedAddress(addr.to_owned(), why));
+    match addr.strip_prefix('[').map(|inside| inside.split_once(']')) {
+        None => Ok(addr.contains(':')),
+        Some(None) => malformed("the [ before an IPv6 address has no closing ]"),
+        Some(Some((_, ""))) => Ok(false),
+        Some(Some((_, after))) if after.starts_with(':') => Ok(true),
+        Some(Some(_)) => malformed("after [IPv6 address] comes :PORT or nothing"),
+    }
+}
+
+/// The address to connect to, from an optional ADDR and an optional `-p PORT` (as ssh takes
+/// it): `host` and 2222 make `host:2222`, `::1` makes `[::1]:2222`, no ADDR the default host.
+///
+/// # Errors
+/// ADDR names a port of its own as well (which one was meant?), or is malformed.
+pub fn target_address(addr: Option<&str>, port: Option<u16>) -> Result<String, ClientError> {
+    let Some(port) = port else {
+        return Ok(addr.unwrap_or(DEFAULT_ADDR).to_owned());
+    };
+    let host = addr.unwrap_or(DEFAULT_HOST);
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Ok(format!("[{host}]:{port}"));
+    }
+    if names_a_port(host)? {
+        return Err(ClientError::MalformedAddress(
+            host.to_owned(),
+            "it names a port, and -p names another",
+        ));
+    }
+    Ok(format!("{host}:{port}"))
 }
 
 /// The sending half of a session, shared by the threads that send frames.
@@ -736,8 +781,10 @@ mod tests {
         );
         assert!(matches!(
             resolve("bad host name:x"),
-            Err(ClientError::BadAddress(..))
+            Err(ClientError::MalformedAddress(..))
         ));
+        // Refused before any name lookup (this test must not depend on DNS).
+        assert!(matches!(resolve(""), Err(ClientError::BadAddress(..))));
         assert_eq!(
             resolve("[::1]").unwrap(),
             vec![SocketAddr::from((
@@ -757,5 +804,39 @@ mod tests {
             resolve("[::1]x"),
             Err(ClientError::MalformedAddress(..))
         ));
+        for bad_port in ["127.0.0.1:99999", "localhost:ssh", "[::1]:-1", "host:"] {
+            assert!(
+                resolve(bad_port)
+                    .unwrap_err()
+                    .to_string()
+                    .ends_with("the port must be a number from 0 to 65535"),
+                "{bad_port}"
+            );
+        }
+        for with_user in ["root@127.0.0.1", "root@localhost:22"] {
+            assert!(
+                resolve(with_user)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("rcmd has no user names"),
+                "{with_user}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_port_given_with_p_goes_into_the_address() {
+        let target = |addr, port| target_address(addr, port).map_err(|e| e.to_string());
+        assert_eq!(target(None, None).unwrap(), DEFAULT_ADDR);
+        assert_eq!(target(Some("host"), None).unwrap(), "host");
+        assert_eq!(target(Some("host:7"), None).unwrap(), "host:7");
+        assert_eq!(target(None, Some(2222)).unwrap(), "127.0.0.1:2222");
+        assert_eq!(target(Some("host"), Some(2222)).unwrap(), "host:2222");
+        assert_eq!(target(Some("::1"), Some(2222)).unwrap(), "[::1]:2222");
+        assert_eq!(target(Some("[::1]"), Some(2222)).unwrap(), "[::1]:2222");
+        assert_eq!(
+            target(Some("host:7"), Some(2222)).unwrap_err(),
+            "malformed address host:7: it names a port, and -p names another"
+        );
     }
 }
