@@ -158,8 +158,16 @@ impl TestServer {
 }
 
 impl Drop for TestServer {
+    /// Stops the server as an operator would, with SIGTERM, so that it kills its commands'
+    /// process groups on the way out; a SIGKILL would leave a running command (a test's
+    /// `sleep 60`) behind, reparented to init. SIGKILL only if it does not stop in time.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if let Ok(None) = self.child.try_wait() {
+            signal(self.child.id(), "TERM");
+            if wait_within(&mut self.child, Duration::from_secs(5)).is_none() {
+                let _ = self.child.kill();
+            }
+        }
         let _ = self.child.wait();
     }
 }
