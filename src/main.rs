@@ -98,7 +98,8 @@ struct ServeArgs {
     /// Encoding of command output: auto, utf-8, or a label such as gbk, big5, shift_jis.
     #[arg(long, value_name = "LABEL", default_value = "auto")]
     encoding: String,
-    /// Directory commands start in [default: the server's current directory].
+    /// Directory commands start in [default: the home directory of the server's user, as with
+    /// sshd; the server's current directory if it has none].
     #[arg(long, value_name = "DIR")]
     workdir: Option<PathBuf>,
     /// Seconds a connection has to authenticate (at least 1).
@@ -446,10 +447,13 @@ fn serve_unframed(args: ServeArgs) -> u8 {
     }
 }
 
-/// Where commands start: `--workdir`, or the server's own working directory. On failure the
-/// error is reported and its exit status returned.
+/// Where commands start: `--workdir`, else the user's home directory (sshd starts sessions
+/// there; a server started from some project's directory should not run everyone's commands
+/// in it), else the server's own working directory. On failure the error is reported and its
+/// exit status returned.
 fn server_workdir(flag: Option<PathBuf>) -> Result<PathBuf, u8> {
-    match flag.map_or_else(std::env::current_dir, Ok) {
+    let home = || rcmd::server::builtins::home_dir().filter(|home| home.is_dir());
+    match flag.or_else(home).map_or_else(std::env::current_dir, Ok) {
         Ok(dir) if dir.is_dir() => Ok(dir),
         Ok(dir) => {
             let why = format!("--workdir {}: not a directory", dir.display());

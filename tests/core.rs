@@ -522,6 +522,35 @@ fn the_server_prints_its_address_and_survives_a_restart_on_the_same_port() {
 }
 
 #[test]
+fn commands_start_in_the_home_directory_unless_told_otherwise() {
+    // As sshd: not in whatever directory the server happened to be started from.
+    let home = tempfile::tempdir().unwrap();
+    let started_in = tempfile::tempdir().unwrap();
+    let pwd_of = |server: &TestServer| {
+        let output = server.run("pwd");
+        assert!(output.status.success(), "{}", stderr_of(&output));
+        std::path::PathBuf::from(stdout_of(&output).trim_end())
+    };
+    let canonical = |dir: &tempfile::TempDir| dir.path().canonicalize().unwrap();
+    let server = TestServer::start_configured(SecretFile::new(), &[], |command| {
+        command
+            .env("HOME", home.path())
+            .current_dir(started_in.path());
+    });
+    assert_eq!(pwd_of(&server), canonical(&home));
+    let workdir = started_in.path().to_str().unwrap();
+    let server = TestServer::start_configured(SecretFile::new(), &["--workdir", workdir], |c| {
+        c.env("HOME", home.path());
+    });
+    assert_eq!(pwd_of(&server), canonical(&started_in));
+    // No home: where the server runs.
+    let server = TestServer::start_configured(SecretFile::new(), &[], |command| {
+        command.env_remove("HOME").current_dir(started_in.path());
+    });
+    assert_eq!(pwd_of(&server), canonical(&started_in));
+}
+
+#[test]
 fn ctrl_c_interrupts_the_remote_command() {
     let server = TestServer::start(&[]);
     let (child, marker) = run_remote_sleep(&server, "; echo not reached", Stdio::null());

@@ -401,7 +401,9 @@ fn without_verbatim_prefix(path: &str) -> Option<String> {
         .then(|| rest.to_owned())
 }
 
-fn home_dir() -> Option<PathBuf> {
+/// The user's home directory (`HOME`, `USERPROFILE` on Windows), where `cd` alone goes and
+/// where `rcmd serve` starts commands unless told otherwise, as sshd does.
+pub fn home_dir() -> Option<PathBuf> {
     let variable = if cfg!(windows) { "USERPROFILE" } else { "HOME" };
     std::env::var_os(variable)
         .filter(|home| !home.is_empty())

@@ -88,7 +88,18 @@ impl TestServer {
     }
 
     pub fn start_with(secret: SecretFile, extra: &[&str]) -> TestServer {
+        TestServer::start_configured(secret, extra, |_| {})
+    }
+
+    /// [`Self::start_with`], letting `configure` change the server's environment or directory
+    /// first.
+    pub fn start_configured(
+        secret: SecretFile,
+        extra: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> TestServer {
         let mut command = Command::new(rcmd_bin());
+        configure(&mut command);
         command.arg("serve");
         if !extra.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
