@@ -139,7 +139,7 @@ struct ConnectArgs {
     /// Server address: host, host:port or [ipv6]:port [default: 127.0.0.1:9999].
     addr: Option<String>,
     /// The server's port, as ssh's -p (or write HOST:PORT) [default: 9999].
-    #[arg(short = 'p', long, value_name = "PORT")]
+    #[arg(short = 'p', long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     port: Option<u16>,
     #[command(flatten)]
     secret: SecretArg,
@@ -165,7 +165,7 @@ struct RunArgs {
     #[arg(value_name = "ADDR")]
     addr: Option<String>,
     /// The server's port, as ssh's -p (or write HOST:PORT) [default: 9999].
-    #[arg(short = 'p', long, value_name = "PORT")]
+    #[arg(short = 'p', long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     port: Option<u16>,
     /// The command, run by the server's shell (`sh -c` / `cmd /C`). As with ssh, from its
     /// first word on everything is the command, options included; its words are joined with
@@ -221,11 +221,19 @@ impl RunArgs {
             (Some(addr), [], []) if looks_like_an_address(addr) => Err(format!(
                 "no command given for {addr}: rcmd run {addr} CMD..."
             )),
-            (Some(addr), [], []) => Err(format!(
-                "no command given for {addr}: rcmd run {addr} CMD... \
-                 (or rcmd run -- {addr} to run it on {})",
-                client::DEFAULT_ADDR
-            )),
+            (Some(addr), [], []) => {
+                let (option, default) = match self.port {
+                    Some(port) => (
+                        format!("-p {port} "),
+                        format!("{}:{port}", client::DEFAULT_HOST),
+                    ),
+                    None => (String::new(), client::DEFAULT_ADDR.to_owned()),
+                };
+                Err(format!(
+                    "no command given for {addr}: rcmd run {option}{addr} CMD... \
+                     (or rcmd run {option}-- {addr} to run it on {default})"
+                ))
+            }
             // At most one of the two holds words: clap keeps a `--` after the command's first
             // word as a word of the command (`rcmd run host ls -- -x` runs `ls -- -x`, as ssh
             // would).
@@ -858,5 +866,10 @@ mod tests {
             assert!(!usage(addr).contains("rcmd run --"), "{addr}");
         }
         assert!(usage("uptime").contains("or rcmd run -- uptime"));
+        assert!(
+            usage("-p 2222 uptime")
+                .ends_with("(or rcmd run -p 2222 -- uptime to run it on 127.0.0.1:2222)")
+        );
+        assert!(usage("-p 0 host true").contains("0"));
     }
 }

@@ -239,9 +239,17 @@ fn open_without_waiting(path: &Path) -> io::Result<fs::File> {
 /// # Errors
 /// [`SecretError::NoDirectory`].
 pub fn require_existing_directory(path: &Path) -> Result<(), SecretError> {
-    match path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-        Some(dir) if !dir.is_dir() => Err(SecretError::NoDirectory(path.to_path_buf())),
-        _ => Ok(()),
+    let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    match fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(SecretError::NoDirectory(path.to_path_buf())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(SecretError::NoDirectory(path.to_path_buf()))
+        }
+        // Say what it is (permission denied, say), not that it is missing.
+        Err(e) => Err(SecretError::Io(path.to_path_buf(), e)),
     }
 }
 

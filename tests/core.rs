@@ -582,10 +582,17 @@ fn a_command_ignoring_ctrl_c_is_killed_at_the_third_press_after_a_hint() {
         &marker
     )
     .is_empty()));
-    for _ in 0..2 {
+    // Each press waits until the server has delivered the one before: two signals sent to a
+    // process before it runs may merge into one.
+    for press in 1..=2 {
         signal(child.id(), "INT");
-        thread::sleep(Duration::from_millis(300));
+        assert!(eventually(Duration::from_secs(10), || server
+            .log()
+            .matches("delivering SIGINT")
+            .count()
+            == press));
     }
+    thread::sleep(Duration::from_millis(200));
     assert!(
         child.try_wait().unwrap().is_none(),
         "two Ctrl-Cs to a command ignoring SIGINT must not end it"

@@ -76,7 +76,7 @@ fn login_grace_timeout_frees_the_only_handshake_slot_for_a_later_client() {
         stderr_of(&refused_while_held)
     );
     expect_refused(server.addr);
-    server.wait_for_log("waiting to authenticate (--max-handshakes)", WAIT);
+    server.wait_for_log("not yet authenticated (--max-handshakes)", WAIT);
 
     // The silent one is dropped at the handshake deadline; its slot is free once its
     // connection is closed (at most the 2 s closing grace later, as it does not read); then a

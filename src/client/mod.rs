@@ -198,7 +198,8 @@ pub fn target_address(addr: Option<&str>, port: Option<u16>) -> Result<String, C
         return Ok(addr.unwrap_or(DEFAULT_ADDR).to_owned());
     };
     let host = addr.unwrap_or(DEFAULT_HOST);
-    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+    // An IPv6 address without brackets (`::1`, `fe80::1%eth0`): two colons or more.
+    if !host.starts_with('[') && host.matches(':').count() >= 2 {
         return Ok(format!("[{host}]:{port}"));
     }
     if names_a_port(host)? {
@@ -366,7 +367,15 @@ impl Session {
     /// Any [`ClientError`] from resolving to authenticating.
     pub fn connect(addr: &str, secret: &[u8]) -> Result<Session, ClientError> {
         let mut last_error = None;
-        for candidate in resolve(addr)? {
+        let candidates = resolve(addr)?;
+        // Port 0 is for servers (any free port); no server listens on it.
+        if candidates.iter().any(|candidate| candidate.port() == 0) {
+            return Err(ClientError::MalformedAddress(
+                addr.to_owned(),
+                "port 0 is not a port to connect to",
+            ));
+        }
+        for candidate in candidates {
             match TcpStream::connect_timeout(&candidate, HANDSHAKE_TIMEOUT) {
                 Ok(stream) => return Session::handshake(stream, candidate, secret),
                 Err(e) => last_error = Some((candidate, e)),
@@ -836,6 +845,10 @@ mod tests {
         assert_eq!(target(Some("host"), Some(2222)).unwrap(), "host:2222");
         assert_eq!(target(Some("::1"), Some(2222)).unwrap(), "[::1]:2222");
         assert_eq!(target(Some("[::1]"), Some(2222)).unwrap(), "[::1]:2222");
+        assert_eq!(
+            target(Some("fe80::1%lo"), Some(22)).unwrap(),
+            "[fe80::1%lo]:22"
+        );
         assert_eq!(
             target(Some("host:7"), Some(2222)).unwrap_err(),
             "malformed address host:7: it names a port, and -p names another"

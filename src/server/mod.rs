@@ -113,7 +113,7 @@ pub struct Server {
     next_id: ConnId,
     /// Connections that have not authenticated (still in the handshake, or being closed after
     /// failing it): the number `--max-handshakes` caps.
-    handshaking: usize,
+    unauthenticated: usize,
     exit_watcher: ExitWatcher,
     #[cfg(unix)]
     signals: Option<signal_hook_mio::v1_0::Signals>,
@@ -183,7 +183,7 @@ impl Server {
             local_addr,
             connections: HashMap::new(),
             next_id: 1,
-            handshaking: 0,
+            unauthenticated: 0,
             exit_watcher,
             #[cfg(unix)]
             signals,
@@ -416,7 +416,7 @@ impl Server {
         let mut ctx = Self::context(self.poll.registry(), &mut self.shared, now);
         let outcome = connection.drive(&mut ctx);
         if held_slot && !connection.holds_handshake_slot() {
-            self.handshaking -= 1;
+            self.unauthenticated -= 1;
         }
         if outcome != Drive::Closed && connection.sync_interest(self.poll.registry()).is_err() {
             return self.close(id);
@@ -431,7 +431,7 @@ impl Server {
     fn close(&mut self, id: ConnId) {
         if let Some(mut connection) = self.connections.remove(&id) {
             if connection.holds_handshake_slot() {
-                self.handshaking -= 1;
+                self.unauthenticated -= 1;
             }
             let _ = self.poll.registry().deregister(connection.socket_mut());
             debug!("{}: closed", connection.peer());
@@ -478,14 +478,14 @@ impl Server {
                 refuse(socket, &why);
                 continue;
             }
-            if self.handshaking >= limits.max_handshakes {
+            if self.unauthenticated >= limits.max_handshakes {
                 warn!(
-                    "{peer}: refused: already {} waiting to authenticate (--max-handshakes)",
-                    self.handshaking
+                    "{peer}: refused: already {} not yet authenticated (--max-handshakes)",
+                    self.unauthenticated
                 );
                 refuse(
                     socket,
-                    "too many connections waiting to authenticate; try again",
+                    "too many connections not yet authenticated; try again",
                 );
                 continue;
             }
@@ -516,7 +516,7 @@ impl Server {
         let mut ctx = Self::context(self.poll.registry(), &mut self.shared, now);
         let connection = Connection::new(id, socket, peer, &mut ctx);
         self.connections.insert(id, connection);
-        self.handshaking += 1;
+        self.unauthenticated += 1;
         to_drive.push(id);
         Ok(())
     }

@@ -236,10 +236,11 @@ impl ChildProcess {
 
     /// Delivers `signal` to the command's whole process group.
     ///
-    /// INT and TERM are followed by SIGCONT, as bash's `kill` does for a stopped job: a
-    /// process stopped (`kill -STOP $$`, SIGTSTP) would otherwise hold them pending and go on
-    /// waiting, and the client's Ctrl-C would do nothing until the command timeout. To a
-    /// process that is running, SIGCONT changes nothing.
+    /// INT and TERM are followed by SIGCONT (bash's `kill` does the same after TERM for a
+    /// stopped job): a process stopped (`kill -STOP $$`, SIGTSTP) would otherwise hold them
+    /// pending and go on waiting, and the client's Ctrl-C would do nothing until the command
+    /// timeout. To a process that is running, SIGCONT changes nothing; a stopped one that
+    /// ignores the signal is resumed.
     ///
     /// Only call this before the child has been reaped: until then its pid (and so its group
     /// id) cannot be reused by an unrelated process.
