@@ -423,6 +423,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_three_spellings_of_the_type_names_agree() {
+        // serde's `rename_all`, `type_name` and `TYPE_NAMES` each spell the twelve names.
+        let nonce = Bytes32([1; 32]);
+        let every_type = [
+            Message::Hello {
+                protocol: PROTOCOL_NAME.to_owned(),
+                version: 2,
+                nonce,
+            },
+            Message::Auth {
+                version: 2,
+                nonce,
+                proof: nonce,
+            },
+            Message::Welcome { proof: nonce },
+            Message::Exec {
+                id: 1,
+                stdin: false,
+                timeout_secs: None,
+            },
+            Message::Stdin { id: 1 },
+            Message::StdinClose { id: 1 },
+            Message::StdinAck { id: 1, bytes: 0 },
+            Message::Signal {
+                id: 1,
+                signal: SignalName::Int,
+            },
+            Message::Stdout { id: 1 },
+            Message::Stderr { id: 1 },
+            Message::Exit {
+                id: 1,
+                status: ExitStatus::TimedOut,
+                duration_ms: 0,
+            },
+            Message::fatal(ErrorCode::Shutdown, "bye"),
+        ];
+        let mut names = Vec::new();
+        for message in &every_type {
+            let json: serde_json::Value = serde_json::to_value(message).unwrap();
+            assert_eq!(json["type"], message.type_name(), "{message:?}");
+            names.push(message.type_name());
+        }
+        assert_eq!(names, Message::TYPE_NAMES);
+    }
+
+    #[test]
     fn signal_names_read_as_on_the_wire() {
         for signal in SignalName::ALL {
             let wire = serde_json::to_string(&signal).unwrap();

@@ -8,7 +8,9 @@
 //!   until every start that could have made it has been reported without claiming it (a start
 //!   that failed after its child existed, or an orphan reparented to a server that is PID 1):
 //!   then no claim can come, and a kept exit would be handed to a later child given the same
-//!   pid ([`ChildTable::forget_unclaimable`]).
+//!   pid ([`ChildTable::forget_unclaimable`]). To tell when that is, each start handed to the
+//!   spawner threads gets a ticket, a number counting up (see [`super::spawner`]), and a kept
+//!   exit remembers the tickets handed out when it was reaped.
 //! - The kernel reuses a pid as soon as it has been reaped. An entry must therefore go exactly
 //!   when its exit is taken: one left behind would send the exit of a later child with the same
 //!   pid to the wrong connection, and that later command would never finish.
@@ -36,30 +38,30 @@ pub enum ExitRoute {
 pub struct ChildTable {
     owners: HashMap<u32, ConnId>,
     /// Exits kept for a claim, with the spawner's ticket count when each was reaped
-    /// ([`pending_starts`]): only a start with a smaller ticket can claim it.
+    /// ([`ticket_watermark`]): only a start with a smaller ticket can claim it.
     ///
-    /// [`pending_starts`]: super::spawner::Spawner::pending_starts
+    /// [`ticket_watermark`]: super::spawner::Spawner::ticket_watermark
     early_exits: HashMap<u32, (ExitStatus, u64)>,
     unwanted: HashSet<u32>,
 }
 
 impl ChildTable {
-    /// Routes the exit of `pid`, just reaped. `pending_starts`: the spawner's
-    /// [`pending_starts`] now (its ticket count while it may still report children it started,
+    /// Routes the exit of `pid`, just reaped. `ticket_watermark`: the spawner's
+    /// [`ticket_watermark`] now (its ticket count while it may still report children it started,
     /// for an unknown pid may be one of those; `None` when no start is outstanding).
     ///
-    /// [`pending_starts`]: super::spawner::Spawner::pending_starts
+    /// [`ticket_watermark`]: super::spawner::Spawner::ticket_watermark
     pub fn exited(
         &mut self,
         pid: u32,
         status: ExitStatus,
-        pending_starts: Option<u64>,
+        ticket_watermark: Option<u64>,
     ) -> ExitRoute {
         if let Some(conn) = self.owners.remove(&pid) {
             ExitRoute::Owner(conn)
         } else if self.unwanted.remove(&pid) {
             ExitRoute::Unwanted
-        } else if let Some(tickets_issued) = pending_starts {
+        } else if let Some(tickets_issued) = ticket_watermark {
             self.early_exits.insert(pid, (status, tickets_issued));
             ExitRoute::KeptForClaim
         } else {

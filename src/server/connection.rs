@@ -7,27 +7,32 @@
 //!                └─────────────────────┴───────────┬────────────┘
 //!                  a fatal error either way, a timeout, │ the server shutting down
 //!                                                      ▼
-//!                     Closing: read nothing more, flush the last frames, FIN,
-//!                              discard until the client closes (at most 2 s)
+//!                     Closing: handle no more frames, flush the last ones, FIN,
+//!                              read and discard until the client closes (at most 2 s)
 //! ```
 //!
 //! A client that closes its socket, or a socket error, ends the connection from any state at
 //! once; leaving `Running` any way but by `exit sent` kills the command's process tree.
 //!
 //! The event loop calls [`Connection::drive`] whenever anything of this connection is ready
-//! (its socket or one of its command's pipes). `drive` makes all the progress it can: read and
-//! handle client frames, move command output into frames, feed the command's stdin, write to
-//! the socket. All I/O is non-blocking and the loop's readiness is edge-triggered, so every
-//! source is read or written until it says `WouldBlock` or until backpressure says stop; a
-//! source that said `WouldBlock` is not read again until its next readiness event
-//! ([`Connection::on_ready`]), and a command's pipes are read once more after its exit.
+//! (its socket or one of its command's pipes). `drive` reads and handles client frames, moves
+//! command output into frames, feeds the command's stdin and writes to the socket. All I/O is
+//! non-blocking, and the loop's readiness is edge-triggered: an event says a source *became*
+//! ready, once. So the connection records it (`socket_ready`, the pipes' `output_ready`) and
+//! treats the source as ready until a read returns `WouldBlock`; only the next event
+//! ([`Connection::on_ready`]) makes it ready again, and a command's pipes are read once more
+//! after its exit. The work of one `drive` is bounded (one socket read and at most
+//! [`FRAMES_PER_ROUND`] frames per round, [`MAX_ROUNDS`] rounds), so that no client keeps the
+//! loop to itself; a connection with work left returns [`Drive::MoreWork`] and is driven again
+//! on the next turn without waiting for an event.
 //!
 //! Backpressure: output is read from the command's pipes only while fewer than
 //! [`OUTBOUND_CAP`] bytes wait for the socket. A slow client therefore makes the pipes fill up,
 //! which blocks the command in `write`, and the server's memory stays bounded. The other way,
 //! a client may have at most [`STDIN_WINDOW`] stdin bytes unacknowledged (`stdin_ack`), so the
-//! stdin buffer is bounded too, and client frames never have to wait: a Ctrl-C always gets
-//! through, even to a command that reads no stdin.
+//! stdin buffer is bounded too, and stdin never makes the server stop reading the client: a
+//! Ctrl-C always gets through, even to a command that reads no stdin. Only a client that
+//! leaves more than [`OUTBOUND_HARD_CAP`] of replies unread is not read until it catches up.
 
 use std::io::{self, Read, Write};
 use std::mem;
@@ -78,18 +83,19 @@ const FRAMES_PER_ROUND: usize = 64;
 /// log per connection without ever authenticating.
 const LOGGED_CLIENT_MESSAGE_LEN: usize = 200;
 
-/// What each token of a connection refers to. A token is `conn_id << 2 | slot`.
+/// The sources of a connection that the poll watches: its socket and its command's three pipes.
+/// A token is `conn_id << 2 | source`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Slot {
+pub enum Source {
     Socket = 0,
     Stdout = 1,
     Stderr = 2,
     Stdin = 3,
 }
 
-/// The token for `slot` of connection `conn`.
-pub fn token(conn: ConnId, slot: Slot) -> Token {
-    Token(((conn as usize) << 2) | slot as usize)
+/// The token for `source` of connection `conn`.
+pub fn token(conn: ConnId, source: Source) -> Token {
+    Token(((conn as usize) << 2) | source as usize)
 }
 
 /// The connection a token belongs to.
@@ -98,12 +104,12 @@ pub fn conn_of(token: Token) -> ConnId {
 }
 
 /// Which of its connection's sources a token stands for.
-pub fn slot_of(token: Token) -> Slot {
+pub fn source_of(token: Token) -> Source {
     match token.0 & 3 {
-        0 => Slot::Socket,
-        1 => Slot::Stdout,
-        2 => Slot::Stderr,
-        _ => Slot::Stdin,
+        0 => Source::Socket,
+        1 => Source::Stdout,
+        2 => Source::Stderr,
+        _ => Source::Stdin,
     }
 }
 
@@ -148,7 +154,11 @@ enum State {
 }
 
 struct RunningCommand {
+    /// The client's id for the command, echoed in every frame about it; the client chooses
+    /// it and may reuse it.
     id: u32,
+    /// The server's own number for the command (1, 2, ... per connection), never reused: its
+    /// timeout is keyed by it, so that a stale deadline cannot end a later command.
     serial: u64,
     command: String,
     /// `None` while the spawner threads are still starting it.
@@ -229,10 +239,10 @@ pub struct Connection {
     /// Commands spawned so far: each command's serial number, for its deadline.
     commands_started: u64,
     last_activity: Instant,
-    /// The client proved it knows the secret. Until then the connection takes one of the
-    /// server's `--max-handshakes` slots, also while it is being closed after a failed
-    /// handshake: otherwise failing the handshake on purpose, over and over, would fill the
-    /// server with unauthenticated connections lingering in their closing grace.
+    /// The client proved it knows the secret. Until then the connection counts against the
+    /// server's `--max-handshakes`, also while it is being closed after a failed handshake:
+    /// otherwise failing the handshake on purpose, over and over, would fill the server with
+    /// unauthenticated connections lingering in their closing grace.
     authenticated: bool,
 }
 
@@ -283,7 +293,7 @@ impl Connection {
 
     /// Whether the connection counts against `--max-handshakes`: it never authenticated,
     /// whether it is still in the handshake or being closed after failing it.
-    pub fn holds_handshake_slot(&self) -> bool {
+    pub fn counts_as_unauthenticated(&self) -> bool {
         !self.authenticated
     }
 
@@ -297,18 +307,18 @@ impl Connection {
         matches!(self.state, State::Closing { .. })
     }
 
-    /// The poll reported `slot` ready. Sources are read only after such an event and until a
+    /// The poll reported `source` ready. Sources are read only after such an event and until a
     /// read finds them drained, not in every round of [`Self::drive`]: that would be a `read`
     /// failing with `EAGAIN` per source each time anything happens on the connection.
-    pub fn on_ready(&mut self, slot: Slot) {
-        let stream = match slot {
-            Slot::Socket => {
+    pub fn on_ready(&mut self, source: Source) {
+        let stream = match source {
+            Source::Socket => {
                 self.socket_ready = true;
                 return;
             }
-            Slot::Stdout => OutputStream::Stdout,
-            Slot::Stderr => OutputStream::Stderr,
-            Slot::Stdin => return, // stdin is written whenever input is pending
+            Source::Stdout => OutputStream::Stdout,
+            Source::Stderr => OutputStream::Stderr,
+            Source::Stdin => return, // stdin is written whenever input is pending
         };
         if let State::Running(command) = &mut self.state
             && let Some(process) = &mut command.process
@@ -333,7 +343,7 @@ impl Connection {
             } else {
                 Interest::READABLE
             };
-            registry.reregister(&mut self.socket, token(self.id, Slot::Socket), interest)?;
+            registry.reregister(&mut self.socket, token(self.id, Source::Socket), interest)?;
             self.registered_writable = wants_writable;
         }
         Ok(())
@@ -677,8 +687,9 @@ impl Connection {
         if has_pipe && !command.stdin_close_requested {
             command.stdin_pending.extend_from_slice(data);
         } else {
-            // No stdin pipe (exec said stdin:false, or the command closed it): the bytes have
-            // nowhere to go. Acknowledge them as consumed so the client is not left waiting.
+            // No stdin pipe (exec said stdin:false, the client already sent stdin_close, or the
+            // pipe broke): the bytes have nowhere to go. Acknowledge them as consumed, so that
+            // the client's window is not left used up.
             let ack = Message::StdinAck {
                 id,
                 bytes: data.len() as u64,
@@ -815,9 +826,9 @@ impl Connection {
 
     fn pipe_tokens(&self) -> PipeTokens {
         PipeTokens {
-            stdout: token(self.id, Slot::Stdout),
-            stderr: token(self.id, Slot::Stderr),
-            stdin: token(self.id, Slot::Stdin),
+            stdout: token(self.id, Source::Stdout),
+            stderr: token(self.id, Source::Stderr),
+            stdin: token(self.id, Source::Stdin),
         }
     }
 
@@ -934,7 +945,9 @@ impl Connection {
         );
     }
 
-    /// Moves pending stdin bytes into the command's stdin pipe. Ok(true) if any moved.
+    /// Writes pending stdin to the command's pipe, sends one `stdin_ack` for what was consumed
+    /// (written, or dropped because the pipe broke), and closes the pipe once the client's
+    /// `stdin_close` can be honoured. True if anything changed.
     fn pump_stdin(&mut self, ctx: &mut Context) -> bool {
         let State::Running(command) = &mut self.state else {
             return false;
@@ -996,7 +1009,7 @@ impl Connection {
             // Alternate between the streams so neither starves the other, and never wait on
             // one while the other is full: that is how `cmd 2>&1`-less readers deadlock.
             for stream in [OutputStream::Stdout, OutputStream::Stderr] {
-                if self.outbound.len() >= OUTBOUND_CAP || !process.has_output(stream) {
+                if self.outbound.len() >= OUTBOUND_CAP || !process.awaiting_eof(stream) {
                     continue;
                 }
                 let decoder = match stream {
@@ -1065,8 +1078,8 @@ impl Connection {
             return None;
         };
         let process = command.process.as_ref()?;
-        let output_done =
-            !process.has_output(OutputStream::Stdout) && !process.has_output(OutputStream::Stderr);
+        let output_done = !process.awaiting_eof(OutputStream::Stdout)
+            && !process.awaiting_eof(OutputStream::Stderr);
         if !output_done {
             return None;
         }

@@ -33,13 +33,14 @@ use crate::output::OutputEncoding;
 use crate::protocol::frame::MAX_CHUNK;
 use crate::protocol::{ErrorCode, FrameEncoder, Message};
 use children::{ChildTable, ExitRoute};
-use connection::{ConnId, Connection, Context, Drive, Slot};
+use connection::{ConnId, Connection, Context, Drive, Source};
 use deadlines::{DeadlineKind, Deadlines};
 use process::{ChildEvent, ExitWatcher};
 use spawner::Spawner;
 
-/// Tokens of the loop's own sources; connection tokens are `conn_id << 2 | slot`, and
-/// connection ids start at 1, so these (at the top of the range) never collide with them.
+/// Tokens of the loop's own sources, at the top of the range. Connection tokens are
+/// `conn_id << 2 | source` ([`connection::token`]): they would reach this range only after
+/// 2^62 connections.
 const LISTENER: Token = Token(usize::MAX);
 const CHILD_EVENTS: Token = Token(usize::MAX - 1);
 #[cfg(unix)]
@@ -412,10 +413,10 @@ impl Server {
         let Some(connection) = self.connections.get_mut(&id) else {
             return;
         };
-        let held_slot = connection.holds_handshake_slot();
+        let was_unauthenticated = connection.counts_as_unauthenticated();
         let mut ctx = Self::context(self.poll.registry(), &mut self.shared, now);
         let outcome = connection.drive(&mut ctx);
-        if held_slot && !connection.holds_handshake_slot() {
+        if was_unauthenticated && !connection.counts_as_unauthenticated() {
             self.unauthenticated -= 1;
         }
         if outcome != Drive::Closed && connection.sync_interest(self.poll.registry()).is_err() {
@@ -430,7 +431,7 @@ impl Server {
 
     fn close(&mut self, id: ConnId) {
         if let Some(mut connection) = self.connections.remove(&id) {
-            if connection.holds_handshake_slot() {
+            if connection.counts_as_unauthenticated() {
                 self.unauthenticated -= 1;
             }
             let _ = self.poll.registry().deregister(connection.socket_mut());
@@ -509,7 +510,7 @@ impl Server {
         // `Connection::sync_interest`).
         self.poll.registry().register(
             &mut socket,
-            connection::token(id, Slot::Socket),
+            connection::token(id, Source::Socket),
             Interest::READABLE,
         )?;
         info!("{peer}: connected");
@@ -525,7 +526,7 @@ impl Server {
     fn mark_ready(&mut self, token: Token, to_drive: &mut Vec<ConnId>) {
         let id = connection::conn_of(token);
         if let Some(connection) = self.connections.get_mut(&id) {
-            connection.on_ready(connection::slot_of(token));
+            connection.on_ready(connection::source_of(token));
         }
         to_drive.push(id);
     }
@@ -539,8 +540,8 @@ impl Server {
                 }
                 ChildEvent::Exited { pid, status } => (pid, status),
             };
-            let pending_starts = self.shared.spawner.pending_starts();
-            match self.shared.children.exited(pid, status, pending_starts) {
+            let ticket_watermark = self.shared.spawner.ticket_watermark();
+            match self.shared.children.exited(pid, status, ticket_watermark) {
                 ExitRoute::Owner(id) => {
                     debug!("pid {pid} exited: {status}");
                     if let Some(connection) = self.connections.get_mut(&id) {
@@ -589,8 +590,8 @@ impl Server {
                 continue;
             };
             let mut ctx = Self::context(self.poll.registry(), &mut self.shared, now);
-            // A connection dropped at the handshake deadline keeps its handshake slot until
-            // it is closed, at most the closing grace later (see `holds_handshake_slot`).
+            // A connection dropped at the handshake deadline still counts as unauthenticated
+            // until it is closed, at most the closing grace later.
             let close_now = connection.on_deadline(kind, &mut ctx);
             if close_now {
                 self.close(id);
@@ -742,8 +743,8 @@ impl Server {
             self.kill_starts_without_owner();
             for event in self.exit_watcher.take_events() {
                 if let ChildEvent::Exited { pid, status } = event {
-                    let pending_starts = self.shared.spawner.pending_starts();
-                    self.shared.children.exited(pid, status, pending_starts);
+                    let ticket_watermark = self.shared.spawner.ticket_watermark();
+                    self.shared.children.exited(pid, status, ticket_watermark);
                 }
             }
             std::thread::sleep(Duration::from_millis(10));

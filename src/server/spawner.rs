@@ -125,10 +125,10 @@ impl Spawner {
         self.outstanding.len()
     }
 
-    /// While any start is outstanding (an exit of an unknown pid reaped now may be one of
-    /// them), the number of tickets handed out so far: every start handed to the pool before
-    /// now has a smaller one. `None` otherwise.
-    pub fn pending_starts(&self) -> Option<u64> {
+    /// The ticket watermark: while any start is outstanding (an exit of an unknown pid reaped
+    /// now may be one of them), the next ticket to hand out, so that every start handed to the
+    /// pool before now has a smaller one. `None` when no start is outstanding.
+    pub fn ticket_watermark(&self) -> Option<u64> {
         (!self.outstanding.is_empty()).then_some(self.next_ticket)
     }
 

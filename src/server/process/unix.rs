@@ -146,7 +146,7 @@ impl ChildProcess {
     }
 
     /// Whether `stream` is still open.
-    pub fn has_output(&self, stream: OutputStream) -> bool {
+    pub fn awaiting_eof(&self, stream: OutputStream) -> bool {
         match stream {
             OutputStream::Stdout => self.stdout.is_some(),
             OutputStream::Stderr => self.stderr.is_some(),

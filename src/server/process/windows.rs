@@ -382,7 +382,7 @@ impl ChildProcess {
     pub fn output_ready_event(&mut self, _stream: OutputStream) {}
 
     /// Whether `stream` is still open.
-    pub fn has_output(&self, stream: OutputStream) -> bool {
+    pub fn awaiting_eof(&self, stream: OutputStream) -> bool {
         match stream {
             OutputStream::Stdout => self.stdout.is_some(),
             OutputStream::Stderr => self.stderr.is_some(),
@@ -899,7 +899,7 @@ mod tests {
                     (OutputStream::Stdout, &mut stdout),
                     (OutputStream::Stderr, &mut stderr),
                 ] {
-                    while child.has_output(stream) {
+                    while child.awaiting_eof(stream) {
                         match child.read_output(stream, &mut buf) {
                             Ok(0) => child.close_output(stream, &registry),
                             Ok(n) => out.extend_from_slice(&buf[..n]),
@@ -915,8 +915,8 @@ mod tests {
                     }
                 }
                 if let Some(code) = exit
-                    && !child.has_output(OutputStream::Stdout)
-                    && !child.has_output(OutputStream::Stderr)
+                    && !child.awaiting_eof(OutputStream::Stdout)
+                    && !child.awaiting_eof(OutputStream::Stderr)
                 {
                     return Finished {
                         stdout,
