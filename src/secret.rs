@@ -39,7 +39,7 @@ pub enum SecretError {
     TooShort(PathBuf),
     /// The file is longer than [`MAX_SECRET_FILE_LEN`] bytes.
     TooLong(PathBuf),
-    /// The server's secret file is not a regular file (a FIFO, a device, a directory).
+    /// The secret file is a directory, or (for a server) not a regular file: a FIFO, a device.
     NotAFile(PathBuf),
     /// A secret file named by the user is to be created in a directory that does not exist.
     NoDirectory(PathBuf),
@@ -81,8 +81,7 @@ impl fmt::Display for SecretError {
             ),
             SecretError::NotAFile(path) => write!(
                 f,
-                "the secret file {} is not a regular file; a server reads its secret from a \
-                 file (a pipe or device could stall it when SIGHUP reads it again)",
+                "the secret file {} is not a regular file (a directory, a pipe or a device)",
                 path.display()
             ),
             SecretError::NoDirectory(path) => write!(
@@ -170,8 +169,18 @@ fn load_checked(
         io::ErrorKind::NotFound => SecretError::Missing(path.to_path_buf()),
         _ => SecretError::Io(path.to_path_buf(), e),
     };
-    let file = open(path).map_err(io_error)?;
+    let file = open(path).map_err(|e| {
+        // Windows will not open a directory this way ("access denied"): say what it is.
+        if path.is_dir() {
+            SecretError::NotAFile(path.to_path_buf())
+        } else {
+            io_error(e)
+        }
+    })?;
     let meta = file.metadata().map_err(io_error)?;
+    if meta.is_dir() {
+        return Err(SecretError::NotAFile(path.to_path_buf()));
+    }
     check(&meta)?;
     let mut content = Vec::new();
     file.take(MAX_SECRET_FILE_LEN + 1)
@@ -446,6 +455,7 @@ mod tests {
             load_for_server(&fifo),
             Err(SecretError::NotAFile(_))
         ));
+        assert!(matches!(load(dir.path()), Err(SecretError::NotAFile(_))));
         let zero = Path::new("/dev/zero");
         assert!(matches!(
             load_for_server(zero),

@@ -28,6 +28,9 @@ pub enum CdTarget {
     Show,
     /// `cd -`: the previous directory.
     Previous,
+    /// `cd ~\DIR` (or `~/DIR`) on Windows: DIR in the home directory, as `cd ~/DIR` on Unix
+    /// (where the shell's own rules already give the full path).
+    UnderHome(String),
     /// `cd DIR`, relative to the current directory or absolute, quotes and variables already
     /// resolved.
     Path(String),
@@ -285,7 +288,7 @@ fn expand(
 /// quotes are removed; a leading `/d` (also change the drive, which ours always does) is
 /// skipped. Backslashes are path separators, and as in cmd the directory may follow without a
 /// blank when it starts with `.` or `\` (`cd..`, `cd\`). `cd` alone shows the directory, as in
-/// cmd; `cd ~` and `cd -` are as on Unix.
+/// cmd; `cd ~`, `cd ~\DIR` and `cd -` are as on Unix.
 ///
 /// `None` (cmd runs it) if the line has `&`, `|`, `<` or `>` (a command list, a pipeline, a
 /// redirection), a `"` other than one surrounding pair, another switch, an empty `""`, or if
@@ -311,9 +314,6 @@ pub fn parse_cmd_cd(command: &str) -> Option<CdTarget> {
     if rest.contains('^') {
         return Some(refused("an escape (^)"));
     }
-    if rest.contains(['*', '?']) {
-        return Some(refused("a wildcard"));
-    }
     let mut dir = rest.trim_start_matches([' ', '\t']);
     if let Some(after) = dir.strip_prefix("/d").or_else(|| dir.strip_prefix("/D")) {
         if !after.starts_with([' ', '\t']) {
@@ -327,10 +327,23 @@ pub fn parse_cmd_cd(command: &str) -> Option<CdTarget> {
             return None;
         }
     }
+    if dir.starts_with('/') {
+        return None; // a switch cmd knows and we do not (`cd /?` shows cmd's help)
+    }
+    // `\\?\C:\dir` is a path prefix, not a wildcard.
+    if dir
+        .strip_prefix(r"\\?\")
+        .unwrap_or(dir)
+        .contains(['*', '?'])
+    {
+        return Some(refused("a wildcard"));
+    }
+    if let Some(sub) = dir.strip_prefix("~\\").or_else(|| dir.strip_prefix("~/")) {
+        return Some(CdTarget::UnderHome(sub.to_owned()));
+    }
     match dir {
         "~" => Some(CdTarget::Home),
         "-" => Some(CdTarget::Previous),
-        _ if dir.starts_with('/') => None, // a switch cmd knows and we do not
         _ => Some(CdTarget::Path(dir.to_owned())),
     }
 }
@@ -347,14 +360,22 @@ pub fn resolve_cd(
     let wanted = match target {
         CdTarget::Show => cwd.to_path_buf(),
         CdTarget::Home => home_dir().ok_or_else(|| "cd: HOME not set".to_owned())?,
+        CdTarget::UnderHome(dir) => home_dir()
+            .ok_or_else(|| "cd: HOME not set".to_owned())?
+            .join(dir),
         CdTarget::Previous => previous
             .map(Path::to_path_buf)
             .ok_or_else(|| "cd: OLDPWD not set".to_owned())?,
+        // A working directory removed since: `..` is read from its name, as a shell's logical
+        // `cd ..` reads `$PWD` (the kernel can no longer walk up from it), so that the user
+        // can leave it.
+        CdTarget::Path(dir) if !cwd.exists() => without_dot_dot(&cwd.join(dir)),
         CdTarget::Path(dir) => cwd.join(dir),
         CdTarget::Refused(why) => return Err(why.clone()),
     };
     let shown = match target {
         CdTarget::Path(dir) => dir.clone(),
+        CdTarget::UnderHome(dir) => format!("~\\{dir}"),
         _ => wanted.display().to_string(),
     };
     match std::fs::metadata(&wanted) {
@@ -376,6 +397,23 @@ pub fn resolve_cd(
         }
         Err(e) => Err(format!("cd: {shown}: {}", as_a_shell_says(&e))),
     }
+}
+
+/// `path` with each `..` taking away the name before it, and `.` dropped, without asking the
+/// file system.
+fn without_dot_dot(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// An error as a shell's `cd` words it: "Permission denied", without the " (os error 13)"
@@ -425,6 +463,40 @@ mod tests {
             _ => return None,
         };
         Some(value.into())
+    }
+
+    // Unix: compared with `canonicalize`, whose Windows form (`\\?\C:\...`) `resolve_cd` drops.
+    #[cfg(unix)]
+    #[test]
+    fn from_a_removed_directory_cd_dot_dot_climbs_by_name() {
+        let root = tempfile::tempdir().unwrap();
+        let gone = root.path().join("gone");
+        std::fs::create_dir(&gone).unwrap();
+        std::fs::remove_dir(&gone).unwrap();
+        let up = resolve_cd(&CdTarget::Path("..".into()), &gone, None).unwrap();
+        assert_eq!(up, root.path().canonicalize().unwrap());
+        let sibling = root.path().join("sibling");
+        std::fs::create_dir(&sibling).unwrap();
+        let over = resolve_cd(&CdTarget::Path("../sibling/.".into()), &gone, None).unwrap();
+        assert_eq!(over, sibling.canonicalize().unwrap());
+        // From a directory that exists, `..` is the kernel's (through symbolic links).
+        assert_eq!(
+            resolve_cd(&CdTarget::Path("..".into()), &sibling, None).unwrap(),
+            root.path().canonicalize().unwrap()
+        );
+    }
+
+    // Unix: compared with `canonicalize`, whose Windows form (`\\?\C:\...`) `resolve_cd` drops.
+    #[cfg(unix)]
+    #[test]
+    fn under_home_is_in_the_home_directory() {
+        if let Some(home) = home_dir().filter(|home| home.is_dir()) {
+            let target = CdTarget::UnderHome(".".into());
+            assert_eq!(
+                resolve_cd(&target, Path::new("/"), None).unwrap(),
+                home.canonicalize().unwrap()
+            );
+        }
     }
 
     #[test]
@@ -670,6 +742,12 @@ mod tests {
         assert_eq!(cmd(r"cd\Windows"), path(r"\Windows"));
         assert_eq!(cmd(r"chdir C:\a b"), path(r"C:\a b"));
         assert_eq!(cmd("cd -"), Some(CdTarget::Previous));
+        assert_eq!(
+            cmd(r"cd ~\AppData"),
+            Some(CdTarget::UnderHome("AppData".into()))
+        );
+        assert_eq!(cmd("cd ~/a b"), Some(CdTarget::UnderHome("a b".into())));
+        assert_eq!(cmd(r"cd \\?\C:\Windows"), path(r"\\?\C:\Windows"));
     }
 
     #[test]
@@ -687,6 +765,7 @@ mod tests {
             r#"cd a"b"#,
             r#"cd """#,
             "cd /x",
+            "cd /?",
             "cd /d",
             "cd /dx",
             "",
