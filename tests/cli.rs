@@ -157,6 +157,56 @@ fn a_server_of_another_version_is_reported_clearly() {
     ));
 }
 
+/// Mutual authentication: a server that answers `auth` with a `welcome` whose proof it could
+/// not compute (it does not know the secret) never gets a command. The client leaves with 255
+/// and says why, having sent nothing after its `auth`.
+#[test]
+fn an_impostor_server_that_cannot_prove_the_secret_gets_no_command() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let impostor = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut out = Vec::new();
+        let hello = Message::Hello {
+            protocol: PROTOCOL_NAME.into(),
+            version: PROTOCOL_VERSION,
+            nonce: Bytes32(auth::new_nonce()),
+        };
+        FrameEncoder::new().encode(&hello, b"", &mut out);
+        stream.write_all(&out).unwrap();
+        let mut decoder = FrameDecoder::default();
+        let auth_frame = read_frame(&mut stream, &mut decoder);
+        assert!(matches!(auth_frame.message, Message::Auth { .. }));
+        // A proof made up: without the secret there is no other kind.
+        out.clear();
+        let welcome = Message::Welcome {
+            proof: Bytes32(auth::new_nonce()),
+        };
+        FrameEncoder::new().encode(&welcome, b"", &mut out);
+        stream.write_all(&out).unwrap();
+        // Everything the client sends from here on, until it closes.
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        (decoder.buffered(), rest)
+    });
+    let output = run_true_against(addr);
+    assert_eq!(output.status.code(), Some(255));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the server could not prove it knows the secret"),
+        "{stderr}"
+    );
+    let (buffered, after_welcome) = impostor.join().unwrap();
+    assert_eq!(
+        (buffered, after_welcome.len()),
+        (0, 0),
+        "the client sent something after auth: {after_welcome:?}"
+    );
+}
+
 #[test]
 fn something_that_is_not_an_rcmd_server_is_reported_clearly() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
