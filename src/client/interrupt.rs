@@ -15,7 +15,7 @@
 //! One exception to forwarding: when the client's own output is stuck (the program reading it
 //! stopped reading, or the terminal is paused), the command's end could never be shown, and a
 //! local program blocked on its output would simply die of the SIGINT. So when output has made
-//! no progress for [`STUCK_OUTPUT_GRACE`] after a forwarded Ctrl-C (output is written in
+//! no progress for `STUCK_OUTPUT_GRACE` after a forwarded Ctrl-C (output is written in
 //! 16 KiB pieces, so that a slow reader still counts as progress), the client ends with 130
 //! too; closing the connection makes the server kill the command.
 
@@ -64,7 +64,7 @@ static WRITES_STARTED: AtomicU64 = AtomicU64::new(0);
 static WRITING: AtomicBool = AtomicBool::new(false);
 
 /// Output is written in pieces of at most this, each counted as progress: "stuck" means the
-/// reader took less than this in [`STUCK_OUTPUT_GRACE`]. (A blocking write to a pipe returns
+/// reader took less than this in `STUCK_OUTPUT_GRACE`. (A blocking write to a pipe returns
 /// only when all of it is in, so a whole 64 KiB frame to a reader taking 16 KiB a second would
 /// look stuck for four seconds.) Small enough for slow readers, large enough that streaming
 /// pays for few more system calls than one per frame.
@@ -120,7 +120,7 @@ pub fn install() -> Result<(), ctrlc::Error> {
     })
 }
 
-/// Writes command output with `write` in pieces of at most [`OUTPUT_PIECE`], noting each one
+/// Writes command output with `write` in pieces of at most `OUTPUT_PIECE`, noting each one
 /// under way (see the module doc), so that "stuck" means no progress for the grace time, not
 /// one long write to a slow reader.
 ///
@@ -141,7 +141,7 @@ pub fn write_output(
 }
 
 /// Whether one write of output has been under way, without another starting, for all of
-/// [`STUCK_OUTPUT_GRACE`] from now. Returns at once when nothing is being written.
+/// `STUCK_OUTPUT_GRACE` from now. Returns at once when nothing is being written.
 fn output_stays_stuck() -> bool {
     let started = WRITES_STARTED.load(Ordering::SeqCst);
     let until = Instant::now() + STUCK_OUTPUT_GRACE;
@@ -200,7 +200,7 @@ pub fn reading_a_line() -> PromptGuard {
 pub struct PromptGuard;
 
 /// Marks an interactive prompt session until the returned guard is dropped (see
-/// [`INTERACTIVE`]).
+/// `INTERACTIVE`).
 pub fn interactive_session() -> InteractiveGuard {
     INTERACTIVE.store(true, Ordering::SeqCst);
     InteractiveGuard

@@ -22,7 +22,7 @@
 //! treats the source as ready until a read returns `WouldBlock`; only the next event
 //! ([`Connection::on_ready`]) makes it ready again, and a command's pipes are read once more
 //! after its exit. The work of one `drive` is bounded (one socket read and at most
-//! [`FRAMES_PER_ROUND`] frames per round, [`MAX_ROUNDS`] rounds), so that no client keeps the
+//! `FRAMES_PER_ROUND` frames per round, `MAX_ROUNDS` rounds), so that no client keeps the
 //! loop to itself; a connection with work left returns [`Drive::MoreWork`] and is driven again
 //! on the next turn without waiting for an event.
 //!
@@ -32,7 +32,7 @@
 //! a client may have at most [`STDIN_WINDOW`] stdin bytes unacknowledged (`stdin_ack`), so the
 //! stdin buffer is bounded too, and stdin never makes the server stop reading the client: a
 //! Ctrl-C always gets through, even to a command that reads no stdin. Only a client that
-//! leaves more than [`OUTBOUND_HARD_CAP`] of replies unread is not read until it catches up.
+//! leaves more than `OUTBOUND_HARD_CAP` of replies unread is not read until it catches up.
 
 use std::io::{self, Read, Write};
 use std::mem;
@@ -535,11 +535,11 @@ impl Connection {
     /// Handles client frames: those still buffered from an earlier read, or else what one read
     /// brings. Ok(true) if any were handled or anything was read.
     ///
-    /// A bounded amount per round of [`Self::drive`] (one read, at most [`FRAMES_PER_ROUND`]
+    /// A bounded amount per round of [`Self::drive`] (one read, at most `FRAMES_PER_ROUND`
     /// frames), not until `WouldBlock`: a client that keeps sending frames that need no reply
     /// (`stdin_close` for no command) would otherwise keep the loop in this connection for as
     /// long as it liked, and no other client, timer or `accept` would be served. So
-    /// [`MAX_ROUNDS`] bounds a connection's turn.
+    /// `MAX_ROUNDS` bounds a connection's turn.
     fn read_socket(&mut self, ctx: &mut Context) -> io::Result<bool> {
         // An invalid frame counts as ready: handling it is what reports it.
         if !self.is_closing() && self.decoder.frame_ready().unwrap_or(true) {
@@ -568,7 +568,7 @@ impl Connection {
         Ok(false)
     }
 
-    /// Handles the complete frames in the decoder, at most [`FRAMES_PER_ROUND`] of them.
+    /// Handles the complete frames in the decoder, at most `FRAMES_PER_ROUND` of them.
     fn handle_frames(&mut self, ctx: &mut Context) {
         for _ in 0..FRAMES_PER_ROUND {
             if self.is_closing() {
