@@ -232,6 +232,7 @@ cmd_e2e() {
     expect "the working directory" 0 '测试文件.txt\r\n' '' 'dir /b'
     expect_unknown_command
     expect_cd_as_cmd_reads_it "$(winepath -w "$E2E_DIR")"
+    expect_cd_home
     expect "stdin reaches the command" 0 'got abc\r\n' '' 'set /p LINE=& call echo got %LINE%' \
         <<<'abc'
     expect_timeout
@@ -300,6 +301,24 @@ expect_cd_as_cmd_reads_it() {
         die "cd: ${fail#; }"
     fi
     log "ok: cd.. climbs, cd shows the directory, cd %TEMP% is refused"
+}
+
+# `cd ~\DIR` at a Windows prompt is DIR in the home directory (%USERPROFILE%), as `cd ~/DIR`
+# is on Unix: `cd ~\.` then `cd` shows the same path as `echo %USERPROFILE%`.
+expect_cd_home() {
+    local got=0
+    printf 'cd ~\\.\ncd\necho %%USERPROFILE%%\n' |
+        "$CLIENT" connect "$ADDR" --secret-file "$E2E_DIR/secret" \
+            >"$E2E_DIR/stdout" 2>"$E2E_DIR/stderr" || got=$?
+    local shown home
+    shown=$(sed -n 1p "$E2E_DIR/stdout" | tr -d '\r')
+    home=$(sed -n 2p "$E2E_DIR/stdout" | tr -d '\r')
+    if [ "$got" != 0 ] || [ -z "$home" ] || [ "$shown" != "$home" ]; then
+        od -c "$E2E_DIR/stdout" | head -20 >&2
+        cat "$E2E_DIR/stderr" >&2
+        die "cd ~\\.: exit code $got, showed '$shown', home '$home'"
+    fi
+    log "ok: cd ~\\. goes to the home directory ($home)"
 }
 
 # Valid UTF-8 and no U+FFFD (what a wrong decoding would leave).
