@@ -499,7 +499,7 @@ fn say_secret_created(path: &Path) {
 
 fn load_or_create_secret(flag: Option<&Path>) -> Result<Vec<u8>, secret::SecretError> {
     let path = secret::resolve_path(flag)?;
-    if secret::named(flag) && !path.exists() {
+    if secret::named_elsewhere(flag, &path) && !path.exists() {
         secret::require_existing_directory(&path)?;
     }
     let (secret, created) = secret::load_or_create(&path)?;
@@ -688,7 +688,7 @@ fn keygen(args: KeygenArgs) -> u8 {
         Err(e) => return fail(EXIT_FAILURE, e),
     };
     let flag = args.secret.secret_file.as_deref();
-    if secret::named(flag)
+    if secret::named_elsewhere(flag, &path)
         && let Err(e) = secret::require_existing_directory(&path)
     {
         return fail(EXIT_FAILURE, e);

@@ -52,7 +52,17 @@ impl OutputEncoding {
             return Ok(OutputEncoding::auto());
         }
         if let Some(code_page) = label.strip_prefix("auto=") {
-            return Ok(OutputEncoding::mixed(encoding_for_label(code_page)?));
+            return match encoding_for_label(code_page) {
+                Ok(encoding) => Ok(OutputEncoding::mixed(encoding)),
+                // A code page with no decoder (437, 850): what `auto` does there.
+                Err(unknown) => match code_page_number(code_page) {
+                    Some(number) => {
+                        warn_no_decoder(u32::from(number));
+                        Ok(OutputEncoding::Passthrough)
+                    }
+                    None => Err(unknown),
+                },
+            };
         }
         let encoding = encoding_for_label(label)?;
         Ok(if encoding == UTF_8 {
@@ -96,17 +106,30 @@ impl OutputEncoding {
     }
 }
 
+/// Says at start-up that output in `code_page` is passed through undecoded, as `auto` does on a
+/// system whose code page has no decoder (the DOS code pages 437 and 850 of Western Windows).
+pub fn warn_no_decoder(code_page: u32) {
+    log::warn!(
+        "the console code page {code_page} has no decoder; command output is passed through as \
+         it is: ASCII reads right, other characters do not (a command can switch its console to \
+         UTF-8 first: `chcp 65001 >nul & ...`)"
+    );
+}
+
+/// The number of a Windows code page name (`936`, `cp936`, `windows-936`).
+fn code_page_number(label: &str) -> Option<u16> {
+    let lower = label.trim().to_ascii_lowercase();
+    let number = lower
+        .strip_prefix("cp")
+        .or_else(|| lower.strip_prefix("windows-"))
+        .unwrap_or(&lower);
+    number.parse().ok()
+}
+
 /// An encoding by WHATWG label or Windows code page name (`936`, `cp936`, `windows-936`).
 fn encoding_for_label(label: &str) -> Result<&'static Encoding, String> {
     let label = label.trim();
-    let code_page = || {
-        let lower = label.to_ascii_lowercase();
-        let number = lower
-            .strip_prefix("cp")
-            .or_else(|| lower.strip_prefix("windows-"))
-            .unwrap_or(&lower);
-        number.parse::<u16>().ok().and_then(codepage::to_encoding)
-    };
+    let code_page = || code_page_number(label).and_then(codepage::to_encoding);
     Encoding::for_label(label.as_bytes()).or_else(code_page).ok_or_else(|| {
         format!(
             "unknown encoding {label:?}: use auto, utf-8, a label such as gbk, gb18030, big5, shift_jis, windows-1252, or a code page such as 936"
@@ -511,6 +534,15 @@ mod tests {
                 .contains("klingon")
         );
         assert!(OutputEncoding::from_label("auto=klingon").is_err());
+        // A code page without a decoder: what `auto` does there, pass through (and warn).
+        for dos in ["auto=437", "auto=cp850"] {
+            assert_eq!(
+                OutputEncoding::from_label(dos).unwrap(),
+                OutputEncoding::Passthrough,
+                "{dos}"
+            );
+        }
+        assert!(OutputEncoding::from_label("437").is_err());
     }
 
     /// Text with ASCII, CJK, other non-ASCII and line breaks, as commands print it.

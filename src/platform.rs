@@ -39,11 +39,7 @@ pub fn console_output_encoding() -> &'static Encoding {
     match encoding_for_code_page(code_page) {
         Some(encoding) => encoding,
         None => {
-            log::warn!(
-                "the console code page {code_page} has no decoder; command output is passed \
-                 through as it is: ASCII reads right, other characters do not (a command can \
-                 switch its console to UTF-8 first: `chcp 65001 >nul & ...`)"
-            );
+            crate::output::warn_no_decoder(code_page);
             UTF_8
         }
     }

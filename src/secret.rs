@@ -61,8 +61,8 @@ impl fmt::Display for SecretError {
             ),
             SecretError::Missing(path) => write!(
                 f,
-                "no secret file at {}: run `rcmd keygen --secret-file {}`, or copy the server's \
-                 secret file there",
+                "no secret file at {}: copy the server's secret file there, or make a new one \
+                 with `rcmd keygen --secret-file {}`",
                 path.display(),
                 path.display()
             ),
@@ -201,6 +201,13 @@ fn load_checked(
 /// left to the per-user default.
 pub fn named(flag: Option<&Path>) -> bool {
     named_path(flag).is_some()
+}
+
+/// Whether `path` (resolved from `flag`) was named by the user and is not the default location
+/// either: its directory must exist already ([`require_existing_directory`]). Naming the default
+/// path itself, as the hint for a missing secret does, is the default.
+pub fn named_elsewhere(flag: Option<&Path>, path: &Path) -> bool {
+    named(flag) && default_path().as_deref() != Some(path)
 }
 
 /// Reads the secret for a server, which is stricter than a client: a file every user of the

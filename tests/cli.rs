@@ -363,6 +363,31 @@ fn a_named_secret_file_in_a_missing_directory_is_refused_not_made_up() {
         assert!(stderr.contains("its directory does not exist"), "{stderr}");
         assert!(!dir.path().join("no-such-dir").exists(), "{args:?}");
     }
+    // The default location, even when named (the hint for a missing secret names it), is
+    // created whole: following the hint works on a fresh machine.
+    let config = dir.path().join("fresh-config");
+    let output = Command::new(rcmd_bin())
+        .args(["run", "127.0.0.1:1", "--", "true"])
+        .env("XDG_CONFIG_HOME", &config)
+        .env_remove("RCMD_SECRET_FILE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let hint = stderr
+        .split('`')
+        .nth(1)
+        .unwrap_or_else(|| panic!("no command in the hint: {stderr}"));
+    assert!(hint.starts_with("rcmd keygen --secret-file "), "{stderr}");
+    let words: Vec<&str> = hint.split_whitespace().skip(1).collect();
+    let status = Command::new(rcmd_bin())
+        .args(&words)
+        .env("XDG_CONFIG_HOME", &config)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{hint}");
+    assert!(config.join("rcmd").join("secret").is_file());
     // An existing directory is fine.
     let named = dir.path().join("secret");
     let status = Command::new(rcmd_bin())
