@@ -228,7 +228,10 @@ impl Server {
         // The handle's end blocks: `stop` waits for the answer.
         let theirs = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(theirs));
         theirs.set_nonblocking(false)?;
-        Ok(StopHandle(theirs))
+        Ok(StopHandle {
+            stream: theirs,
+            outcome: std::sync::Mutex::new(None),
+        })
     }
 
     /// Serves clients until a shutdown signal; then kills running commands, says goodbye to
@@ -810,21 +813,32 @@ pub fn raise_fd_limit() {
 /// Stops a running [`Server`] from another thread of the same process: see
 /// [`Server::stop_handle`].
 #[cfg(unix)]
-pub struct StopHandle(std::os::unix::net::UnixStream);
+pub struct StopHandle {
+    stream: std::os::unix::net::UnixStream,
+    /// The answer to the one request sent: the demo may ask from two threads at once (a
+    /// SIGTERM's handler and the prompt ending because of it), and a second request would read
+    /// as a second shutdown signal ("exit now").
+    outcome: std::sync::Mutex<Option<bool>>,
+}
 
 #[cfg(unix)]
 impl StopHandle {
     /// Asks the server to shut down as on SIGTERM (running commands killed, clients told) and
     /// waits, at most `timeout`, until it has killed the running commands. False if it did not
-    /// answer in time (or had already stopped).
+    /// answer in time (or had already stopped). Asked again, from any thread, it waits for the
+    /// first request's answer instead of sending another.
     pub fn stop(&self, timeout: Duration) -> bool {
         use std::io::Read;
-        let mut stream = &self.0;
-        if stream.write_all(b"s").is_err() || stream.set_read_timeout(Some(timeout)).is_err() {
-            return false;
+        let mut outcome = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(stopped) = *outcome {
+            return stopped;
         }
-        let mut answer = [0u8; 1];
-        matches!(stream.read(&mut answer), Ok(1))
+        let mut stream = &self.stream;
+        let stopped = stream.write_all(b"s").is_ok()
+            && stream.set_read_timeout(Some(timeout)).is_ok()
+            && matches!(stream.read(&mut [0u8; 1]), Ok(1));
+        *outcome = Some(stopped);
+        stopped
     }
 }
 
@@ -837,5 +851,36 @@ fn signal_name(signal: i32) -> String {
         SIGINT => "SIGINT".to_owned(),
         SIGTERM => "SIGTERM".to_owned(),
         other => format!("signal {other}"),
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_asked_twice_is_one_request_with_one_answer() {
+        // The demo asks from a signal's handler and from its prompt's end, maybe both: a second
+        // request must not reach the server as a second shutdown signal ("exit now").
+        let config = ServerConfig {
+            secret: b"0123456789abcdef0123456789abcdef".to_vec(),
+            encoding: OutputEncoding::Passthrough,
+            workdir: std::env::temp_dir(),
+            limits: Limits::default(),
+            handle_signals: false,
+            secret_file: None,
+        };
+        let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), config).unwrap();
+        let stop = std::sync::Arc::new(server.stop_handle().unwrap());
+        let running = std::thread::spawn(move || server.run());
+        let again = {
+            let stop = stop.clone();
+            std::thread::spawn(move || stop.stop(Duration::from_secs(10)))
+        };
+        assert!(stop.stop(Duration::from_secs(10)));
+        assert!(again.join().unwrap());
+        // Asked once more after the server has gone: the same answer, nothing sent.
+        running.join().unwrap().unwrap();
+        assert!(stop.stop(Duration::from_secs(10)));
     }
 }
