@@ -751,7 +751,7 @@ fn demo(args: DemoArgs) -> u8 {
     });
     // The command to reach it from elsewhere, with the secret it needs if it is not the default.
     let secret_arg = secret_flag.map_or(String::new(), |path| {
-        format!(" --secret-file {}", path.display())
+        format!(" --secret-file {}", secret::quoted_if_needed(path))
     });
     say!(
         "rcmd demo: a server on {addr} runs your commands; `rcmd connect {addr}{secret_arg}` reaches it from another terminal."

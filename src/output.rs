@@ -54,13 +54,13 @@ impl OutputEncoding {
         if let Some(code_page) = label.strip_prefix("auto=") {
             return match encoding_for_label(code_page) {
                 Ok(encoding) => Ok(OutputEncoding::mixed(encoding)),
-                // A code page with no decoder (437, 850): what `auto` does there.
+                // A DOS code page with no decoder (437, 850): what `auto` does there.
                 Err(unknown) => match code_page_number(code_page) {
-                    Some(number) => {
+                    Some(number) if DOS_CODE_PAGES_WITHOUT_DECODER.contains(&number) => {
                         warn_no_decoder(u32::from(number));
                         Ok(OutputEncoding::Passthrough)
                     }
-                    None => Err(unknown),
+                    _ => Err(unknown),
                 },
             };
         }
@@ -106,13 +106,20 @@ impl OutputEncoding {
     }
 }
 
+/// The OEM (DOS) code pages of Windows consoles that `encoding_rs` cannot decode (866 it can):
+/// `auto=N` accepts these as what `auto` meets on such a system. Any other unknown number is a
+/// mistake (`auto=963` for 936) and refused.
+const DOS_CODE_PAGES_WITHOUT_DECODER: [u16; 15] = [
+    437, 720, 737, 775, 850, 852, 855, 857, 858, 860, 861, 862, 863, 865, 869,
+];
+
 /// Says at start-up that output in `code_page` is passed through undecoded, as `auto` does on a
 /// system whose code page has no decoder (the DOS code pages 437 and 850 of Western Windows).
 pub fn warn_no_decoder(code_page: u32) {
     log::warn!(
-        "the console code page {code_page} has no decoder; command output is passed through as \
-         it is: ASCII reads right, other characters do not (a command can switch its console to \
-         UTF-8 first: `chcp 65001 >nul & ...`)"
+        "code page {code_page} has no decoder; command output is passed through as it is: \
+         ASCII reads right, other characters do not (a command can switch its console to UTF-8 \
+         first: `chcp 65001 >nul & ...`)"
     );
 }
 
@@ -543,6 +550,7 @@ mod tests {
             );
         }
         assert!(OutputEncoding::from_label("437").is_err());
+        assert!(OutputEncoding::from_label("auto=963").is_err());
     }
 
     /// Text with ASCII, CJK, other non-ASCII and line breaks, as commands print it.

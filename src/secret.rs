@@ -39,7 +39,9 @@ pub enum SecretError {
     TooShort(PathBuf),
     /// The file is longer than [`MAX_SECRET_FILE_LEN`] bytes.
     TooLong(PathBuf),
-    /// The secret file is a directory, or (for a server) not a regular file: a FIFO, a device.
+    /// The secret file is a directory.
+    IsADirectory(PathBuf),
+    /// The server's secret file is not a regular file: a FIFO, a device.
     NotAFile(PathBuf),
     /// A secret file named by the user is to be created in a directory that does not exist.
     NoDirectory(PathBuf),
@@ -64,7 +66,7 @@ impl fmt::Display for SecretError {
                 "no secret file at {}: copy the server's secret file there, or make a new one \
                  with `rcmd keygen --secret-file {}`",
                 path.display(),
-                path.display()
+                quoted_if_needed(path)
             ),
             SecretError::TooShort(path) => {
                 write!(
@@ -79,9 +81,13 @@ impl fmt::Display for SecretError {
                  short line of text (`rcmd keygen` writes 64 hex digits)",
                 path.display()
             ),
+            SecretError::IsADirectory(path) => {
+                write!(f, "the secret file {} is a directory", path.display())
+            }
             SecretError::NotAFile(path) => write!(
                 f,
-                "the secret file {} is not a regular file (a directory, a pipe or a device)",
+                "the secret file {} is not a regular file; a server reads its secret from a \
+                 file, which SIGHUP reads again without waiting on a pipe or device",
                 path.display()
             ),
             SecretError::NoDirectory(path) => write!(
@@ -111,6 +117,17 @@ impl fmt::Display for SecretError {
 }
 
 impl std::error::Error for SecretError {}
+
+/// `path` as a command line takes it: in double quotes if it has blanks (a Windows profile
+/// such as `C:\Users\John Smith`), which both `sh` and `cmd` read.
+pub fn quoted_if_needed(path: &Path) -> String {
+    let text = path.display().to_string();
+    if text.contains([' ', '\t']) {
+        format!("\"{text}\"")
+    } else {
+        text
+    }
+}
 
 /// The per-user default secret file.
 pub fn default_path() -> Option<PathBuf> {
@@ -172,14 +189,14 @@ fn load_checked(
     let file = open(path).map_err(|e| {
         // Windows will not open a directory this way ("access denied"): say what it is.
         if path.is_dir() {
-            SecretError::NotAFile(path.to_path_buf())
+            SecretError::IsADirectory(path.to_path_buf())
         } else {
             io_error(e)
         }
     })?;
     let meta = file.metadata().map_err(io_error)?;
     if meta.is_dir() {
-        return Err(SecretError::NotAFile(path.to_path_buf()));
+        return Err(SecretError::IsADirectory(path.to_path_buf()));
     }
     check(&meta)?;
     let mut content = Vec::new();
@@ -462,7 +479,10 @@ mod tests {
             load_for_server(&fifo),
             Err(SecretError::NotAFile(_))
         ));
-        assert!(matches!(load(dir.path()), Err(SecretError::NotAFile(_))));
+        assert!(matches!(
+            load(dir.path()),
+            Err(SecretError::IsADirectory(_))
+        ));
         let zero = Path::new("/dev/zero");
         assert!(matches!(
             load_for_server(zero),

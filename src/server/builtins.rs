@@ -366,10 +366,10 @@ pub fn resolve_cd(
         CdTarget::Previous => previous
             .map(Path::to_path_buf)
             .ok_or_else(|| "cd: OLDPWD not set".to_owned())?,
-        // A working directory removed since: `..` is read from its name, as a shell's logical
-        // `cd ..` reads `$PWD` (the kernel can no longer walk up from it), so that the user
-        // can leave it.
-        CdTarget::Path(dir) if !cwd.exists() => without_dot_dot(&cwd.join(dir)),
+        // A working directory removed since: the kernel can no longer walk up from it, so a
+        // leading `..` climbs its name instead, as a shell's logical `cd ..` reads `$PWD`, and
+        // the user can leave it (`cd ..`, `cd ../other`).
+        CdTarget::Path(dir) if !cwd.exists() => climb_by_name(cwd, Path::new(dir)),
         CdTarget::Path(dir) => cwd.join(dir),
         CdTarget::Refused(why) => return Err(why.clone()),
     };
@@ -399,21 +399,23 @@ pub fn resolve_cd(
     }
 }
 
-/// `path` with each `..` taking away the name before it, and `.` dropped, without asking the
-/// file system.
-fn without_dot_dot(path: &Path) -> PathBuf {
+/// `dir` seen from `cwd`, each `..` at the start of a relative `dir` taking away the last name
+/// of `cwd` without asking the file system; the rest of `dir` is left to it, as is an
+/// absolute `dir`.
+fn climb_by_name(cwd: &Path, dir: &Path) -> PathBuf {
     use std::path::Component;
-    let mut out = PathBuf::new();
-    for part in path.components() {
-        match part {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
+    let mut base = cwd.to_path_buf();
+    let mut parts = dir.components();
+    loop {
+        let rest = parts.as_path();
+        match parts.next() {
+            Some(Component::ParentDir) => {
+                base.pop();
             }
-            other => out.push(other),
+            Some(Component::CurDir) => {}
+            _ => return base.join(rest),
         }
     }
-    out
 }
 
 /// An error as a shell's `cd` words it: "Permission denied", without the " (os error 13)"
@@ -479,6 +481,12 @@ mod tests {
         std::fs::create_dir(&sibling).unwrap();
         let over = resolve_cd(&CdTarget::Path("../sibling/.".into()), &gone, None).unwrap();
         assert_eq!(over, sibling.canonicalize().unwrap());
+        // Only the leading `..` climb by name; the rest is the file system's, as is an
+        // absolute path (bash: `cd /nonexistent/..` fails).
+        for not_there in ["../nonexistent/..", "/nonexistent/.."] {
+            let target = CdTarget::Path(not_there.into());
+            assert!(resolve_cd(&target, &gone, None).is_err(), "{not_there}");
+        }
         // From a directory that exists, `..` is the kernel's (through symbolic links).
         assert_eq!(
             resolve_cd(&CdTarget::Path("..".into()), &sibling, None).unwrap(),

@@ -1,14 +1,15 @@
 //! Timers for the event loop. `mio` has none: we keep every deadline in a min-heap and pass the
 //! time until the nearest one as the poll timeout.
 //!
-//! Entries are never removed early; each is checked when it fires. An `Idle` entry whose
-//! connection was active since finds that it is not yet due, and schedules the new time then;
-//! a `Handshake` entry of a connection that authenticated, or a `Command(serial)` entry of a
-//! command that finished, is ignored. That keeps scheduling O(log n) and cancellation free. The entries no one
-//! needs any more are swept out in bulk ([`Deadlines::sweep`]): those of closed connections
-//! (left to fire, the idle checks of every connection of the last hour would pile up on a busy
-//! server) and the timeouts of commands that have finished (a connection running many commands
-//! with a long timeout would pile up one each).
+//! Entries are never removed early; each is checked against its connection's state when it
+//! fires. An `Idle` entry whose connection was active since finds that it is not yet due, and
+//! schedules the new time then; an entry whose reason has passed (a `Handshake` entry of a
+//! connection that authenticated, a `Command(serial)` entry of a command that finished) is
+//! ignored. That keeps scheduling O(log n) and cancellation free. The entries no one needs any
+//! more are swept out in bulk ([`Deadlines::sweep`]): those of closed connections (left to
+//! fire, the idle checks of every connection of the last hour would pile up on a busy server)
+//! and the timeouts of commands that have finished (a connection running many commands with a
+//! long timeout would pile up one each).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

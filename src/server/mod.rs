@@ -40,7 +40,7 @@ use spawner::Spawner;
 
 /// Tokens of the loop's own sources, at the top of the range. Connection tokens are
 /// `conn_id << 2 | source` ([`connection::token`]): they would reach this range only after
-/// 2^62 connections.
+/// `usize::MAX / 4` connections (2^62 on 64-bit systems).
 const LISTENER: Token = Token(usize::MAX);
 const CHILD_EVENTS: Token = Token(usize::MAX - 1);
 #[cfg(unix)]
@@ -825,8 +825,9 @@ pub struct StopHandle {
 impl StopHandle {
     /// Asks the server to shut down as on SIGTERM (running commands killed, clients told) and
     /// waits, at most `timeout`, until it has killed the running commands. False if it did not
-    /// answer in time (or had already stopped). Asked again, from any thread, it waits for the
-    /// first request's answer instead of sending another.
+    /// answer in time (or had already stopped). Asked again, from any thread, it sends nothing:
+    /// it returns the first request's answer, waiting while that request waits (up to the first
+    /// caller's `timeout`, whatever its own).
     pub fn stop(&self, timeout: Duration) -> bool {
         use std::io::Read;
         let mut outcome = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
