@@ -118,20 +118,30 @@ fn a_client_of_another_version_is_told_so() {
     }
 }
 
+/// A fake server's start: accepts one client and sends it a `hello` of `version`. Reads on the
+/// returned stream give up after 20 s.
+fn accept_and_say_hello(listener: &TcpListener, version: u32) -> TcpStream {
+    let (mut stream, _) = listener.accept().unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let hello = Message::Hello {
+        protocol: PROTOCOL_NAME.into(),
+        version,
+        nonce: Bytes32(auth::new_nonce()),
+    };
+    let mut bytes = Vec::new();
+    FrameEncoder::new().encode(&hello, b"", &mut bytes);
+    stream.write_all(&bytes).unwrap();
+    stream
+}
+
 #[test]
 fn a_server_of_another_version_is_reported_clearly() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let fake_server = std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        let hello = Message::Hello {
-            protocol: PROTOCOL_NAME.into(),
-            version: 99,
-            nonce: Bytes32([7; 32]),
-        };
-        let mut bytes = Vec::new();
-        FrameEncoder::new().encode(&hello, b"", &mut bytes);
-        stream.write_all(&bytes).unwrap();
+        let mut stream = accept_and_say_hello(&listener, 99);
         let mut rest = Vec::new();
         let _ = stream.read_to_end(&mut rest);
         rest
@@ -165,18 +175,8 @@ fn an_impostor_server_that_cannot_prove_the_secret_gets_no_command() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let impostor = std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
+        let mut stream = accept_and_say_hello(&listener, PROTOCOL_VERSION);
         let mut out = Vec::new();
-        let hello = Message::Hello {
-            protocol: PROTOCOL_NAME.into(),
-            version: PROTOCOL_VERSION,
-            nonce: Bytes32(auth::new_nonce()),
-        };
-        FrameEncoder::new().encode(&hello, b"", &mut out);
-        stream.write_all(&out).unwrap();
         let mut decoder = FrameDecoder::default();
         let auth_frame = read_frame(&mut stream, &mut decoder);
         assert!(matches!(auth_frame.message, Message::Auth { .. }));
