@@ -528,8 +528,12 @@ fn start_session(addr: &str, secret_flag: Option<&Path>) -> Result<Session, u8> 
 
 fn connect(args: ConnectArgs) -> u8 {
     init_logging("warn");
+    let addr = match client::target_address(args.addr.as_deref(), args.port) {
+        Ok(addr) => addr,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
     if args.framing == Framing::Unframed {
-        return connect_unframed(args);
+        return connect_unframed(&addr, args);
     }
     if args.insecure_no_auth || args.recv_size.is_some() || args.read_delay_ms.is_some() {
         return fail(
@@ -537,10 +541,6 @@ fn connect(args: ConnectArgs) -> u8 {
             "--insecure-no-auth, --recv-size and --read-delay-ms apply only to --framing none",
         );
     }
-    let addr = match client::target_address(args.addr.as_deref(), args.port) {
-        Ok(addr) => addr,
-        Err(e) => return fail(EXIT_USAGE, e),
-    };
     match start_session(&addr, args.secret.secret_file.as_deref()) {
         Ok(mut session) => prompt_exit_code(prompt::run_prompt(&mut session, history_path())),
         Err(code) => code,
@@ -548,7 +548,7 @@ fn connect(args: ConnectArgs) -> u8 {
 }
 
 /// `connect --framing none`: one read per command, printed as it came (see `rcmd::sticky`).
-fn connect_unframed(args: ConnectArgs) -> u8 {
+fn connect_unframed(addr: &str, args: ConnectArgs) -> u8 {
     let defaults = sticky::ReadOptions::default();
     let recv_size = args.recv_size.unwrap_or(defaults.recv_size);
     if !(1..=sticky::client::MAX_RECV_SIZE).contains(&recv_size) {
@@ -573,11 +573,7 @@ fn connect_unframed(args: ConnectArgs) -> u8 {
             Err(code) => return code,
         }
     };
-    let addr = match client::target_address(args.addr.as_deref(), args.port) {
-        Ok(addr) => addr,
-        Err(e) => return fail(EXIT_USAGE, e),
-    };
-    match sticky::client::connect_and_prompt(&addr, secret.as_deref(), options) {
+    match sticky::client::connect_and_prompt(addr, secret.as_deref(), options) {
         Ok(status) => status.rem_euclid(256) as u8,
         Err(sticky::StickyError::LocalIo(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
             end_as_killed_by_sigpipe()
