@@ -149,11 +149,12 @@ struct ConnectArgs {
     /// With --framing none: skip the handshake (for `serve --framing none --insecure-no-auth`).
     #[arg(long)]
     insecure_no_auth: bool,
-    /// With --framing none: the most bytes one read may return [default: 1024].
+    /// The most bytes one read may return [default: 1024]. With rcmd's framing, either this or
+    /// --read-delay-ms makes the client read like the unframed one and show each read and the
+    /// frames completed from it, on stderr (the sticky-packet effects, absorbed by the framing).
     #[arg(long, value_name = "BYTES")]
     recv_size: Option<usize>,
-    /// With --framing none: milliseconds to wait, once an answer starts to arrive, before the
-    /// one read [default: 200].
+    /// Milliseconds to wait, once an answer starts to arrive, before reading [default: 200].
     #[arg(long, value_name = "MS")]
     read_delay_ms: Option<u64>,
 }
@@ -535,20 +536,30 @@ fn connect(args: ConnectArgs) -> u8 {
     if args.framing == Framing::Unframed {
         return connect_unframed(&addr, args);
     }
-    if args.insecure_no_auth || args.recv_size.is_some() || args.read_delay_ms.is_some() {
+    if args.insecure_no_auth {
         return fail(
             EXIT_USAGE,
-            "--insecure-no-auth, --recv-size and --read-delay-ms apply only to --framing none",
+            "--insecure-no-auth applies only to --framing none",
         );
     }
+    let traced = args.recv_size.is_some() || args.read_delay_ms.is_some();
+    let options = match read_options(&args) {
+        Ok(options) => options,
+        Err(code) => return code,
+    };
     match start_session(&addr, args.secret.secret_file.as_deref()) {
-        Ok(mut session) => prompt_exit_code(prompt::run_prompt(&mut session, history_path())),
+        Ok(mut session) => {
+            if traced {
+                session.trace_reads(options.pacing(), client::trace::to_stderr());
+            }
+            prompt_exit_code(prompt::run_prompt(&mut session, history_path()))
+        }
         Err(code) => code,
     }
 }
 
-/// `connect --framing none`: one read per command, printed as it came (see `rcmd::sticky`).
-fn connect_unframed(addr: &str, args: ConnectArgs) -> u8 {
+/// How `connect` reads with `--recv-size` and `--read-delay-ms`, defaults filled in.
+fn read_options(args: &ConnectArgs) -> Result<sticky::ReadOptions, u8> {
     let defaults = sticky::ReadOptions::default();
     let recv_size = args.recv_size.unwrap_or(defaults.recv_size);
     if !(1..=sticky::client::MAX_RECV_SIZE).contains(&recv_size) {
@@ -556,14 +567,22 @@ fn connect_unframed(addr: &str, args: ConnectArgs) -> u8 {
             "--recv-size must be between 1 and {}",
             sticky::client::MAX_RECV_SIZE
         );
-        return fail(EXIT_USAGE, why);
+        return Err(fail(EXIT_USAGE, why));
     }
-    let options = sticky::ReadOptions {
+    Ok(sticky::ReadOptions {
         recv_size,
         read_delay: args
             .read_delay_ms
             .map_or(defaults.read_delay, Duration::from_millis),
         ..defaults
+    })
+}
+
+/// `connect --framing none`: one read per command, printed as it came (see `rcmd::sticky`).
+fn connect_unframed(addr: &str, args: ConnectArgs) -> u8 {
+    let options = match read_options(&args) {
+        Ok(options) => options,
+        Err(code) => return code,
     };
     let secret = if args.insecure_no_auth {
         None

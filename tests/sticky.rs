@@ -246,11 +246,118 @@ fn unframed_only_flags_are_refused_with_framing_length() {
 
     let mut connect = Command::new(rcmd_bin());
     connect
-        .args(["connect", "127.0.0.1:9", "--recv-size", "10"])
+        .args(["connect", "127.0.0.1:9", "--insecure-no-auth"])
         .stdin(Stdio::null());
     let output = output_within(connect, STEP_TIMEOUT);
     assert_eq!(output.status.code(), Some(2));
     assert!(text(&output.stderr).contains("--framing none"));
+
+    // A bad read size is a usage error before anything connects, in either framing.
+    for framing in ["length", "none"] {
+        let mut connect = Command::new(rcmd_bin());
+        connect
+            .args(["connect", "127.0.0.1:9", "--framing", framing])
+            .args(["--recv-size", "0"])
+            .stdin(Stdio::null());
+        let output = output_within(connect, STEP_TIMEOUT);
+        assert_eq!(output.status.code(), Some(2), "{framing}");
+        assert!(
+            text(&output.stderr).contains("--recv-size must be between 1 and"),
+            "{framing}: {}",
+            text(&output.stderr)
+        );
+    }
+}
+
+/// Runs the framed `rcmd connect` against `server` with `--recv-size` and `--read-delay-ms`
+/// (so it shows its reads on stderr), feeding it `script`.
+fn traced_connect(server: &TestServer, recv_size: &str, script: &str) -> Output {
+    let mut command = server.client("connect");
+    command
+        .args(["--recv-size", recv_size, "--read-delay-ms", READ_DELAY_MS])
+        .stdin(stdin_from(script));
+    let output = output_within(command, STEP_TIMEOUT);
+    assert!(
+        output.status.success(),
+        "client failed: {:?}\nstderr: {}",
+        output.status,
+        text(&output.stderr)
+    );
+    output
+}
+
+/// The `[read N: ...]` and `[frame: ...]` lines of a traced client's stderr.
+fn trace_lines(output: &Output) -> Vec<String> {
+    text(&output.stderr)
+        .lines()
+        .filter(|line| line.starts_with("[read ") || line.starts_with("[frame: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn framed_reads_cut_as_short_as_unframed_ones_still_give_whole_answers() {
+    let server = TestServer::start(&[]);
+    // 10-byte reads: every frame (its prefix, header, body and tag) takes several.
+    let output = traced_connect(&server, "10", "seq 1 400\necho hello\n");
+    let mut expected = seq_400();
+    expected.extend_from_slice(b"hello\n");
+    assert_eq!(output.stdout, expected, "each answer whole, in order");
+
+    let lines = trace_lines(&output);
+    let reads: Vec<&String> = lines.iter().filter(|l| l.starts_with("[read ")).collect();
+    for (number, line) in reads.iter().enumerate() {
+        let bytes: usize = line
+            .strip_prefix(&format!("[read {}: ", number + 1))
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|count| count.parse().ok())
+            .unwrap_or_else(|| panic!("read {} is {line:?}", number + 1));
+        assert!((1..=10).contains(&bytes), "{line}");
+    }
+    // 1492 bytes of output alone need 150 reads of 10; the frames around them more.
+    assert!(reads.len() > 150, "{} reads", reads.len());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("the next frame is 1563 bytes") && l.contains("read again")),
+        "a read that ended inside the stdout frame: {lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("too few to know")),
+        "a read that ended inside a length prefix or header: {lines:#?}"
+    );
+    let frames: Vec<&String> = lines.iter().filter(|l| l.starts_with("[frame: ")).collect();
+    assert_eq!(frames.len(), 4, "stdout and exit, twice: {frames:#?}");
+    assert!(frames[0].starts_with("[frame: stdout, 1492-byte body, 1563 bytes on the wire"));
+    assert!(frames[1].starts_with("[frame: exit, "));
+    assert!(frames[2].starts_with("[frame: stdout, 6-byte body, "));
+}
+
+#[test]
+fn framed_reads_that_merge_frames_still_give_each_stream_its_own_bytes() {
+    let server = TestServer::start(&[]);
+    let output = traced_connect(&server, "1024", "echo out; echo err >&2\n");
+    assert_eq!(output.stdout, b"out\n");
+    assert!(text(&output.stderr).contains("err\n"));
+    let lines = trace_lines(&output);
+    // One read took all three frames (stdout, stderr, exit) at once, as the unframed reads
+    // took both writes; the decoder split them.
+    assert!(lines[0].starts_with("[read 1: "), "{lines:#?}");
+    assert!(
+        !lines.iter().any(|l| l.starts_with("[read 2")),
+        "{lines:#?}"
+    );
+    let frames: Vec<&String> = lines.iter().filter(|l| l.starts_with("[frame: ")).collect();
+    assert_eq!(frames.len(), 3, "{lines:#?}");
+    assert!(
+        frames[0].starts_with("[frame: stdout, 4-byte body") && frames[0].contains("already in")
+    );
+    assert!(
+        frames[1].starts_with("[frame: stderr, 4-byte body") && frames[1].contains("already in")
+    );
+    assert!(
+        frames[2].starts_with("[frame: exit") && frames[2].contains("nothing buffered after it")
+    );
 }
 
 #[test]
@@ -400,7 +507,9 @@ fn demo_sticky_runs_both_modes_and_explains_both_effects() {
         r#""err\n""#,
         r#""out\n""#,
         "FRAMED",
-        "complete: 1492 bytes of stdout",
+        "[read 1: 1024 bytes; the next frame is 1563 bytes, 1024 of them in: read again]",
+        "[frame: stdout, 1492-byte body, 1563 bytes on the wire",
+        "1492 bytes of stdout and 0 of stderr, complete",
         "The fix",
     ] {
         assert!(

@@ -12,6 +12,7 @@ pub mod prompt;
 pub mod stats;
 #[cfg(unix)]
 pub mod terminal;
+pub mod trace;
 #[cfg(unix)]
 pub mod watch;
 
@@ -30,6 +31,7 @@ use crate::protocol::{
     ErrorCode, ExitStatus, Frame, FrameDecoder, FrameEncoder, FrameError, Message, PROTOCOL_VERSION,
 };
 use crate::tcp;
+use trace::{ReadPacing, ReadTrace, TraceEvent};
 
 /// Port used when an address names only a host.
 pub const DEFAULT_PORT: u16 = 9999;
@@ -358,6 +360,8 @@ pub struct Session {
     sender: SharedSender,
     next_id: u32,
     peer: SocketAddr,
+    /// Set by [`Session::trace_reads`]: reads paced like the tutorial client's, and reported.
+    trace: Option<ReadTrace>,
 }
 
 impl Session {
@@ -412,6 +416,7 @@ impl Session {
             })),
             next_id: 1,
             peer,
+            trace: None,
         };
         // The steps of docs/protocol.md §6.1.
         let server_nonce = session.read_hello()?;
@@ -514,6 +519,17 @@ impl Session {
         }
     }
 
+    /// From now on, reads at most `pacing.recv_size` bytes at a time, as the unframed tutorial
+    /// client does, and passes each read and each frame completed to `observer` (see
+    /// [`trace`]): the sticky-packet effects on rcmd's own wire, and the framing absorbing them.
+    pub fn trace_reads(
+        &mut self,
+        pacing: ReadPacing,
+        observer: Box<dyn FnMut(&TraceEvent<'_>) + Send>,
+    ) {
+        self.trace = Some(ReadTrace::new(pacing, observer));
+    }
+
     /// The server's address.
     pub fn peer(&self) -> SocketAddr {
         self.peer
@@ -567,9 +583,19 @@ impl Session {
     /// to the sink without a copy of its own.
     fn read_frame_ref(&mut self) -> Result<FrameRef<'_>, ClientError> {
         while !self.decoder.frame_ready()? {
-            match self.decoder.read_from(&mut self.stream, READ_SIZE) {
+            let max = match &mut self.trace {
+                Some(trace) => trace.before_read(&self.stream),
+                None => READ_SIZE,
+            };
+            match self.decoder.read_from(&mut self.stream, max) {
                 Ok(0) => return Err(ClientError::Disconnected),
-                Ok(_) => {}
+                Ok(n) => {
+                    if let Some(trace) = &mut self.trace {
+                        let complete = self.decoder.frame_ready()?;
+                        let next = self.decoder.pending_frame_len();
+                        trace.read(n, self.decoder.buffered(), complete, next);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e)
                     if matches!(
@@ -588,10 +614,15 @@ impl Session {
             }
         }
         // `frame_ready` said a whole frame is buffered, so this is a frame or an error.
+        let wire_len = self.decoder.pending_frame_len().unwrap_or(0);
+        let left = self.decoder.buffered().saturating_sub(wire_len);
         let frame = self.decoder.next_frame_ref()?.ok_or_else(|| {
             ClientError::Protocol("the frame decoder lost a complete frame".into())
         })?;
         debug!("<- {}", frame.message.type_name());
+        if let Some(trace) = &mut self.trace {
+            trace.frame(frame.message.type_name(), frame.body, wire_len, left);
+        }
         Ok(frame)
     }
 
@@ -623,6 +654,9 @@ impl Session {
         }
         let id = self.next_id;
         self.next_id += 1;
+        if let Some(trace) = &mut self.trace {
+            trace.answer_expected();
+        }
         let with_stdin = matches!(input, CommandInput::Forward(_));
         self.send(
             &Message::Exec {

@@ -337,6 +337,16 @@ impl FrameDecoder {
         &self.buf[self.start..self.end]
     }
 
+    /// The whole length on the wire (prefix, header, body and, after the handshake, tag) of
+    /// the next frame, once its header has been parsed (by [`Self::frame_ready`] or an attempt
+    /// to take a frame); `None` before. For showing how much of a frame has arrived.
+    pub fn pending_frame_len(&self) -> Option<usize> {
+        let tag_len = if self.mac.is_some() { TAG_LEN } else { 0 };
+        self.pending
+            .as_ref()
+            .map(|pending| LEN_PREFIX + pending.header_len + pending.body_len + tag_len)
+    }
+
     /// The message of a frame whose header has arrived but whose body has not yet, if any.
     /// Lets a receiver refuse a frame it would never accept without buffering its body first.
     pub fn pending_message(&self) -> Option<&Message> {
@@ -727,6 +737,32 @@ mod tests {
             (Message::Stdout { id: 3 }, &b"hello"[..])
         );
         assert!(!decoder.frame_ready().unwrap());
+    }
+
+    #[test]
+    fn the_pending_frame_length_is_known_once_its_header_is_in() {
+        let key = [5u8; TAG_LEN];
+        let mut encoder = FrameEncoder::new();
+        encoder.start_tagging(FrameMac::new(&key));
+        let mut bytes = Vec::new();
+        encoder.encode(&Message::Stdout { id: 3 }, b"hello", &mut bytes);
+        let header_end = LEN_PREFIX + br#"{"type":"stdout","id":3,"len":5}"#.len();
+        let mut decoder = FrameDecoder::default();
+        decoder.start_verifying(FrameMac::new(&key));
+        for (fed, byte) in bytes.iter().enumerate() {
+            decoder.feed(std::slice::from_ref(byte));
+            let ready = decoder.frame_ready().unwrap();
+            let expected = (fed + 1 >= header_end).then_some(bytes.len());
+            assert_eq!(
+                decoder.pending_frame_len(),
+                expected,
+                "after {} bytes",
+                fed + 1
+            );
+            assert_eq!(ready, fed + 1 == bytes.len());
+        }
+        assert_eq!(decoder.next_frame_ref().unwrap().unwrap().body, b"hello");
+        assert_eq!(decoder.pending_frame_len(), None, "taken");
     }
 
     #[test]

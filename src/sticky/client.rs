@@ -22,6 +22,7 @@ use std::time::Duration;
 use super::{CHALLENGE_LEN, StickyError};
 use crate::auth;
 use crate::client::prompt::{self, Line};
+use crate::client::trace::ReadPacing;
 
 /// The read size of the tutorials: `recv(1024)`.
 pub const DEFAULT_RECV_SIZE: usize = 1024;
@@ -51,6 +52,16 @@ impl Default for ReadOptions {
             recv_size: DEFAULT_RECV_SIZE,
             read_delay: DEFAULT_READ_DELAY,
             answer_timeout: DEFAULT_ANSWER_TIMEOUT,
+        }
+    }
+}
+
+impl ReadOptions {
+    /// The same reads for rcmd's framed client, which shows what its decoder makes of them.
+    pub fn pacing(&self) -> ReadPacing {
+        ReadPacing {
+            recv_size: self.recv_size,
+            read_delay: self.read_delay,
         }
     }
 }

@@ -7,8 +7,10 @@
 //!    the demo what each of its writes contained, so every read can be shown cut along the
 //!    boundaries the client itself cannot see.
 //! 2. The real, framed rcmd server is started and the same commands are run through the real
-//!    client ([`crate::client::Session`]). Each command's output comes back whole, frame by
-//!    frame, every time.
+//!    client ([`crate::client::Session`]), made to read the same way (at most 1024 bytes, a
+//!    moment after bytes start to arrive; see [`crate::client::trace`]). The reads are cut and
+//!    merged again, and each command's output still comes back whole, frame by frame, every
+//!    time: the decoder hands on a frame only once all of it is in.
 //!
 //! The unframed part runs first and is finished before the framed server starts: on Unix the
 //! framed server reaps every child of the process when SIGCHLD arrives, which is right for a
@@ -19,6 +21,7 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 use super::StickyError;
@@ -26,6 +29,7 @@ use super::client::{ReadOptions, ReadOutcome, UnframedClient};
 use super::preview::{StreamMap, preview};
 use super::server::{ServerWrite, UnframedConfig, UnframedServer};
 use crate::auth;
+use crate::client::trace::TraceEvent;
 use crate::client::{ClientError, CommandInput, OutputSink, Session};
 use crate::output::OutputEncoding;
 use crate::protocol::frame::LEN_PREFIX;
@@ -128,7 +132,7 @@ pub fn run(out: &mut dyn Write) -> Result<(), DemoError> {
     unframed.type_two()?;
 
     let framed_addr = start_framed_server(&secret, workdir)?;
-    framed_part(out, framed_addr, &secret)?;
+    framed_part(out, framed_addr, &secret, options)?;
     explain_the_fix(out)?;
     Ok(())
 }
@@ -265,7 +269,9 @@ impl UnframedPart<'_> {
     fn type_two(&mut self) -> Result<(), DemoError> {
         writeln!(
             self.out,
-            "=== UNFRAMED, type 2: the sender's small writes merge ===\n"
+            "=== UNFRAMED, type 2: the sender's small writes merge ===\n\n\
+             (A new connection, so the bytes left over above cannot mix in: reads and writes\n\
+             are numbered from 1 again.)\n"
         )?;
         let mut conn = self.connect()?;
         let pieces = self.exchange(&mut conn, COMMANDS.both)?;
@@ -366,31 +372,37 @@ impl OutputSink for FrameLog {
     }
 }
 
-fn framed_part(out: &mut dyn Write, addr: SocketAddr, secret: &[u8]) -> Result<(), DemoError> {
+fn framed_part(
+    out: &mut dyn Write,
+    addr: SocketAddr,
+    secret: &[u8],
+    options: ReadOptions,
+) -> Result<(), DemoError> {
     writeln!(
         out,
-        "=== FRAMED (rcmd's protocol), the same commands on one connection ===\n"
+        "=== FRAMED (rcmd's protocol), the same commands on one connection ===\n\n\
+         The client reads just like the unframed one: at most {recv} bytes per read, {delay} ms\n\
+         after bytes start to arrive. Watch the reads come out short and merged again, and the\n\
+         decoder hand on each frame only once all of it is in.\n",
+        recv = options.recv_size,
+        delay = options.read_delay.as_millis(),
     )?;
     let mut session = Session::connect(&addr.to_string(), secret)?;
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&lines);
+    session.trace_reads(
+        options.pacing(),
+        Box::new(move |event| {
+            seen.lock().expect("trace lines").push(trace_lines(event));
+        }),
+    );
     for command in [COMMANDS.long, COMMANDS.short, COMMANDS.both] {
         writeln!(out, "$ {command}")?;
         let mut log = FrameLog::default();
         let status = session.run(command, CommandInput::None, None, &mut log)?;
-        for (number, (stream, body)) in log.frames.iter().enumerate() {
-            writeln!(
-                out,
-                "  frame {}: {stream}, {} bytes\n                 {}",
-                number + 1,
-                body.len(),
-                preview(body, PREVIEW_KEEP)
-            )?;
+        for line in lines.lock().expect("trace lines").drain(..) {
+            writeln!(out, "{line}")?;
         }
-        writeln!(
-            out,
-            "  frame {}: exit, {}",
-            log.frames.len() + 1,
-            describe(&status)
-        )?;
         let total = |name| -> usize {
             log.frames
                 .iter()
@@ -400,12 +412,28 @@ fn framed_part(out: &mut dyn Write, addr: SocketAddr, secret: &[u8]) -> Result<(
         };
         writeln!(
             out,
-            "  -> complete: {} bytes of stdout and {} of stderr, this command's own and nothing else.\n",
+            "  -> {}: {} bytes of stdout and {} of stderr, complete, this command's own and \
+             nothing else.\n",
+            describe(&status),
             total("stdout"),
             total("stderr")
         )?;
     }
     Ok(())
+}
+
+/// One read or frame of the framed client, as the demo shows it: reads at the left, frames
+/// under them with a preview of their output.
+fn trace_lines(event: &TraceEvent<'_>) -> String {
+    match event {
+        TraceEvent::Read { .. } => format!("  {}", event.describe()),
+        TraceEvent::Frame { body, .. } if !body.is_empty() => format!(
+            "      {}\n                 {}",
+            event.describe(),
+            preview(body, PREVIEW_KEEP)
+        ),
+        TraceEvent::Frame { .. } => format!("      {}", event.describe()),
+    }
 }
 
 fn describe(status: &ExitStatus) -> String {
@@ -457,7 +485,9 @@ fn explain_the_fix(out: &mut dyn Write) -> io::Result<()> {
          extra bytes as the start of the next frame. How TCP cut or merged the stream no longer\n\
          matters, which is why the framed answers above were complete every time.\n\
          \n\
-         Try it yourself: `rcmd serve --framing none` and `rcmd connect --framing none`; the\n\
-         README's section on sticky packets also shows nc and the classic Python client."
+         Try it yourself: `rcmd serve --framing none` and `rcmd connect --framing none` for the\n\
+         effects; `rcmd serve` and `rcmd connect --recv-size 1024` for the same reads through\n\
+         the framing. The README's section on sticky packets also shows nc and the classic\n\
+         Python client."
     )
 }
