@@ -48,7 +48,8 @@ fn labelled_mac(
     client_nonce: &[u8; NONCE_LEN],
 ) -> HmacSha256 {
     let mut mac = keyed(secret);
-    // Label and nonces have fixed lengths, so the concatenation is unambiguous.
+    // Each label is a fixed constant and the nonces are 32 bytes each, so the input splits
+    // only one way: no other label and nonces give the same bytes.
     mac.update(label);
     mac.update(server_nonce);
     mac.update(client_nonce);
@@ -98,6 +99,11 @@ pub fn verify_proof(
 }
 
 /// The two per-direction session keys, derived after a successful handshake.
+///
+/// Two keys, not one: with one key and sequence numbers counted per direction, the server's
+/// frame number 3 would carry a valid tag for the client's frame number 3, so an attacker could
+/// reflect a server frame back to the server. Separate keys make each tag valid in one
+/// direction only.
 pub struct SessionKeys {
     pub client_to_server: [u8; TAG_LEN],
     pub server_to_client: [u8; TAG_LEN],

@@ -108,17 +108,18 @@ struct ServeArgs {
     /// Seconds an authenticated connection may sit idle (0: forever).
     #[arg(long, value_name = "SECS", default_value_t = 3600)]
     idle_timeout: u64,
-    /// Longest a command may run, in seconds (0: no limit); clients may ask for less.
+    /// Longest a command may run, in seconds (0: no limit); clients may ask for less. Not with
+    /// --framing none.
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     command_timeout: u64,
     /// Connections served at once (at least 1).
     #[arg(long, value_name = "N", default_value_t = 4096, value_parser = at_least_one::<usize>)]
     max_connections: usize,
     /// Connections allowed at once that have not authenticated, in the handshake or being
-    /// closed after failing it (at least 1).
+    /// closed after failing it (at least 1). Not with --framing none.
     #[arg(long, value_name = "N", default_value_t = 128, value_parser = at_least_one::<usize>)]
     max_handshakes: usize,
-    /// Longest command accepted, in bytes.
+    /// Longest command accepted, in bytes. Not with --framing none.
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024, value_parser = at_least_one::<usize>)]
     max_command_len: usize,
     /// Wire format: `length` (rcmd's frames) or `none`, the unframed tutorial protocol that
@@ -410,11 +411,26 @@ fn serve_unframed(args: ServeArgs) -> u8 {
     {
         return fail(EXIT_USAGE, e);
     }
-    if args.command_timeout != 0 {
-        return fail(
-            EXIT_USAGE,
-            "--command-timeout is not supported with --framing none",
-        );
+    // Limits of the framed server that the tutorial one does not have: its command is what one
+    // 1024-byte read returns, runs to its end, and only --max-connections bounds its clients.
+    let framed = Limits::default();
+    for (flag, given) in [
+        ("--command-timeout", args.command_timeout != 0),
+        (
+            "--max-handshakes",
+            args.max_handshakes != framed.max_handshakes,
+        ),
+        (
+            "--max-command-len",
+            args.max_command_len != framed.max_command_len,
+        ),
+    ] {
+        if given {
+            return fail(
+                EXIT_USAGE,
+                format!("{flag} is not supported with --framing none"),
+            );
+        }
     }
     let encoding = match OutputEncoding::from_label(&args.encoding) {
         Ok(encoding) => encoding,

@@ -33,8 +33,12 @@ pub const MAX_SECRET_FILE_LEN: u64 = 64 * 1024;
 pub enum SecretError {
     /// No path given and no home or config directory to put the default in.
     NoDefaultLocation,
-    /// The file does not exist.
-    Missing(PathBuf),
+    /// The file does not exist. `make_directory` is its directory if that does not exist
+    /// either and `keygen` would not create it (only the default location is created).
+    Missing {
+        path: PathBuf,
+        make_directory: Option<PathBuf>,
+    },
     /// The file is there but shorter than [`MIN_SECRET_LEN`] bytes.
     TooShort(PathBuf),
     /// The file is longer than [`MAX_SECRET_FILE_LEN`] bytes.
@@ -61,13 +65,23 @@ impl fmt::Display for SecretError {
                 f,
                 "no secret file location: set HOME or XDG_CONFIG_HOME, or pass --secret-file"
             ),
-            SecretError::Missing(path) => write!(
-                f,
-                "no secret file at {}: copy the server's secret file there, or make a new one \
-                 with `rcmd keygen --secret-file {}`",
-                path.display(),
-                quoted_if_needed(path)
-            ),
+            SecretError::Missing {
+                path,
+                make_directory,
+            } => {
+                let mkdir = match make_directory {
+                    Some(dir) if cfg!(windows) => format!("mkdir {} && ", quoted_if_needed(dir)),
+                    Some(dir) => format!("mkdir -p {} && ", quoted_if_needed(dir)),
+                    None => String::new(),
+                };
+                write!(
+                    f,
+                    "no secret file at {}: copy the server's secret file there, or make a new \
+                     one with `{mkdir}rcmd keygen --secret-file {}`",
+                    path.display(),
+                    quoted_if_needed(path)
+                )
+            }
             SecretError::TooShort(path) => {
                 write!(
                     f,
@@ -183,7 +197,10 @@ fn load_checked(
     check: impl FnOnce(&fs::Metadata) -> Result<(), SecretError>,
 ) -> Result<Vec<u8>, SecretError> {
     let io_error = |e: io::Error| match e.kind() {
-        io::ErrorKind::NotFound => SecretError::Missing(path.to_path_buf()),
+        io::ErrorKind::NotFound => SecretError::Missing {
+            path: path.to_path_buf(),
+            make_directory: directory_keygen_would_not_make(path),
+        },
         _ => SecretError::Io(path.to_path_buf(), e),
     };
     let file = open(path).map_err(|e| {
@@ -218,6 +235,14 @@ fn load_checked(
 /// left to the per-user default.
 pub fn named(flag: Option<&Path>) -> bool {
     named_path(flag).is_some()
+}
+
+/// The directory of `path`, if it does not exist and is not the default location's (which
+/// `keygen` creates).
+fn directory_keygen_would_not_make(path: &Path) -> Option<PathBuf> {
+    let dir = path.parent().filter(|dir| !dir.as_os_str().is_empty())?;
+    let is_default = default_path().as_deref() == Some(path);
+    (!is_default && !dir.exists()).then(|| dir.to_path_buf())
 }
 
 /// Whether `path` (resolved from `flag`) was named by the user and is not the default location
@@ -293,7 +318,7 @@ pub fn require_existing_directory(path: &Path) -> Result<(), SecretError> {
 /// As [`load`] and [`generate`].
 pub fn load_or_create(path: &Path) -> Result<(Vec<u8>, bool), SecretError> {
     match load(path) {
-        Err(SecretError::Missing(_)) => match generate(path, false) {
+        Err(SecretError::Missing { .. }) => match generate(path, false) {
             Ok(()) => Ok((load(path)?, true)),
             // Another process created it between our read and our write: use theirs.
             Err(SecretError::Exists(_)) => Ok((load(path)?, false)),
@@ -495,7 +520,13 @@ mod tests {
     fn load_reports_missing_and_short_secrets() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret");
-        assert!(matches!(load(&path), Err(SecretError::Missing(_))));
+        assert!(matches!(
+            load(&path),
+            Err(SecretError::Missing {
+                make_directory: None,
+                ..
+            })
+        ));
         fs::write(&path, "short\n").unwrap();
         assert!(matches!(load(&path), Err(SecretError::TooShort(_))));
         let (created, was_created) = load_or_create(&dir.path().join("new")).unwrap();

@@ -167,6 +167,32 @@ fn a_server_of_another_version_is_reported_clearly() {
     ));
 }
 
+/// A listener that accepts and never speaks (a stuck server, or a service that waits for the
+/// client to talk first) is reported as silent, not as speaking another protocol.
+#[test]
+fn a_server_that_never_answers_is_reported_as_silent() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let silent_server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+    });
+    let output = run_true_against(addr);
+    assert_eq!(output.status.code(), Some(255));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the server did not answer the handshake within 10 s"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("does not speak"), "{stderr}");
+    assert!(!stderr.contains("--framing none"), "{stderr}");
+    silent_server.join().unwrap();
+}
+
 /// Mutual authentication: a server that answers `auth` with a `welcome` whose proof it could
 /// not compute (it does not know the secret) never gets a command. The client leaves with 255
 /// and says why, having sent nothing after its `auth`.
@@ -394,6 +420,30 @@ fn a_named_secret_file_in_a_missing_directory_is_refused_not_made_up() {
         .unwrap();
     assert!(status.success(), "{hint}");
     assert!(config.join("rcmd").join("secret").is_file());
+    // A named path in a directory that does not exist: the hint makes the directory first,
+    // and followed to the letter by a shell, it works.
+    let elsewhere = dir.path().join("new dir").join("secret");
+    let output = Command::new(rcmd_bin())
+        .args(["run", "127.0.0.1:1", "--secret-file"])
+        .arg(&elsewhere)
+        .args(["--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let hint = stderr
+        .split('`')
+        .nth(1)
+        .unwrap_or_else(|| panic!("no command in the hint: {stderr}"));
+    assert!(hint.starts_with("mkdir -p "), "{hint}");
+    let hint = hint.replacen("rcmd ", &format!("{} ", rcmd_bin()), 1);
+    let status = Command::new("sh")
+        .args(["-c", &hint])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{hint}");
+    assert!(elsewhere.is_file(), "{hint}");
     // An existing directory is fine.
     let named = dir.path().join("secret");
     let status = Command::new(rcmd_bin())

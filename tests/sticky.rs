@@ -269,6 +269,29 @@ fn unframed_only_flags_are_refused_with_framing_length() {
     }
 }
 
+#[test]
+fn framed_only_limits_are_refused_with_framing_none() {
+    for (flag, value) in [
+        ("--command-timeout", "5"),
+        ("--max-handshakes", "1"),
+        ("--max-command-len", "5"),
+    ] {
+        let mut serve = Command::new(rcmd_bin());
+        serve
+            .args(["serve", "--framing", "none", "--listen", "127.0.0.1:0"])
+            .args([flag, value])
+            .stdin(Stdio::null());
+        let output = output_within(serve, STEP_TIMEOUT);
+        assert_eq!(output.status.code(), Some(2), "{flag}");
+        assert!(output.stdout.is_empty(), "{flag}: it listened");
+        assert!(
+            text(&output.stderr).contains(&format!("{flag} is not supported with --framing none")),
+            "{flag}: {}",
+            text(&output.stderr)
+        );
+    }
+}
+
 /// Runs the framed `rcmd connect` against `server` with `--recv-size` and `--read-delay-ms`
 /// (so it shows its reads on stderr), feeding it `script`.
 fn traced_connect(server: &TestServer, recv_size: &str, script: &str) -> Output {

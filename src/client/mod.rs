@@ -59,6 +59,9 @@ pub enum ClientError {
     Connect(String, io::Error),
     /// The peer did not speak rcmd.
     NotRcmd(String),
+    /// The peer accepted the connection but did not complete the handshake within
+    /// [`HANDSHAKE_TIMEOUT`]: a busy or stuck server, or something that never talks first.
+    HandshakeTimeout,
     /// The server speaks another protocol version.
     VersionMismatch { server: u32 },
     /// The server rejected our proof: we do not have its secret.
@@ -94,6 +97,11 @@ impl fmt::Display for ClientError {
             ClientError::NotRcmd(why) => {
                 write!(f, "the server does not speak the rcmd protocol: {why}")
             }
+            ClientError::HandshakeTimeout => write!(
+                f,
+                "the server did not answer the handshake within {} s",
+                HANDSHAKE_TIMEOUT.as_secs()
+            ),
             ClientError::VersionMismatch { server } => write!(
                 f,
                 "protocol version mismatch: the server speaks version {server}, this client version {PROTOCOL_VERSION}"
@@ -603,9 +611,7 @@ impl Session {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    return Err(ClientError::Protocol(
-                        "the server did not answer the handshake in time".into(),
-                    ));
+                    return Err(ClientError::HandshakeTimeout);
                 }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
                     return Err(ClientError::Disconnected);

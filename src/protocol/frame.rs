@@ -237,6 +237,23 @@ struct PendingHeader {
     body_len: usize,
 }
 
+/// The layout of one frame: prefix, header and body (what the tag covers), then the tag.
+#[derive(Clone, Copy)]
+struct FrameExtent {
+    header_len: usize,
+    /// Prefix, header and body: the bytes the tag covers.
+    tagged_len: usize,
+    /// 0 before the handshake ends, [`TAG_LEN`] after.
+    tag_len: usize,
+}
+
+impl FrameExtent {
+    /// The whole frame's length on the wire.
+    fn wire_len(self) -> usize {
+        self.tagged_len + self.tag_len
+    }
+}
+
 /// Reassembles frames from a byte stream that arrives in arbitrary pieces.
 ///
 /// The bytes not yet returned as frames are `buf[start..end]`. Taking a frame only moves
@@ -341,10 +358,18 @@ impl FrameDecoder {
     /// the next frame, once its header has been parsed (by [`Self::frame_ready`] or an attempt
     /// to take a frame); `None` before. For showing how much of a frame has arrived.
     pub fn pending_frame_len(&self) -> Option<usize> {
-        let tag_len = if self.mac.is_some() { TAG_LEN } else { 0 };
         self.pending
             .as_ref()
-            .map(|pending| LEN_PREFIX + pending.header_len + pending.body_len + tag_len)
+            .map(|pending| self.extent_of(pending).wire_len())
+    }
+
+    /// Where the parts of the frame with this header lie, counted from its first byte.
+    fn extent_of(&self, pending: &PendingHeader) -> FrameExtent {
+        FrameExtent {
+            header_len: pending.header_len,
+            tagged_len: LEN_PREFIX + pending.header_len + pending.body_len,
+            tag_len: if self.mac.is_some() { TAG_LEN } else { 0 },
+        }
     }
 
     /// The message of a frame whose header has arrived but whose body has not yet, if any.
@@ -383,7 +408,7 @@ impl FrameDecoder {
     }
 
     /// Whether a whole frame has arrived, so that the next [`Self::next_frame_ref`] returns it
-    /// (or fails on it). Takes nothing.
+    /// (or fails on it). Consumes no bytes (it parses and keeps the header once it is in).
     ///
     /// # Errors
     /// As for [`Self::next_frame`], for a header that has arrived and is invalid.
@@ -407,18 +432,30 @@ impl FrameDecoder {
 
     /// The next frame's message and where its body lies in `buf`. The bytes stay where they
     /// are until the next call, so that the body can be lent out.
+    ///
+    /// The tag comes last on the wire because the receiver needs the header's `len` to know
+    /// where the tag is. So the header is parsed, and its lengths checked against the limits,
+    /// before the tag is verified; the frame is acted on (returned) only after.
     fn take_frame(&mut self) -> Result<Option<(Message, Range<usize>)>, FrameError> {
-        let Some((header_len, covered, tag_len)) = self.complete_frame()? else {
+        let Some(extent) = self.complete_frame()? else {
             return Ok(None);
         };
+        let FrameExtent {
+            header_len,
+            tagged_len,
+            tag_len,
+        } = extent;
         let frame = &self.buf[self.start..self.end];
         if let Some(mac) = &mut self.mac
-            && !mac.verify(&frame[..covered], &frame[covered..covered + tag_len])
+            && !mac.verify(
+                &frame[..tagged_len],
+                &frame[tagged_len..tagged_len + tag_len],
+            )
         {
             return Err(FrameError::Integrity);
         }
-        let body = self.start + LEN_PREFIX + header_len..self.start + covered;
-        self.start += covered + tag_len;
+        let body = self.start + LEN_PREFIX + header_len..self.start + tagged_len;
+        self.start += extent.wire_len();
         let message = self
             .pending
             .take()
@@ -427,9 +464,9 @@ impl FrameDecoder {
         Ok(Some((message, body)))
     }
 
-    /// If the next frame has arrived whole: its header's length, the length its tag covers
-    /// (prefix, header and body) and the tag's length. Parses the header once it is in.
-    fn complete_frame(&mut self) -> Result<Option<(usize, usize, usize)>, FrameError> {
+    /// Where the next frame's parts lie, if it has arrived whole. Parses the header once it is
+    /// in.
+    fn complete_frame(&mut self) -> Result<Option<FrameExtent>, FrameError> {
         self.reset_if_drained();
         if self.pending.is_none() {
             match self.parse_header()? {
@@ -437,17 +474,11 @@ impl FrameDecoder {
                 None => return Ok(None),
             }
         }
-        let PendingHeader {
-            header_len,
-            body_len,
-            ..
-        } = *self.pending.as_ref().expect("set above");
-        let tag_len = if self.mac.is_some() { TAG_LEN } else { 0 };
-        let covered = LEN_PREFIX + header_len + body_len;
-        if self.end - self.start < covered + tag_len {
+        let extent = self.extent_of(self.pending.as_ref().expect("set above"));
+        if self.end - self.start < extent.wire_len() {
             return Ok(None);
         }
-        Ok(Some((header_len, covered, tag_len)))
+        Ok(Some(extent))
     }
 
     /// Once every byte received has been taken as frames (and no body is lent out any more),
@@ -536,9 +567,9 @@ fn parse_header_json(header: &[u8], max_body: usize) -> Result<(Message, usize),
     }
     let body_len = match fields.remove("len") {
         None => 0,
-        Some(len) => len
-            .as_u64()
-            .ok_or_else(|| FrameError::BadHeader("\"len\" is not a non-negative integer".into()))?,
+        Some(len) => len.as_u64().ok_or_else(|| {
+            FrameError::BadHeader("\"len\" is not an unsigned 64-bit integer".into())
+        })?,
     };
     if body_len > max_body as u64 {
         return Err(FrameError::BodyTooLarge { len: body_len });

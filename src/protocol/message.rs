@@ -48,7 +48,10 @@ pub fn clip(mut text: String, max: usize) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
-    /// Server → client, first frame of every connection: who we are and the challenge.
+    /// Server → client, first frame of every connection: who we are and the challenge. The
+    /// nonce is fresh per connection, so a proof recorded on one connection is useless on the
+    /// next (no replay); the client adds a nonce of its own in `auth` so that a recorded
+    /// `welcome` cannot be replayed to it by an impostor server.
     Hello {
         protocol: String,
         version: u32,
@@ -261,7 +264,8 @@ impl<'de> Deserialize<'de> for SignalName {
 /// anything but a string is a malformed header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
-    /// The header length prefix exceeds the maximum header length.
+    /// The header length prefix is 0 or over the maximum header length (the wire code
+    /// `header_too_large` covers both).
     HeaderTooLarge,
     /// The header announces a body longer than the maximum body length.
     BodyTooLarge,

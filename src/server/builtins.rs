@@ -400,8 +400,8 @@ pub fn resolve_cd(
 }
 
 /// `dir` seen from `cwd`, each `..` at the start of a relative `dir` taking away the last name
-/// of `cwd` without asking the file system; the rest of `dir` is left to it, as is an
-/// absolute `dir`.
+/// of `cwd` without asking the file system (a `.` among them is skipped, as a shell's logical
+/// `cd ./..` does); the rest of `dir` is left to it, as is an absolute `dir`.
 fn climb_by_name(cwd: &Path, dir: &Path) -> PathBuf {
     use std::path::Component;
     let mut base = cwd.to_path_buf();
@@ -481,6 +481,9 @@ mod tests {
         std::fs::create_dir(&sibling).unwrap();
         let over = resolve_cd(&CdTarget::Path("../sibling/.".into()), &gone, None).unwrap();
         assert_eq!(over, sibling.canonicalize().unwrap());
+        // A `.` among the leading `..` is skipped, as bash's logical `cd ./..` does.
+        let up = resolve_cd(&CdTarget::Path("./..".into()), &gone, None).unwrap();
+        assert_eq!(up, root.path().canonicalize().unwrap());
         // Only the leading `..` climb by name; the rest is the file system's, as is an
         // absolute path (bash: `cd /nonexistent/..` fails).
         for not_there in ["../nonexistent/..", "/nonexistent/.."] {

@@ -1,27 +1,28 @@
 //! One client connection: its state machine, its buffers and the command it is running.
 //!
 //! ```text
-//!  accept ──► Handshake ──auth ok──► Ready ◄──exit sent── Running
-//!                │                     │ exec ──────────────▲   │
-//!                │                     │                        │
-//!                └─────────────────────┴───────────┬────────────┘
-//!                  a fatal error either way, a timeout, │ the server shutting down
-//!                                                      ▼
-//!                     Closing: handle no more frames, flush the last ones, FIN,
-//!                              read and discard until the client closes (at most 2 s)
+//!  accept ──► Handshake ──auth ok──► Ready ──exec──► Running
+//!                                      ▲                │
+//!                                      └───exit sent────┘
+//!
+//!  any state ──(a fatal error, a timeout, the server shutting down)──► Closing:
+//!        handle no more frames, flush the last ones, FIN, read and discard until the
+//!        client closes (at most 2 s)
+//!  any state ──(the client closed its socket, a socket error)──► dropped at once
 //! ```
 //!
-//! A client that closes its socket, or a socket error, ends the connection from any state at
-//! once; leaving `Running` any way but by `exit sent` kills the command's process tree.
+//! Leaving `Running` any way but by `exit sent` kills the command's process tree.
 //!
 //! The event loop calls [`Connection::drive`] whenever anything of this connection is ready
 //! (its socket or one of its command's pipes). `drive` reads and handles client frames, moves
 //! command output into frames, feeds the command's stdin and writes to the socket. All I/O is
 //! non-blocking, and the loop's readiness is edge-triggered: an event says a source *became*
-//! ready, once. So the connection records it (`socket_ready`, the pipes' `output_ready`) and
-//! treats the source as ready until a read returns `WouldBlock`; only the next event
-//! ([`Connection::on_ready`]) makes it ready again, and a command's pipes are read once more
-//! after its exit. The work of one `drive` is bounded (one socket read and at most
+//! ready, once. If we stopped reading while bytes remained, nothing would change, so no new
+//! event would come: those bytes would wait until the peer happened to send more, and a client
+//! waiting for our reply never would. So the connection records the event (`socket_ready`,
+//! the pipes' `output_ready`) and treats the source as ready until a read returns
+//! `WouldBlock`; only the next event ([`Connection::on_ready`]) makes it ready again, and a
+//! command's pipes are read once more after its exit. The work of one `drive` is bounded (one socket read and at most
 //! `FRAMES_PER_ROUND` frames per round, `MAX_ROUNDS` rounds), so that no client keeps the
 //! loop to itself; a connection with work left returns [`Drive::MoreWork`] and is driven again
 //! on the next turn without waiting for an event.
@@ -176,8 +177,8 @@ struct RunningCommand {
     after_exit_bytes: usize,
     stdin_pending: Vec<u8>,
     stdin_close_requested: bool,
-    stdout_decoder: StreamDecoder,
-    stderr_decoder: StreamDecoder,
+    stdout_transcoder: StreamDecoder,
+    stderr_transcoder: StreamDecoder,
 }
 
 impl Drop for RunningCommand {
@@ -549,6 +550,12 @@ impl Connection {
         // Client frames are read even while output waits for the client, so that a `signal`
         // or a disconnect is seen at once. Only a client that sends requests and does not read
         // the replies (whose replies pile up past the hard cap) is no longer read from.
+        //
+        // One read per round: `socket_ready` stays set after it, so the next round (or the next
+        // turn, through `Drive::MoreWork`) reads again; only `WouldBlock` clears it. The loop
+        // repeats only a read interrupted by a signal. The read goes into the loop's shared
+        // scratch buffer rather than straight into the decoder, so that an idle connection's
+        // decoder can give its buffer back (`release_streaming_buffers`).
         while self.socket_ready && !self.is_closing() && self.outbound.len() < OUTBOUND_HARD_CAP {
             match self.socket.read(ctx.scratch) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
@@ -816,8 +823,8 @@ impl Connection {
             after_exit_bytes: 0,
             stdin_pending: Vec::new(),
             stdin_close_requested: false,
-            stdout_decoder: StreamDecoder::new(ctx.config.encoding),
-            stderr_decoder: StreamDecoder::new(ctx.config.encoding),
+            stdout_transcoder: StreamDecoder::new(ctx.config.encoding),
+            stderr_transcoder: StreamDecoder::new(ctx.config.encoding),
         }));
         if let Some(process) = started {
             self.attach(process, ctx);
@@ -1006,15 +1013,17 @@ impl Connection {
         let mut progress = false;
         loop {
             let mut round_progress = false;
-            // Alternate between the streams so neither starves the other, and never wait on
-            // one while the other is full: that is how `cmd 2>&1`-less readers deadlock.
+            // Alternate between the streams so neither starves the other. Never read one pipe
+            // to its end before the other: a command that fills its stderr pipe (64 KiB) while
+            // we wait for stdout's end blocks in `write` for ever, and so would we.
             for stream in [OutputStream::Stdout, OutputStream::Stderr] {
                 if self.outbound.len() >= OUTBOUND_CAP || !process.awaiting_eof(stream) {
                     continue;
                 }
-                let decoder = match stream {
-                    OutputStream::Stdout => &mut command.stdout_decoder,
-                    OutputStream::Stderr => &mut command.stderr_decoder,
+                // The code-page decoder of this stream (not the frame decoder).
+                let transcoder = match stream {
+                    OutputStream::Stdout => &mut command.stdout_transcoder,
+                    OutputStream::Stderr => &mut command.stderr_transcoder,
                 };
                 let message = match stream {
                     OutputStream::Stdout => Message::Stdout { id: command.id },
@@ -1022,7 +1031,7 @@ impl Connection {
                 };
                 // UTF-8 output is read straight into a frame in the outbound buffer; only output
                 // to transcode goes through the read buffer (and a second one).
-                let passthrough = decoder.is_passthrough();
+                let passthrough = transcoder.is_passthrough();
                 let result = if passthrough {
                     self.encoder.encode_appending_body(
                         &message,
@@ -1041,9 +1050,10 @@ impl Connection {
                         }
                         (command.after_exit_bytes > AFTER_EXIT_LIMIT, n)
                     }
-                    // The process has exited and the pipe is empty: anything later comes from
-                    // a background process (`sleep 30 & echo started`), and the command is
-                    // finished when its process is, not when every holder of the pipe is.
+                    // Nothing to read now. If the process has already exited, the pipe is drained
+                    // and anything later would come from a background process (`sleep 30 & echo
+                    // started`): the command is finished when its process is, not when every
+                    // holder of the pipe is, so the stream counts as ended.
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => (command.exit.is_some(), 0),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => (false, 0),
                     Err(e) => {
@@ -1053,7 +1063,7 @@ impl Connection {
                 };
                 if !passthrough {
                     ctx.decoded.clear();
-                    decoder.decode(&ctx.scratch[..read], done, ctx.decoded);
+                    transcoder.decode(&ctx.scratch[..read], done, ctx.decoded);
                     if !ctx.decoded.is_empty() {
                         self.encoder
                             .encode(&message, ctx.decoded, &mut self.outbound);

@@ -2,9 +2,11 @@
 //!
 //! One thread does all the network I/O. It sleeps in `Poll::poll` until something is ready (a
 //! new client, bytes from a client, output from a command, a child's exit, a signal) or until
-//! the nearest deadline, handles exactly that, and sleeps again. Nothing in the loop blocks:
-//! sockets and pipes are non-blocking, exits arrive as events, timers are a heap
-//! ([`deadlines`]). So a slow or stuck client never delays another.
+//! the nearest deadline, handles exactly that, and sleeps again. Nothing in the loop waits on
+//! a peer: sockets and pipes are non-blocking, exits arrive as events, timers are a heap
+//! ([`deadlines`]). So a slow or stuck client never delays another. The one deliberate
+//! exception is starting a command inline when only one client is active (about a millisecond;
+//! see [`spawner`]).
 //!
 //! Signals come through the loop too (Unix): SIGINT or SIGTERM starts a graceful shutdown
 //! (no new connections, running commands killed, clients told), SIGHUP re-reads the secret.
@@ -444,6 +446,9 @@ impl Server {
         // Its deadlines (an idle check lies an hour ahead) go in the next bulk sweep.
     }
 
+    /// Accepts every client waiting in the listen queue. Edge-triggered, like every source: the
+    /// listener's event came once for however many clients are queued, so accepting stops only
+    /// at `WouldBlock`, or the clients behind the first would get no event of their own.
     fn accept_all(&mut self, now: Instant, to_drive: &mut Vec<ConnId>) {
         if self.accept_paused_until.is_some() {
             return;
