@@ -669,3 +669,34 @@ fn a_client_flooding_frames_does_not_starve_the_others() {
     let (stdout, _, _) = flooder.run("echo after", None);
     assert_eq!(stdout, b"after\n");
 }
+
+/// `cd` expands variables itself. In a deep directory each `$PWD` is kilobytes, so a 64 KiB
+/// command of `$PWD`s once expanded to tens of megabytes, held by the server, sent back in one
+/// error frame over the protocol's body limit (ending the session), and stalled the loop. Now
+/// the expansion stops at `MAX_CD_ARG_LEN` and the refusal quotes the argument as typed.
+#[cfg(unix)]
+#[test]
+fn a_cd_whose_variables_expand_without_end_is_refused_small() {
+    let target = Target::start(&[]);
+    let root = tempfile::tempdir().unwrap();
+    // A path of about 4,000 bytes, under Linux's PATH_MAX.
+    let deep = (0..15).fold(root.path().to_path_buf(), |dir, i| {
+        dir.join(format!("{i:02}{}", "d".repeat(250)))
+    });
+    std::fs::create_dir_all(&deep).unwrap();
+    let pid = target.server.pid();
+    let dollars = "$PWD".repeat(16_000);
+    let script = format!("cd {}\ncd {dollars}\necho still here\n", deep.display());
+    let output = at_the_prompt(&target.server, &script);
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("cd: $PWD$PWD") && stderr.contains("...: File name too long"),
+        "{}",
+        &stderr[..stderr.len().min(2000)]
+    );
+    assert!(stderr.len() < 2000, "stderr of {} bytes", stderr.len());
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "still here\n");
+    assert!(output.status.success(), "{:?}", output.status);
+    let peak = proc_status_kib(pid, "VmHWM");
+    assert!(peak < 32 * 1024, "server peak RSS {peak} KiB");
+}

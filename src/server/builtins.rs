@@ -19,6 +19,17 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+use crate::protocol::message::clip;
+
+/// Longest `cd` argument, in bytes, once variables are expanded: well beyond any path an OS
+/// accepts (Linux's `PATH_MAX` is 4,096 bytes, Windows' longest path 32,767 UTF-16 units).
+/// Without it, a few kilobytes of `$PWD$PWD...` in a deep directory expand to gigabytes of
+/// argument, and of the error message quoting it.
+pub const MAX_CD_ARG_LEN: usize = 32 * 1024;
+
+/// How much of an over-long argument the error message quotes.
+const SHOWN_OF_A_LONG_ARG: usize = 100;
+
 /// Where a `cd` asks to go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CdTarget {
@@ -46,6 +57,17 @@ enum Unread {
     Compound,
     /// What only the shell can evaluate, named for the user: "command substitution", ...
     Needs(&'static str),
+    /// Variables expanded to more than [`MAX_CD_ARG_LEN`] bytes.
+    TooLong,
+}
+
+/// The refusal of a `cd` whose argument is longer than [`MAX_CD_ARG_LEN`], quoting its start,
+/// in the words of a shell's `cd` (bash: "File name too long").
+fn too_long(start: &str) -> String {
+    format!(
+        "cd: {}: File name too long",
+        clip(start.to_owned(), SHOWN_OF_A_LONG_ARG)
+    )
 }
 
 /// The refusal of a lone `cd` that uses `what`.
@@ -119,6 +141,11 @@ pub fn parse_sh_cd(command: &str, var: impl Fn(&str) -> Option<OsString>) -> Opt
     match read {
         Ok(()) => {}
         Err(Unread::Needs(what)) if has_no_list_operators(command) => return Some(refused(what)),
+        Err(Unread::TooLong) if has_no_list_operators(command) => {
+            // Quoted as typed (`$PWD$PWD...`): the expansion is what is too long to show.
+            let typed = command.trim_start_matches([' ', '\t'])[first_word.len()..].trim_start();
+            return Some(CdTarget::Refused(too_long(typed)));
+        }
         Err(_) => return None,
     }
     Some(match args {
@@ -158,6 +185,16 @@ fn sh_words(
     const UNFINISHED: Unread = Unread::Needs("an unfinished quote or backslash");
     const SUBSTITUTION: Unread = Unread::Needs("command substitution");
     let mut chars = command.chars().peekable();
+    // Bytes added by expanding variables, in all words: the rest is bounded by the command.
+    let mut expanded = 0usize;
+    let mut add_expansion = |word: &mut Word, value: &str| {
+        expanded += value.len();
+        if expanded > MAX_CD_ARG_LEN {
+            return Err(Unread::TooLong);
+        }
+        word.text.push_str(value);
+        Ok(())
+    };
     loop {
         // Between words: blanks, the end, a newline or a comment.
         while chars.next_if(|&c| c == ' ' || c == '\t').is_some() {}
@@ -216,7 +253,7 @@ fn sh_words(
                                     word.text.push(c);
                                 }
                             },
-                            '$' => word.text.push_str(&expand(&mut chars, var)?),
+                            '$' => add_expansion(&mut word, &expand(&mut chars, var)?)?,
                             '`' => return Err(SUBSTITUTION),
                             c => word.text.push(c),
                         }
@@ -237,7 +274,7 @@ fn sh_words(
                             "an unquoted variable holding spaces or glob characters",
                         ));
                     }
-                    word.text.push_str(&value);
+                    add_expansion(&mut word, &value)?;
                 }
                 ';' | '&' | '|' => return Err(Unread::Compound),
                 '<' | '>' => return Err(Unread::Needs("a redirection")),
@@ -357,6 +394,11 @@ pub fn resolve_cd(
     cwd: &Path,
     previous: Option<&Path>,
 ) -> Result<PathBuf, String> {
+    if let CdTarget::Path(dir) | CdTarget::UnderHome(dir) = target
+        && dir.len() > MAX_CD_ARG_LEN
+    {
+        return Err(too_long(dir));
+    }
     let wanted = match target {
         CdTarget::Show => cwd.to_path_buf(),
         CdTarget::Home => home_dir().ok_or_else(|| "cd: HOME not set".to_owned())?,
@@ -523,6 +565,49 @@ mod tests {
         assert_eq!(as_a_shell_says(&denied), "Permission denied");
         let custom = std::io::Error::other("something odd");
         assert_eq!(as_a_shell_says(&custom), "something odd");
+    }
+
+    #[test]
+    fn expansions_that_grow_past_the_limit_are_refused_early_and_quoted_short() {
+        let long = "d".repeat(4000);
+        let var = |name: &str| (name == "PWD").then(|| OsString::from(long.clone()));
+        // 16,000 expansions of 4,000 bytes would be 64 MB; reading stops past 32 KiB.
+        let command = format!("cd {}", "$PWD".repeat(16_000));
+        let Some(CdTarget::Refused(why)) = parse_sh_cd(&command, var) else {
+            panic!("not refused");
+        };
+        assert!(why.starts_with("cd: $PWD$PWD"), "{why}");
+        assert!(why.ends_with("...: File name too long"), "{why}");
+        assert!(why.len() < 200, "{} bytes", why.len());
+        // Quoted, and spread over several words, the same.
+        let quoted = format!("cd \"{}\"", "$PWD".repeat(16_000));
+        assert!(matches!(
+            parse_sh_cd(&quoted, var),
+            Some(CdTarget::Refused(_))
+        ));
+        let words = format!("cd {}", "$PWD ".repeat(16_000));
+        assert!(matches!(
+            parse_sh_cd(&words, var),
+            Some(CdTarget::Refused(_))
+        ));
+        // In a list the shell expands it, not the server.
+        assert_eq!(parse_sh_cd(&format!("{command} && ls"), var), None);
+        // Within the limit it is an ordinary path.
+        assert_eq!(
+            parse_sh_cd("cd $PWD/$PWD", var),
+            Some(CdTarget::Path(format!("{long}/{long}")))
+        );
+    }
+
+    #[test]
+    fn a_literal_argument_past_the_limit_is_refused_with_its_start_quoted() {
+        let dir = "x".repeat(MAX_CD_ARG_LEN + 1);
+        let cwd = std::env::temp_dir();
+        let why = resolve_cd(&CdTarget::Path(dir), &cwd, None).unwrap_err();
+        assert!(why.starts_with("cd: xxxx") && why.ends_with("...: File name too long"));
+        assert!(why.len() < 200, "{} bytes", why.len());
+        let why = resolve_cd(&CdTarget::UnderHome("y".repeat(1 << 20)), &cwd, None).unwrap_err();
+        assert!(why.len() < 200, "{} bytes", why.len());
     }
 
     fn sh(command: &str) -> Option<CdTarget> {
