@@ -188,6 +188,32 @@ impl Display for Quoted<'_> {
     }
 }
 
+/// The start of a string, [`Quoted`], then `... (N bytes)` if it was longer than `max` bytes:
+/// for text a client chose, such as a command (up to 1 MiB, and each control character escaped
+/// to several bytes), so that one client cannot write megabytes of log per request.
+pub struct QuotedStart<'a> {
+    pub text: &'a str,
+    pub max: usize,
+}
+
+impl Display for QuotedStart<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.text.len() <= self.max {
+            return Quoted(self.text).fmt(f);
+        }
+        let mut end = self.max;
+        while !self.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        write!(
+            f,
+            "{}... ({} bytes)",
+            Quoted(&self.text[..end]),
+            self.text.len()
+        )
+    }
+}
+
 /// Writes the held log lines to stderr. Cheap when there are none.
 pub fn write_held() {
     write_out(&mut held(), &mut io::stderr().lock());
@@ -324,6 +350,28 @@ mod tests {
                 "{command:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_long_text_is_quoted_by_its_start_and_its_length() {
+        let short = QuotedStart {
+            text: "ls -la",
+            max: 6,
+        };
+        assert_eq!(short.to_string(), "\"ls -la\"");
+        let long = "\u{1}".repeat(70_000);
+        let clipped = QuotedStart {
+            text: &long,
+            max: 512,
+        }
+        .to_string();
+        assert!(clipped.ends_with("... (70000 bytes)"), "{clipped}");
+        assert!(clipped.len() < 512 * 6 + 40, "{} bytes", clipped.len());
+        // Cut on a character boundary: "é" is two bytes.
+        let accents = QuotedStart {
+            text: "éé", max: 3
+        };
+        assert_eq!(accents.to_string(), "\"é\"... (4 bytes)");
     }
 
     proptest::proptest! {

@@ -700,3 +700,19 @@ fn a_cd_whose_variables_expand_without_end_is_refused_small() {
     let peak = proc_status_kib(pid, "VmHWM");
     assert!(peak < 32 * 1024, "server peak RSS {peak} KiB");
 }
+
+/// A command is logged twice (started, finished), escaped; a long one of control characters
+/// once wrote ten times its size to the log, on the loop's thread. Now each line quotes only
+/// its start and gives its length.
+#[test]
+fn a_long_command_is_logged_by_its_start_and_length() {
+    let target = Target::start(&[]);
+    let command = format!("#{}", "\u{1}".repeat(60_000));
+    let output = target.server.run(&command);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    target
+        .server
+        .wait_for_log("(60001 bytes)", Duration::from_secs(10));
+    let log = target.server.log();
+    assert!(log.len() < 16 * 1024, "log of {} bytes", log.len());
+}

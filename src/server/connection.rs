@@ -52,7 +52,7 @@ use super::process::{ChildProcess, OutputStream, PipeTokens};
 use super::spawner::{SpawnRequest, Spawner, Start};
 use super::{Limits, ServerConfig};
 use crate::auth::{self, FrameMac, Role, SessionKeys};
-use crate::logging::Quoted;
+use crate::logging::{Quoted, QuotedStart};
 use crate::output::StreamDecoder;
 use crate::protocol::frame::MAX_CHUNK;
 use crate::protocol::message::{Bytes32, PROTOCOL_NAME, STDIN_WINDOW, clip};
@@ -83,6 +83,10 @@ const FRAMES_PER_ROUND: usize = 64;
 /// text, up to a 16 KiB header of it; unclipped, anyone able to connect could write 16 KiB of
 /// log per connection without ever authenticating.
 const LOGGED_CLIENT_MESSAGE_LEN: usize = 200;
+/// How much of a command goes into each of its two log lines: enough for any command typed by
+/// hand, while a command of up to 1 MiB of control characters (each escaped to several bytes)
+/// would otherwise write megabytes of log, on the loop's thread, per request.
+const LOGGED_COMMAND_LEN: usize = 512;
 
 /// The sources of a connection that the poll watches: its socket and its command's three pipes.
 /// A token is `conn_id << 2 | source`.
@@ -873,7 +877,10 @@ impl Connection {
             "{}: command {} (pid {pid}): {}",
             self.peer,
             command.id,
-            Quoted(&command.command)
+            QuotedStart {
+                text: &command.command,
+                max: LOGGED_COMMAND_LEN
+            }
         );
         if let Some(status) = ctx.children.claim(pid, self.id) {
             command.exit = Some(status);
@@ -1118,7 +1125,10 @@ impl Connection {
             "{}: command {} finished: {status} after {duration:?}: {}",
             self.peer,
             command.id,
-            Quoted(&command.command)
+            QuotedStart {
+                text: &command.command,
+                max: LOGGED_COMMAND_LEN
+            }
         );
         let exit = Message::Exit {
             id: command.id,
