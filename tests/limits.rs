@@ -218,6 +218,22 @@ fn past_the_connection_cap_new_clients_are_refused_and_old_ones_served() {
         assert_eq!(String::from_utf8_lossy(&out), format!("served {i}\n"));
         assert_eq!(status, ExitStatus::Exited { code: 0 });
     }
+    // A flood of refusals is logged at most once a second, with a count of the rest.
+    let refusals = || server.log().matches("refused: at the limit").count();
+    let logged_before = refusals();
+    let started = Instant::now();
+    for _ in 0..200 {
+        expect_refused(server.addr);
+    }
+    let seconds = started.elapsed().as_secs() as usize;
+    thread::sleep(Duration::from_millis(1100));
+    expect_refused(server.addr);
+    server.wait_for_log("more refused before this, not logged", WAIT);
+    let logged = refusals() - logged_before;
+    assert!(
+        logged <= seconds + 3,
+        "{logged} refusal lines for 201 refusals in {seconds} s"
+    );
     // One leaves: there is room again.
     drop(clients.pop());
     assert!(eventually(WAIT, || server.run("true").status.success()));

@@ -478,6 +478,49 @@ fn unframed_server_closes_on_a_wrong_proof_and_survives_bad_clients() {
     assert_eq!(reads_of(&output), vec![b"still here\n".to_vec()]);
 }
 
+/// The handshake timeout bounds the whole handshake, not each read: a client trickling its
+/// proof a byte at a time, each byte within the timeout, is still cut off at the deadline.
+#[test]
+fn unframed_handshake_timeout_bounds_a_trickled_proof() {
+    let server = unframed_server(&["--handshake-timeout", "1"]);
+    let mut client = TcpStream::connect(server.addr).unwrap();
+    let mut nonce = [0u8; 32];
+    client.read_exact(&mut nonce).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let started = Instant::now();
+    let mut sent = 0;
+    // One byte every 0.3 s, until the server hangs up: 32 bytes would take 9.6 s, with every
+    // read well within the 1 s timeout; the deadline for the whole handshake is 1 s.
+    let hung_up = loop {
+        if sent == 32 || client.write_all(&[0]).is_err() {
+            break false;
+        }
+        sent += 1;
+        // Waits 0.3 s for the server to close (a read of 0) or reset.
+        match client.read(&mut [0u8; 1]) {
+            Ok(0) => break true,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            _ => {}
+        }
+    };
+    assert!(
+        hung_up,
+        "still open after {sent} bytes, {:?}",
+        started.elapsed()
+    );
+    assert!(
+        sent < 16,
+        "cut off only after {sent} bytes, {:?}",
+        started.elapsed()
+    );
+    server.wait_for_log(
+        "did not answer the challenge in time",
+        Duration::from_secs(5),
+    );
+}
+
 #[test]
 fn unframed_client_with_another_secret_is_told_it_was_rejected() {
     let server = unframed_server(&[]);

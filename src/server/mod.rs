@@ -19,6 +19,7 @@ pub mod connection;
 pub mod deadlines;
 pub mod listener;
 pub mod process;
+mod refusals;
 pub mod spawner;
 
 use std::collections::HashMap;
@@ -38,6 +39,7 @@ use children::{ChildTable, ExitRoute};
 use connection::{ConnId, Connection, Context, Drive, Source};
 use deadlines::{DeadlineKind, Deadlines};
 use process::{ChildEvent, ExitWatcher};
+use refusals::{RefusalLog, unlogged_note};
 use spawner::Spawner;
 
 /// Tokens of the loop's own sources, at the top of the range. Connection tokens are
@@ -127,6 +129,8 @@ pub struct Server {
     /// Connections that stopped with work left, to drive again without waiting for an event.
     more_work: Vec<ConnId>,
     accept_paused_until: Option<Instant>,
+    /// Refusals at the connection and handshake limits, logged at a bounded rate.
+    refusals: RefusalLog,
     /// The most connections open at once since freed memory was last handed back.
     connections_peak: usize,
     /// Memory was handed back while connections of the burst were still open: do it again as
@@ -203,6 +207,7 @@ impl Server {
             },
             more_work: Vec::new(),
             accept_paused_until: None,
+            refusals: RefusalLog::default(),
             connections_peak: 0,
             trim_when_idle: false,
             shutdown_started: None,
@@ -476,10 +481,13 @@ impl Server {
             };
             let limits = &self.shared.config.limits;
             if self.connections.len() >= limits.max_connections {
-                warn!(
-                    "{peer}: refused: at the limit of {} connections",
-                    limits.max_connections
-                );
+                if let Some(unlogged) = self.refusals.refused(now) {
+                    warn!(
+                        "{peer}: refused: at the limit of {} connections{}",
+                        limits.max_connections,
+                        unlogged_note(unlogged)
+                    );
+                }
                 let why = format!(
                     "server is at its limit of {} connections",
                     limits.max_connections
@@ -488,10 +496,13 @@ impl Server {
                 continue;
             }
             if self.unauthenticated >= limits.max_handshakes {
-                warn!(
-                    "{peer}: refused: already {} not yet authenticated (--max-handshakes)",
-                    self.unauthenticated
-                );
+                if let Some(unlogged) = self.refusals.refused(now) {
+                    warn!(
+                        "{peer}: refused: already {} not yet authenticated (--max-handshakes){}",
+                        self.unauthenticated,
+                        unlogged_note(unlogged)
+                    );
+                }
                 refuse(
                     socket,
                     "too many connections not yet authenticated; try again",

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
@@ -276,7 +276,8 @@ fn serve_client(
     }
 }
 
-/// The raw handshake: 32 random bytes out, HMAC-SHA256(secret, nonce) back.
+/// The raw handshake: 32 random bytes out, HMAC-SHA256(secret, nonce) back, all of it within
+/// `timeout`.
 fn authenticate(
     stream: &mut TcpStream,
     secret: &[u8],
@@ -284,24 +285,41 @@ fn authenticate(
 ) -> Result<(), ConnectionEnd> {
     let nonce = auth::new_nonce();
     stream.write_all(&nonce).map_err(ConnectionEnd::Io)?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(ConnectionEnd::Io)?;
     let mut proof = [0u8; CHALLENGE_LEN];
-    // read_exact, not one read: even these 32 bytes may arrive in pieces.
-    match stream.read_exact(&mut proof) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            return Err(ConnectionEnd::LeftDuringHandshake);
-        }
-        Err(e) if is_timeout(&e) => return Err(ConnectionEnd::HandshakeTimeout),
-        Err(e) => return Err(ConnectionEnd::Io(e)),
-    }
+    read_exact_by(stream, &mut proof, Instant::now() + timeout)?;
     if auth::verify_tutorial_proof(secret, &nonce, &proof) {
         Ok(())
     } else {
         Err(ConnectionEnd::BadProof)
     }
+}
+
+/// Fills `buf` from `stream` by `deadline`. Not `read_exact` under a read timeout: that timeout
+/// applies to each read, so a client sending one byte just before each would hold the
+/// handshake open for 32 timeouts. Several reads, because even 32 bytes may arrive in pieces.
+fn read_exact_by(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    deadline: Instant,
+) -> Result<(), ConnectionEnd> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ConnectionEnd::HandshakeTimeout);
+        }
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(ConnectionEnd::Io)?;
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => return Err(ConnectionEnd::LeftDuringHandshake),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) => return Err(ConnectionEnd::HandshakeTimeout),
+            Err(e) => return Err(ConnectionEnd::Io(e)),
+        }
+    }
+    Ok(())
 }
 
 /// The command in `received`: text (invalid UTF-8 replaced), without the line ending that `nc`
