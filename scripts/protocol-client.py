@@ -16,7 +16,8 @@ Why it exists: docs/protocol.md promises that a compatible client can be written
 language from it alone. This one was, without reading the Rust sources, and `cargo test` runs
 its self-test (tests/conformance.rs), so the specification and the server cannot drift apart
 unnoticed. Python has no BLAKE3 in its standard library, hence the small one below: slow, but
-frames are at most 64 KiB.
+frames are small (output comes in pieces of at most 64 KiB, about three times that once
+transcoded; a command is at most 1 MiB).
 """
 
 import argparse

@@ -481,7 +481,12 @@ fn server_workdir(flag: Option<PathBuf>) -> Result<PathBuf, u8> {
     match flag.or_else(home).map_or_else(std::env::current_dir, Ok) {
         Ok(dir) if dir.is_dir() => Ok(dir),
         Ok(dir) => {
-            let why = format!("--workdir {}: not a directory", dir.display());
+            let what = if dir.exists() {
+                "not a directory"
+            } else {
+                "no such directory"
+            };
+            let why = format!("--workdir {}: {what}", dir.display());
             Err(fail(EXIT_USAGE, why))
         }
         Err(e) => {

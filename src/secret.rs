@@ -123,7 +123,7 @@ impl fmt::Display for SecretError {
                  other than its owner, so they could run commands as this server's user; run: \
                  chmod 600 {}",
                 path.display(),
-                path.display()
+                quoted_if_needed(path)
             ),
             SecretError::Io(path, e) => write!(f, "secret file {}: {e}", path.display()),
         }
@@ -399,7 +399,7 @@ fn warn_if_readable_by_others(path: &Path, meta: &fs::Metadata) {
             log::warn!(
                 "secret file {} is accessible to other users; run: chmod 600 {}",
                 path.display(),
-                path.display()
+                quoted_if_needed(path)
             );
         }
     }

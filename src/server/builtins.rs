@@ -417,7 +417,6 @@ pub fn resolve_cd(
     };
     let shown = match target {
         CdTarget::Path(dir) => dir.clone(),
-        CdTarget::UnderHome(dir) => format!("~\\{dir}"),
         _ => wanted.display().to_string(),
     };
     match std::fs::metadata(&wanted) {
@@ -608,6 +607,19 @@ mod tests {
         assert!(why.len() < 200, "{} bytes", why.len());
         let why = resolve_cd(&CdTarget::UnderHome("y".repeat(1 << 20)), &cwd, None).unwrap_err();
         assert!(why.len() < 200, "{} bytes", why.len());
+    }
+
+    #[test]
+    fn a_failed_cd_under_home_names_the_full_path_as_a_shell_does() {
+        let Some(home) = home_dir() else { return };
+        let missing = "no-such-dir-for-rcmd-tests";
+        let why =
+            resolve_cd(&CdTarget::UnderHome(missing.into()), Path::new("/"), None).unwrap_err();
+        let full = home.join(missing);
+        assert_eq!(
+            why,
+            format!("cd: {}: No such file or directory", full.display())
+        );
     }
 
     fn sh(command: &str) -> Option<CdTarget> {

@@ -33,7 +33,7 @@
 //! a client may have at most [`STDIN_WINDOW`] stdin bytes unacknowledged (`stdin_ack`), so the
 //! stdin buffer is bounded too, and stdin never makes the server stop reading the client: a
 //! Ctrl-C always gets through, even to a command that reads no stdin. Only a client that
-//! leaves more than `OUTBOUND_HARD_CAP` of replies unread is not read until it catches up.
+//! leaves `OUTBOUND_HARD_CAP` or more of replies unread is not read until it catches up.
 
 use std::io::{self, Read, Write};
 use std::mem;

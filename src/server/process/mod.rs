@@ -3,8 +3,8 @@
 //!
 //! The platform module provides the same interface everywhere:
 //!
-//! - [`ChildProcess`]: one running command. `spawn` starts [`shell_command`] (`sh -c CMD` on
-//!   Unix, `cmd /C CMD` on Windows) in its own process group (Unix) or Job Object (Windows) and hooks its pipes into
+//! - [`ChildProcess`]: one running command. `spawn` starts [`shell_command`] (`/bin/sh -c -- CMD`
+//!   on Unix, `%ComSpec% /D /S /C "CMD"` on Windows) in its own process group (Unix) or Job Object (Windows) and hooks its pipes into
 //!   the event loop; `read_output`, `write_stdin`, `signal` and `kill_tree` do what they say and
 //!   never block.
 //! - [`ExitWatcher`]: a source registered in the event loop that fires when something about
