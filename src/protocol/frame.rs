@@ -151,6 +151,12 @@ impl FrameEncoder {
             "{} carries no body",
             message.type_name()
         );
+        // A receiver refuses longer bodies and ends the connection: senders must split.
+        debug_assert!(
+            body.len() <= MAX_BODY_LEN,
+            "a {}-byte body is over MAX_BODY_LEN",
+            body.len()
+        );
         let start = out.len();
         out.extend_from_slice(&[0; LEN_PREFIX]);
         Self::write_header(message, body.len(), out);
