@@ -29,15 +29,15 @@ fn every_subcommand_has_help() {
 
 #[test]
 fn usage_errors_exit_2() {
-    let output = Command::new(rcmd_bin())
-        .args(["serve", "--listen", "not-an-address"])
-        .output()
-        .unwrap();
+    // Bounded waits: a server that wrongly accepted its options would run until killed.
+    let serve = |args: &[&str]| {
+        let mut command = Command::new(rcmd_bin());
+        command.arg("serve").args(args).stdin(Stdio::null());
+        output_within(command, Duration::from_secs(30))
+    };
+    let output = serve(&["--listen", "not-an-address"]);
     assert_eq!(output.status.code(), Some(2));
-    let output = Command::new(rcmd_bin())
-        .args(["serve", "--encoding", "klingon", "--listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
+    let output = serve(&["--encoding", "klingon", "--listen", "127.0.0.1:0"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown encoding \"klingon\""));
     // Limits where 0 would make the server useless are refused, not quietly raised to 1.
@@ -47,10 +47,7 @@ fn usage_errors_exit_2() {
         "--handshake-timeout",
         "--max-command-len",
     ] {
-        let output = Command::new(rcmd_bin())
-            .args(["serve", option, "0", "--listen", "127.0.0.1:0"])
-            .output()
-            .unwrap();
+        let output = serve(&[option, "0", "--listen", "127.0.0.1:0"]);
         assert_eq!(output.status.code(), Some(2), "{option}");
         assert!(
             String::from_utf8_lossy(&output.stderr).contains("must be at least 1"),

@@ -36,8 +36,9 @@ impl Watched {
         let secret = load_secret(&server.secret.path);
         assert!(server.run("true").status.success());
         let pid = server.pid();
-        // The warm-up connection is closed by now or soon.
-        thread::sleep(Duration::from_millis(200));
+        // Counted once the warm-up connection is closed, or a leak of one descriptor would
+        // hide in the count.
+        server.wait_for_log(": disconnected", WAIT);
         let idle_fds = fd_count(pid);
         Watched {
             server,

@@ -191,10 +191,17 @@ fn sigterm_at_the_prompt_puts_the_terminal_back_as_it_was() {
     let status = wait_within(&mut client, Duration::from_secs(20)).expect("still running");
     assert!(!status.success());
     assert!(!terminal.is_raw(), "the terminal was left in raw mode");
-    // Bracketed paste, which the line editor turned on, is off again.
-    let screen = terminal.screen();
+    // Bracketed paste, which the line editor turned on, is off again. What the client wrote
+    // before it died reaches the test's reader thread a moment later: wait for it.
     let (on, off) = ("\u{1b}[?2004h", "\u{1b}[?2004l");
-    assert!(screen.rfind(off) > screen.rfind(on), "{screen:?}");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let screen = terminal.screen();
+            screen.rfind(off) > screen.rfind(on)
+        }),
+        "{:?}",
+        terminal.screen()
+    );
 }
 
 #[test]

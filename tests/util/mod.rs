@@ -519,6 +519,26 @@ pub fn assert_absent(path: &Path) {
     );
 }
 
+/// Asserts that `server` never started a command touching any of `markers`. Not a sleep and a
+/// look: the server starts and logs commands in order on one thread, so once a command sent
+/// now has been logged, any command wrongly accepted before it has been logged too.
+#[track_caller]
+pub fn assert_never_ran(server: &TestServer, markers: &[PathBuf]) {
+    let sentinel = unique_marker("sentinel");
+    let output = server.run(&format!("echo {sentinel}"));
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    server.wait_for_log(&sentinel, Duration::from_secs(10));
+    let log = server.log();
+    for marker in markers {
+        let name = marker.display().to_string();
+        assert!(
+            !log.contains(&name),
+            "the server started a command with {name}"
+        );
+        assert_absent(marker);
+    }
+}
+
 /// A client command like [`TestServer::client`] but with another secret file.
 pub fn output_command(server: &TestServer, subcommand: &str, secret: &Path) -> Command {
     let mut command = Command::new(rcmd_bin());
