@@ -215,6 +215,35 @@ impl RunningCommand {
     }
 }
 
+/// What one read of a command's output pipe means: whether that stream has ended, and the
+/// bytes read. `after_exit_bytes` counts what is read once the process has `exited`.
+fn output_read(
+    result: io::Result<usize>,
+    exited: bool,
+    after_exit_bytes: &mut usize,
+    peer: SocketAddr,
+) -> (bool, usize) {
+    match result {
+        Ok(0) => (true, 0),
+        Ok(n) => {
+            if exited {
+                *after_exit_bytes += n;
+            }
+            (*after_exit_bytes > AFTER_EXIT_LIMIT, n)
+        }
+        // Nothing to read now. If the process has already exited, the pipe is drained and
+        // anything later would come from a background process (`sleep 30 & echo started`): the
+        // command is finished when its process is, not when every holder of the pipe is, so
+        // the stream counts as ended.
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => (exited, 0),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => (false, 0),
+        Err(e) => {
+            debug!("{peer}: reading command output: {e}");
+            (true, 0)
+        }
+    }
+}
+
 /// A command's process has exited: its pipes are read again until they are empty before its
 /// output counts as complete. The readiness events for its last output can come after the
 /// exit (the poll may report the SIGCHLD wake-up first), or, for a child that exited before
@@ -1049,25 +1078,9 @@ impl Connection {
                 } else {
                     process.read_output(stream, ctx.scratch)
                 };
-                let (done, read) = match result {
-                    Ok(0) => (true, 0),
-                    Ok(n) => {
-                        if command.exit.is_some() {
-                            command.after_exit_bytes += n;
-                        }
-                        (command.after_exit_bytes > AFTER_EXIT_LIMIT, n)
-                    }
-                    // Nothing to read now. If the process has already exited, the pipe is drained
-                    // and anything later would come from a background process (`sleep 30 & echo
-                    // started`): the command is finished when its process is, not when every
-                    // holder of the pipe is, so the stream counts as ended.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => (command.exit.is_some(), 0),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => (false, 0),
-                    Err(e) => {
-                        debug!("{}: reading command output: {e}", self.peer);
-                        (true, 0)
-                    }
-                };
+                let exited = command.exit.is_some();
+                let (done, read) =
+                    output_read(result, exited, &mut command.after_exit_bytes, self.peer);
                 if !passthrough {
                     ctx.decoded.clear();
                     transcoder.decode(&ctx.scratch[..read], done, ctx.decoded);
