@@ -362,6 +362,19 @@ fn an_unwritable_stderr_does_not_turn_an_error_into_a_panic() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// Runs a client that finds no secret file and returns the command its message suggests (the
+/// text between backquotes).
+fn missing_secret_hint(mut client: Command) -> String {
+    client.stdin(Stdio::null());
+    let output = output_within(client, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    stderr
+        .split('`')
+        .nth(1)
+        .unwrap_or_else(|| panic!("no command in the hint: {stderr}"))
+        .to_owned()
+}
+
 #[test]
 fn a_named_secret_file_in_a_missing_directory_is_refused_not_made_up() {
     // As `ssh-keygen -f` fails: a typo in a path must not create directories and a secret.
@@ -389,21 +402,14 @@ fn a_named_secret_file_in_a_missing_directory_is_refused_not_made_up() {
     // The default location, even when named (the hint for a missing secret names it), is
     // created whole: following the hint works on a fresh machine.
     let config = dir.path().join("fresh-config");
-    let output = Command::new(rcmd_bin())
-        .args(["run", "127.0.0.1:1", "--", "true"])
+    let mut run = Command::new(rcmd_bin());
+    run.args(["run", "127.0.0.1:1", "--", "true"])
         .env("XDG_CONFIG_HOME", &config)
-        .env_remove("RCMD_SECRET_FILE")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let hint = stderr
-        .split('`')
-        .nth(1)
-        .unwrap_or_else(|| panic!("no command in the hint: {stderr}"));
+        .env_remove("RCMD_SECRET_FILE");
+    let hint = missing_secret_hint(run);
     let path = hint
         .strip_prefix("rcmd keygen --secret-file ")
-        .unwrap_or_else(|| panic!("{stderr}"));
+        .unwrap_or_else(|| panic!("{hint}"));
     // Quoted if it has blanks, as a shell would take it.
     let path = path
         .strip_prefix('"')
@@ -420,18 +426,11 @@ fn a_named_secret_file_in_a_missing_directory_is_refused_not_made_up() {
     // A named path in a directory that does not exist: the hint makes the directory first,
     // and followed to the letter by a shell, it works.
     let elsewhere = dir.path().join("new dir").join("secret");
-    let output = Command::new(rcmd_bin())
-        .args(["run", "127.0.0.1:1", "--secret-file"])
+    let mut run = Command::new(rcmd_bin());
+    run.args(["run", "127.0.0.1:1", "--secret-file"])
         .arg(&elsewhere)
-        .args(["--", "true"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let hint = stderr
-        .split('`')
-        .nth(1)
-        .unwrap_or_else(|| panic!("no command in the hint: {stderr}"));
+        .args(["--", "true"]);
+    let hint = missing_secret_hint(run);
     assert!(hint.starts_with("mkdir -p "), "{hint}");
     let hint = hint.replacen("rcmd ", &format!("{} ", rcmd_bin()), 1);
     let status = Command::new("sh")

@@ -209,26 +209,26 @@ fn a_framed_client_at_an_unframed_server_is_told_to_use_framing_none() {
     );
 }
 
+/// Runs `rcmd ARGS` expecting a usage error: exit 2, nothing on stdout (so no server
+/// listened). Returns its stderr.
+#[track_caller]
+fn usage_error(args: &[&str]) -> String {
+    let mut command = Command::new(rcmd_bin());
+    command.args(args).stdin(Stdio::null());
+    let output = output_within(command, STEP_TIMEOUT);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(output.stdout.is_empty(), "{args:?}: it listened");
+    stderr
+}
+
 #[test]
 fn insecure_no_auth_is_refused_off_loopback_before_binding() {
     // 192.0.2.1 (TEST-NET-1) is not an address of this machine: binding it would fail with a
     // different error, so getting the loopback refusal proves the check comes first.
     for listen in ["0.0.0.0:0", "[::]:0", "192.0.2.1:9999"] {
-        let mut command = Command::new(rcmd_bin());
-        command
-            .args([
-                "serve",
-                "--framing",
-                "none",
-                "--insecure-no-auth",
-                "--listen",
-                listen,
-            ])
-            .stdin(Stdio::null());
-        let output = output_within(command, STEP_TIMEOUT);
-        assert_eq!(output.status.code(), Some(2), "{listen}");
-        assert!(output.stdout.is_empty(), "{listen}: it bound and listened");
-        let stderr = text(&output.stderr);
+        let args = ["serve", "--framing", "none", "--insecure-no-auth"];
+        let stderr = usage_error(&[&args[..], &["--listen", listen]].concat());
         assert!(stderr.contains("loopback"), "{listen}: {stderr}");
         assert!(!stderr.contains("cannot listen"), "{listen}: {stderr}");
     }
@@ -236,35 +236,24 @@ fn insecure_no_auth_is_refused_off_loopback_before_binding() {
 
 #[test]
 fn unframed_only_flags_are_refused_with_framing_length() {
-    let mut serve = Command::new(rcmd_bin());
-    serve
-        .args(["serve", "--insecure-no-auth", "--listen", "127.0.0.1:0"])
-        .stdin(Stdio::null());
-    let output = output_within(serve, STEP_TIMEOUT);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(text(&output.stderr).contains("--framing none"));
-
-    let mut connect = Command::new(rcmd_bin());
-    connect
-        .args(["connect", "127.0.0.1:9", "--insecure-no-auth"])
-        .stdin(Stdio::null());
-    let output = output_within(connect, STEP_TIMEOUT);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(text(&output.stderr).contains("--framing none"));
-
+    let serve = usage_error(&["serve", "--insecure-no-auth", "--listen", "127.0.0.1:0"]);
+    assert!(serve.contains("--framing none"), "{serve}");
+    let connect = usage_error(&["connect", "127.0.0.1:9", "--insecure-no-auth"]);
+    assert!(connect.contains("--framing none"), "{connect}");
     // A bad read size is a usage error before anything connects, in either framing.
     for framing in ["length", "none"] {
-        let mut connect = Command::new(rcmd_bin());
-        connect
-            .args(["connect", "127.0.0.1:9", "--framing", framing])
-            .args(["--recv-size", "0"])
-            .stdin(Stdio::null());
-        let output = output_within(connect, STEP_TIMEOUT);
-        assert_eq!(output.status.code(), Some(2), "{framing}");
+        let args = [
+            "connect",
+            "127.0.0.1:9",
+            "--framing",
+            framing,
+            "--recv-size",
+            "0",
+        ];
+        let stderr = usage_error(&args);
         assert!(
-            text(&output.stderr).contains("--recv-size must be between 1 and"),
-            "{framing}: {}",
-            text(&output.stderr)
+            stderr.contains("--recv-size must be between 1 and"),
+            "{framing}: {stderr}"
         );
     }
 }
@@ -276,18 +265,18 @@ fn framed_only_limits_are_refused_with_framing_none() {
         ("--max-handshakes", "1"),
         ("--max-command-len", "5"),
     ] {
-        let mut serve = Command::new(rcmd_bin());
-        serve
-            .args(["serve", "--framing", "none", "--listen", "127.0.0.1:0"])
-            .args([flag, value])
-            .stdin(Stdio::null());
-        let output = output_within(serve, STEP_TIMEOUT);
-        assert_eq!(output.status.code(), Some(2), "{flag}");
-        assert!(output.stdout.is_empty(), "{flag}: it listened");
+        let stderr = usage_error(&[
+            "serve",
+            "--framing",
+            "none",
+            "--listen",
+            "127.0.0.1:0",
+            flag,
+            value,
+        ]);
         assert!(
-            text(&output.stderr).contains(&format!("{flag} is not supported with --framing none")),
-            "{flag}: {}",
-            text(&output.stderr)
+            stderr.contains(&format!("{flag} is not supported with --framing none")),
+            "{flag}: {stderr}"
         );
     }
 }
