@@ -109,19 +109,19 @@ struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value_t = 3600)]
     idle_timeout: u64,
     /// Longest a command may run, in seconds (0: no limit); clients may ask for less. Not with
-    /// --framing none.
-    #[arg(long, value_name = "SECS", default_value_t = 0)]
-    command_timeout: u64,
+    /// --framing none [default: 0].
+    #[arg(long, value_name = "SECS")]
+    command_timeout: Option<u64>,
     /// Connections served at once (at least 1).
     #[arg(long, value_name = "N", default_value_t = 4096, value_parser = at_least_one::<usize>)]
     max_connections: usize,
     /// Connections allowed at once that have not authenticated, in the handshake or being
-    /// closed after failing it (at least 1). Not with --framing none.
-    #[arg(long, value_name = "N", default_value_t = 128, value_parser = at_least_one::<usize>)]
-    max_handshakes: usize,
-    /// Longest command accepted, in bytes. Not with --framing none.
-    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024, value_parser = at_least_one::<usize>)]
-    max_command_len: usize,
+    /// closed after failing it (at least 1). Not with --framing none [default: 128].
+    #[arg(long, value_name = "N", value_parser = at_least_one::<usize>)]
+    max_handshakes: Option<usize>,
+    /// Longest command accepted, in bytes. Not with --framing none [default: 65536].
+    #[arg(long, value_name = "BYTES", value_parser = at_least_one::<usize>)]
+    max_command_len: Option<usize>,
     /// Wire format: `length` (rcmd's frames) or `none`, the unframed tutorial protocol that
     /// shows TCP's "sticky packets" (a demonstration; see `rcmd demo sticky`).
     #[arg(long, value_enum, value_name = "MODE", default_value = "length")]
@@ -150,9 +150,10 @@ struct ConnectArgs {
     /// With --framing none: skip the handshake (for `serve --framing none --insecure-no-auth`).
     #[arg(long)]
     insecure_no_auth: bool,
-    /// The most bytes one read may return [default: 1024]. With rcmd's framing, either this or
-    /// --read-delay-ms makes the client read like the unframed one and show each read and the
-    /// frames completed from it, on stderr (the sticky-packet effects, absorbed by the framing).
+    /// The most bytes one read may return [default: 1024]. With rcmd's framing (where at most
+    /// 262144 is used), either this or --read-delay-ms makes the client read like the unframed
+    /// one and show each read and the frames completed from it, on stderr (the sticky-packet
+    /// effects, absorbed by the framing).
     #[arg(long, value_name = "BYTES")]
     recv_size: Option<usize>,
     /// Milliseconds to wait, once an answer starts to arrive, before reading [default: 200].
@@ -351,8 +352,12 @@ fn serve(args: ServeArgs) -> u8 {
         Ok(dir) => dir,
         Err(code) => return code,
     };
+    // These three are options without clap defaults so that `--framing none` can tell them
+    // given; their defaults are the library's, written once.
+    let defaults = Limits::default();
+    let max_command_len = args.max_command_len.unwrap_or(defaults.max_command_len);
     let max_body = rcmd::protocol::frame::MAX_BODY_LEN;
-    if args.max_command_len > max_body {
+    if max_command_len > max_body {
         let why =
             format!("--max-command-len cannot exceed the frame body limit of {max_body} bytes");
         return fail(EXIT_USAGE, why);
@@ -361,10 +366,12 @@ fn serve(args: ServeArgs) -> u8 {
     let limits = Limits {
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
         idle_timeout: seconds(args.idle_timeout),
-        command_timeout: seconds(args.command_timeout),
+        command_timeout: args
+            .command_timeout
+            .map_or(defaults.command_timeout, seconds),
         max_connections: args.max_connections,
-        max_handshakes: args.max_handshakes,
-        max_command_len: args.max_command_len,
+        max_handshakes: args.max_handshakes.unwrap_or(defaults.max_handshakes),
+        max_command_len,
     };
     let config = ServerConfig {
         secret,
@@ -413,17 +420,10 @@ fn serve_unframed(args: ServeArgs) -> u8 {
     }
     // Limits of the framed server that the tutorial one does not have: its command is what one
     // 1024-byte read returns, runs to its end, and only --max-connections bounds its clients.
-    let framed = Limits::default();
     for (flag, given) in [
-        ("--command-timeout", args.command_timeout != 0),
-        (
-            "--max-handshakes",
-            args.max_handshakes != framed.max_handshakes,
-        ),
-        (
-            "--max-command-len",
-            args.max_command_len != framed.max_command_len,
-        ),
+        ("--command-timeout", args.command_timeout.is_some()),
+        ("--max-handshakes", args.max_handshakes.is_some()),
+        ("--max-command-len", args.max_command_len.is_some()),
     ] {
         if given {
             return fail(

@@ -69,15 +69,18 @@ impl fmt::Display for SecretError {
                 path,
                 make_directory,
             } => {
+                // Two commands rather than one with `&&`, which Windows PowerShell 5 lacks.
                 let mkdir = match make_directory {
-                    Some(dir) if cfg!(windows) => format!("mkdir {} && ", quoted_if_needed(dir)),
-                    Some(dir) => format!("mkdir -p {} && ", quoted_if_needed(dir)),
-                    None => String::new(),
+                    Some(dir) if cfg!(windows) => {
+                        format!("`mkdir {}`, then ", quoted_if_needed(dir))
+                    }
+                    Some(dir) => format!("`mkdir -p {}`, then ", quoted_if_needed(dir)),
+                    None => "with ".to_owned(),
                 };
                 write!(
                     f,
                     "no secret file at {}: copy the server's secret file there, or make a new \
-                     one with `{mkdir}rcmd keygen --secret-file {}`",
+                     one {mkdir}`rcmd keygen --secret-file {}`",
                     path.display(),
                     quoted_if_needed(path)
                 )

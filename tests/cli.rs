@@ -190,6 +190,42 @@ fn a_server_that_never_answers_is_reported_as_silent() {
     silent_server.join().unwrap();
 }
 
+/// A server that trickles its `hello`, a byte a second (each read well within the timeout), is
+/// given up at the handshake's deadline, not after a timeout per read.
+#[test]
+fn a_server_that_trickles_its_hello_is_given_up_at_the_deadline() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let trickler = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let hello = Message::Hello {
+            protocol: PROTOCOL_NAME.into(),
+            version: PROTOCOL_VERSION,
+            nonce: Bytes32(auth::new_nonce()),
+        };
+        let mut bytes = Vec::new();
+        FrameEncoder::new().encode(&hello, b"", &mut bytes);
+        // At most 30 s; stops when the client has gone.
+        for byte in bytes.iter().take(30) {
+            if stream.write_all(std::slice::from_ref(byte)).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    let started = std::time::Instant::now();
+    let output = run_true_against(addr);
+    let took = started.elapsed();
+    assert_eq!(output.status.code(), Some(255));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the server did not answer the handshake within 10 s"),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(15), "gave up after {took:?}");
+    trickler.join().unwrap();
+}
+
 /// Mutual authentication: a server that answers `auth` with a `welcome` whose proof it could
 /// not compute (it does not know the secret) never gets a command. The client leaves with 255
 /// and says why, having sent nothing after its `auth`.
@@ -362,17 +398,20 @@ fn an_unwritable_stderr_does_not_turn_an_error_into_a_panic() {
     assert_eq!(status.code(), Some(0));
 }
 
-/// Runs a client that finds no secret file and returns the command its message suggests (the
-/// text between backquotes).
-fn missing_secret_hint(mut client: Command) -> String {
+/// Runs a client that finds no secret file and returns the commands its message suggests (the
+/// texts between backquotes), in order.
+fn missing_secret_hint(mut client: Command) -> Vec<String> {
     client.stdin(Stdio::null());
     let output = output_within(client, Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    stderr
+    let commands: Vec<String> = stderr
         .split('`')
-        .nth(1)
-        .unwrap_or_else(|| panic!("no command in the hint: {stderr}"))
-        .to_owned()
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
+    assert!(!commands.is_empty(), "no command in the hint: {stderr}");
+    commands
 }
 
 #[test]
@@ -407,6 +446,8 @@ fn a_named_secret_file_in_a_missing_directory_is_refused_not_made_up() {
         .env("XDG_CONFIG_HOME", &config)
         .env_remove("RCMD_SECRET_FILE");
     let hint = missing_secret_hint(run);
+    assert_eq!(hint.len(), 1, "{hint:?}");
+    let hint = &hint[0];
     let path = hint
         .strip_prefix("rcmd keygen --secret-file ")
         .unwrap_or_else(|| panic!("{hint}"));
@@ -431,15 +472,19 @@ fn a_named_secret_file_in_a_missing_directory_is_refused_not_made_up() {
         .arg(&elsewhere)
         .args(["--", "true"]);
     let hint = missing_secret_hint(run);
-    assert!(hint.starts_with("mkdir -p "), "{hint}");
-    let hint = hint.replacen("rcmd ", &format!("{} ", rcmd_bin()), 1);
-    let status = Command::new("sh")
-        .args(["-c", &hint])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "{hint}");
-    assert!(elsewhere.is_file(), "{hint}");
+    assert_eq!(hint.len(), 2, "{hint:?}");
+    assert!(hint[0].starts_with("mkdir -p "), "{hint:?}");
+    assert!(hint[1].starts_with("rcmd keygen "), "{hint:?}");
+    for step in &hint {
+        let step = step.replacen("rcmd ", &format!("{} ", rcmd_bin()), 1);
+        let status = Command::new("sh")
+            .args(["-c", &step])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{step}");
+    }
+    assert!(elsewhere.is_file(), "{hint:?}");
     // An existing directory is fine.
     let named = dir.path().join("secret");
     let status = Command::new(rcmd_bin())

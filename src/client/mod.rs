@@ -20,7 +20,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::debug;
 
@@ -44,7 +44,7 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:9999";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes asked of the socket per `read`: a few frames' worth, fewer system calls when output
 /// streams in.
-const READ_SIZE: usize = 4 * MAX_CHUNK;
+const READ_SIZE: usize = trace::MAX_TRACED_READ;
 
 /// Everything that can stop the client. Each is reported on one line; `rcmd run` exits 255 for
 /// all but a broken pipe on its own output, which ends it as SIGPIPE would (141), and the
@@ -370,6 +370,9 @@ pub struct Session {
     peer: SocketAddr,
     /// Set by [`Session::trace_reads`]: reads paced like the tutorial client's, and reported.
     trace: Option<ReadTrace>,
+    /// While the handshake runs: when it must be over. Each read waits at most until then, so
+    /// a server trickling bytes cannot stretch the handshake beyond [`HANDSHAKE_TIMEOUT`].
+    handshake_deadline: Option<Instant>,
 }
 
 impl Session {
@@ -410,9 +413,6 @@ impl Session {
         secret: &[u8],
     ) -> Result<Session, ClientError> {
         tcp::configure(&stream).map_err(ClientError::Io)?;
-        stream
-            .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-            .map_err(ClientError::Io)?;
         let writer = stream.try_clone().map_err(ClientError::Io)?;
         let mut session = Session {
             stream,
@@ -425,6 +425,7 @@ impl Session {
             next_id: 1,
             peer,
             trace: None,
+            handshake_deadline: Some(Instant::now() + HANDSHAKE_TIMEOUT),
         };
         // The steps of docs/protocol.md §6.1.
         let server_nonce = session.read_hello()?;
@@ -449,6 +450,7 @@ impl Session {
         session
             .decoder
             .start_verifying(FrameMac::new(&keys.server_to_client));
+        session.handshake_deadline = None;
         session
             .stream
             .set_read_timeout(None)
@@ -591,6 +593,15 @@ impl Session {
     /// to the sink without a copy of its own.
     fn read_frame_ref(&mut self) -> Result<FrameRef<'_>, ClientError> {
         while !self.decoder.frame_ready()? {
+            if let Some(deadline) = self.handshake_deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(ClientError::HandshakeTimeout);
+                }
+                self.stream
+                    .set_read_timeout(Some(left))
+                    .map_err(ClientError::Io)?;
+            }
             let max = match &mut self.trace {
                 Some(trace) => trace.before_read(&self.stream),
                 None => READ_SIZE,

@@ -13,6 +13,9 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
 
+/// The client's read size, and the largest traced read (256 KiB): four full output frames.
+pub const MAX_TRACED_READ: usize = 4 * crate::protocol::frame::MAX_CHUNK;
+
 /// How the traced client reads: like `recv(recv_size)` after `sleep(read_delay)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadPacing {
@@ -104,7 +107,8 @@ impl ReadTrace {
     ) -> ReadTrace {
         ReadTrace {
             pacing: ReadPacing {
-                recv_size: pacing.recv_size.max(1),
+                // At most the untraced read size: the decoder keeps room for a few reads.
+                recv_size: pacing.recv_size.clamp(1, MAX_TRACED_READ),
                 ..pacing
             },
             observer,
@@ -119,15 +123,15 @@ impl ReadTrace {
         self.answer_expected = true;
     }
 
-    /// Returns how much the next read may take, after waiting as the unframed client does:
-    /// for the first read of an answer, and whenever nothing is waiting in the receive buffer,
-    /// until the first byte is there (a peek takes none) and then the read delay, so that the
-    /// rest of what the server sent by then has come too. Other reads are made at once. A peek
-    /// that fails returns at once: the read reports it.
+    /// Returns how much the next read may take, after waiting as the unframed client does for
+    /// the first read of an answer: until its first byte is there (a peek takes none), then the
+    /// read delay, so that what the server sent by then has come too. The answer's other reads
+    /// are made at once, as the tutorial client makes its reads. A peek that fails returns at
+    /// once: the read reports it.
     pub(super) fn before_read(&mut self, stream: &TcpStream) -> usize {
         let first_of_answer = std::mem::take(&mut self.answer_expected);
-        if !self.pacing.read_delay.is_zero()
-            && (first_of_answer || !bytes_waiting(stream))
+        if first_of_answer
+            && !self.pacing.read_delay.is_zero()
             && matches!(stream.peek(&mut [0u8; 1]), Ok(n) if n > 0)
         {
             thread::sleep(self.pacing.read_delay);
@@ -170,25 +174,27 @@ impl ReadTrace {
     }
 }
 
-/// Whether a read would return at once: bytes, or the end of the stream, are already there.
-/// A peek with the shortest read timeout (which applies to receiving only, so the thread that
-/// sends stdin and Ctrl-C on a clone of the socket is not affected).
-fn bytes_waiting(stream: &TcpStream) -> bool {
-    if stream
-        .set_read_timeout(Some(Duration::from_millis(1)))
-        .is_err()
-    {
-        return true;
-    }
-    let peeked = stream.peek(&mut [0u8; 1]);
-    let _ = stream.set_read_timeout(None);
-    !matches!(peeked, Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
-}
-
-/// An observer for `rcmd connect`: each event as a line on stderr, next to the output.
+/// An observer for `rcmd connect`: each event as a line on stderr, next to the output. Output
+/// that did not end its line (`printf abc`) is followed by a line break first, so that a trace
+/// line always starts a line of its own.
 pub fn to_stderr() -> Box<dyn FnMut(&TraceEvent<'_>) + Send> {
-    Box::new(|event| {
+    let mut output_mid_line = false;
+    Box::new(move |event| {
         use std::io::Write;
-        let _ = writeln!(io::stderr(), "{}", event.describe());
+        let line_break = if std::mem::take(&mut output_mid_line) {
+            "\n"
+        } else {
+            ""
+        };
+        let _ = writeln!(io::stderr(), "{line_break}{}", event.describe());
+        // The sink prints an output frame's body right after this event.
+        if let TraceEvent::Frame {
+            type_name: "stdout" | "stderr",
+            body,
+            ..
+        } = event
+        {
+            output_mid_line = !body.is_empty() && !body.ends_with(b"\n");
+        }
     })
 }

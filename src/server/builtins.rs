@@ -141,6 +141,10 @@ pub fn parse_sh_cd(command: &str, var: impl Fn(&str) -> Option<OsString>) -> Opt
     match read {
         Ok(()) => {}
         Err(Unread::Needs(what)) if has_no_list_operators(command) => return Some(refused(what)),
+        // The limit tripped in a second argument: that the shell would refuse first.
+        Err(Unread::TooLong) if has_no_list_operators(command) && !args.is_empty() => {
+            return Some(CdTarget::Refused("cd: too many arguments".to_owned()));
+        }
         Err(Unread::TooLong) if has_no_list_operators(command) => {
             // Quoted as typed (`$PWD$PWD...`): the expansion is what is too long to show.
             let typed = command.trim_start_matches([' ', '\t'])[first_word.len()..].trim_start();
@@ -585,10 +589,10 @@ mod tests {
             Some(CdTarget::Refused(_))
         ));
         let words = format!("cd {}", "$PWD ".repeat(16_000));
-        assert!(matches!(
+        assert_eq!(
             parse_sh_cd(&words, var),
-            Some(CdTarget::Refused(_))
-        ));
+            Some(CdTarget::Refused("cd: too many arguments".into()))
+        );
         // In a list the shell expands it, not the server.
         assert_eq!(parse_sh_cd(&format!("{command} && ls"), var), None);
         // Within the limit it is an ordinary path.

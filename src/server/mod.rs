@@ -325,6 +325,9 @@ impl Server {
             for id in to_drive {
                 self.drive(id, now);
             }
+            if let Some(unlogged) = self.refusals.count_due(now) {
+                warn!("{unlogged} more connections refused at the limits, not logged");
+            }
             // Only now, with this turn's replies sent, the turn's log lines (`crate::logging`).
             crate::logging::write_held();
             self.sweep_deadlines();
@@ -336,6 +339,10 @@ impl Server {
             }
         }
         self.reap_remaining_children();
+        match self.refusals.take_unlogged() {
+            0 => {}
+            unlogged => warn!("{unlogged} more connections refused at the limits, not logged"),
+        }
         info!("shut down");
         crate::logging::write_held();
         Ok(())
@@ -391,6 +398,7 @@ impl Server {
         for until in [
             self.accept_paused_until,
             self.shutdown_started.map(|s| s + SHUTDOWN_GRACE),
+            self.refusals.next_count_due(),
         ]
         .into_iter()
         .flatten()

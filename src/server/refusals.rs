@@ -4,7 +4,8 @@
 //! small write and one close. A log line for each would cost more than that, and anyone who
 //! can reach the port can cause thousands of refusals a second without authenticating. So the
 //! first refusal is logged at once, and later ones at most once per interval, each logged line
-//! saying how many went unlogged before it.
+//! saying how many went unlogged before it; refusals still unlogged when a flood ends are
+//! counted in a line of their own once the interval is over (the event loop wakes for it).
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,31 @@ impl RefusalLog {
     }
 }
 
+impl RefusalLog {
+    /// When refusals not yet logged are due to be counted in a line of their own.
+    pub fn next_count_due(&self) -> Option<Instant> {
+        match self.last_logged {
+            Some(last) if self.unlogged > 0 => Some(last + REFUSAL_LOG_INTERVAL),
+            _ => None,
+        }
+    }
+
+    /// At `now`: how many refusals went unlogged, if they are due to be counted (and some
+    /// are); they count as logged from then on.
+    pub fn count_due(&mut self, now: Instant) -> Option<u64> {
+        let due = self.next_count_due().is_some_and(|at| at <= now);
+        due.then(|| {
+            self.last_logged = Some(now);
+            std::mem::take(&mut self.unlogged)
+        })
+    }
+
+    /// The refusals not logged yet, whether due or not (for the end of the server's run).
+    pub fn take_unlogged(&mut self) -> u64 {
+        std::mem::take(&mut self.unlogged)
+    }
+}
+
 /// What a logged refusal line adds about the unlogged ones before it.
 pub fn unlogged_note(unlogged: u64) -> String {
     match unlogged {
@@ -57,6 +83,17 @@ mod tests {
         }
         assert_eq!(log.refused(start + REFUSAL_LOG_INTERVAL), Some(999));
         assert_eq!(log.refused(start + 3 * REFUSAL_LOG_INTERVAL), Some(0));
+        // The end of a flood: counted once the interval is over, and only then.
+        assert_eq!(log.next_count_due(), None);
+        let flood = start + 4 * REFUSAL_LOG_INTERVAL;
+        assert_eq!(log.refused(flood), Some(0));
+        assert_eq!(log.refused(flood + Duration::from_millis(10)), None);
+        assert_eq!(log.refused(flood + Duration::from_millis(20)), None);
+        assert_eq!(log.next_count_due(), Some(flood + REFUSAL_LOG_INTERVAL));
+        assert_eq!(log.count_due(flood + Duration::from_millis(999)), None);
+        assert_eq!(log.count_due(flood + REFUSAL_LOG_INTERVAL), Some(2));
+        assert_eq!(log.next_count_due(), None);
+        assert_eq!(log.count_due(flood + 5 * REFUSAL_LOG_INTERVAL), None);
         assert_eq!(unlogged_note(0), "");
         assert_eq!(
             unlogged_note(999),
