@@ -3,7 +3,7 @@
 //!
 //! `rcmd demo sticky` and `rcmd connect --recv-size N` (with rcmd's framing) make the client
 //! read the way the unframed tutorial client does: at most `recv_size` bytes per read, a moment
-//! after bytes start to arrive. So the reads are just as short (type 1) and just as merged
+//! after each answer starts to arrive. So the reads are just as short (type 1) and just as merged
 //! (type 2) as in the unframed demonstration, and each one is reported with the frames it
 //! completed. What the lines show is that this no longer matters: a frame is handed on only
 //! once all of it is in, and the bytes beyond it stay buffered as the start of the next.

@@ -8,7 +8,7 @@
 //!    boundaries the client itself cannot see.
 //! 2. The real, framed rcmd server is started and the same commands are run through the real
 //!    client ([`crate::client::Session`]), made to read the same way (at most 1024 bytes, a
-//!    moment after bytes start to arrive; see [`crate::client::trace`]). The reads are cut and
+//!    moment after each answer starts to arrive; see [`crate::client::trace`]). The reads are cut and
 //!    merged again, and each command's output still comes back whole, frame by frame, every
 //!    time: the decoder hands on a frame only once all of it is in.
 //!
@@ -382,7 +382,7 @@ fn framed_part(
         out,
         "=== FRAMED (rcmd's protocol), the same commands on one connection ===\n\n\
          The client reads just like the unframed one: at most {recv} bytes per read, {delay} ms\n\
-         after bytes start to arrive. Watch the reads come out short and merged again, and the\n\
+         after the answer starts to arrive. Watch the reads come out short and merged again, and the\n\
          decoder hand on each frame only once all of it is in.\n",
         recv = options.recv_size,
         delay = options.read_delay.as_millis(),
