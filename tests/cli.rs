@@ -571,7 +571,7 @@ fn the_server_logs_each_command_on_one_line_it_cannot_forge() {
         "{started}"
     );
     assert!(
-        rest.starts_with("INFO  rcmd::server::connection] 127.0.0.1:"),
+        rest.starts_with("INFO  rcmd::server::connection::command] 127.0.0.1:"),
         "{started}"
     );
     assert!(

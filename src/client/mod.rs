@@ -60,7 +60,7 @@ pub enum ClientError {
     /// The peer did not speak rcmd.
     NotRcmd(String),
     /// The peer accepted the connection but did not complete the handshake within
-    /// [`HANDSHAKE_TIMEOUT`]: a busy or stuck server, or something that never talks first.
+    /// its 10 s: a busy or stuck server, or something that never talks first.
     HandshakeTimeout,
     /// The server speaks another protocol version.
     VersionMismatch { server: u32 },
