@@ -60,17 +60,20 @@ impl TraceEvent<'_> {
                 buffered,
                 frame_complete,
                 next_frame_len,
-            } => match (frame_complete, next_frame_len) {
-                (true, _) => format!("[read {number}: {bytes} bytes, {buffered} buffered]"),
-                (false, Some(len)) => format!(
-                    "[read {number}: {bytes} bytes; the next frame is {len} bytes, {buffered} \
-                     of them in: read again]"
-                ),
-                (false, None) => format!(
-                    "[read {number}: {bytes} bytes; {buffered} buffered, too few to know the \
-                     next frame's length: read again]"
-                ),
-            },
+            } => {
+                let bytes = count(bytes, "byte");
+                match (frame_complete, next_frame_len) {
+                    (true, _) => format!("[read {number}: {bytes}, {buffered} buffered]"),
+                    (false, Some(len)) => format!(
+                        "[read {number}: {bytes}; the next frame is {len} bytes, {buffered} \
+                         of them in: read again]"
+                    ),
+                    (false, None) => format!(
+                        "[read {number}: {bytes}; {buffered} buffered, too few to know the \
+                         next frame's length: read again]"
+                    ),
+                }
+            }
             TraceEvent::Frame {
                 type_name,
                 body,
@@ -83,11 +86,19 @@ impl TraceEvent<'_> {
                 };
                 let after = match left {
                     0 => "nothing buffered after it".to_owned(),
-                    left => format!("{left} bytes of what follows already in"),
+                    left => format!("{} of what follows already in", count(left, "byte")),
                 };
                 format!("[frame: {type_name}{body}, {wire_len} bytes on the wire; {after}]")
             }
         }
+    }
+}
+
+/// `n` and the noun, in the plural unless `n` is 1: "1 byte", "2 bytes".
+fn count(n: usize, noun: &str) -> String {
+    match n {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
     }
 }
 
@@ -197,4 +208,46 @@ pub fn to_stderr() -> Box<dyn FnMut(&TraceEvent<'_>) + Send> {
             output_mid_line = !body.is_empty() && !body.ends_with(b"\n");
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_read_as_sentences_with_singulars() {
+        let read = |bytes, complete, next| TraceEvent::Read {
+            number: 3,
+            bytes,
+            buffered: 12,
+            frame_complete: complete,
+            next_frame_len: next,
+        };
+        assert_eq!(
+            read(1, true, None).describe(),
+            "[read 3: 1 byte, 12 buffered]"
+        );
+        assert_eq!(
+            read(10, false, Some(98)).describe(),
+            "[read 3: 10 bytes; the next frame is 98 bytes, 12 of them in: read again]"
+        );
+        assert_eq!(
+            read(2, false, None).describe(),
+            "[read 3: 2 bytes; 12 buffered, too few to know the next frame's length: read again]"
+        );
+        let frame = |body: &'static [u8], left| TraceEvent::Frame {
+            type_name: "stdout",
+            body,
+            wire_len: 72,
+            left,
+        };
+        assert_eq!(
+            frame(b"out\n", 1).describe(),
+            "[frame: stdout, 4-byte body, 72 bytes on the wire; 1 byte of what follows already in]"
+        );
+        assert_eq!(
+            frame(b"", 0).describe(),
+            "[frame: stdout, 72 bytes on the wire; nothing buffered after it]"
+        );
+    }
 }
