@@ -78,6 +78,9 @@ pub enum ClientError {
     Protocol(String),
     /// The connection closed unexpectedly.
     Disconnected,
+    /// The connection failed under us: the server's host stopped answering (keepalive or
+    /// retransmission gave up: `Connection timed out`), or became unreachable.
+    ConnectionLost(io::Error),
     /// Our own stdout or stderr failed (a closed pipe, a full disk).
     LocalOutput(io::Error),
     /// Our own stdin could not be read (the script of `connect`).
@@ -123,6 +126,7 @@ impl fmt::Display for ClientError {
             ClientError::Refused { message, .. } => write!(f, "{message}"),
             ClientError::Protocol(why) => write!(f, "protocol error: {why}"),
             ClientError::Disconnected => write!(f, "connection closed by the server"),
+            ClientError::ConnectionLost(e) => write!(f, "connection to the server lost: {e}"),
             ClientError::LocalOutput(e) => write!(f, "cannot write output: {e}"),
             ClientError::LocalInput(e) => write!(f, "cannot read the script on stdin: {e}"),
             ClientError::Io(e) => write!(f, "network error: {e}"),
@@ -616,18 +620,7 @@ impl Session {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(ClientError::HandshakeTimeout);
-                }
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-                    return Err(ClientError::Disconnected);
-                }
-                Err(e) => return Err(ClientError::Io(e)),
+                Err(e) => return Err(read_failure(e, self.handshake_deadline.is_some())),
             }
         }
         // `frame_ready` said a whole frame is buffered, so this is a frame or an error.
@@ -733,6 +726,19 @@ impl Session {
     }
 }
 
+/// What a failed read of the connection means. During the handshake a read that runs out of
+/// time is the handshake's deadline; after it the socket has no read timeout, so `TimedOut` is
+/// the kernel giving up on a peer that stopped answering (keepalive, `TCP_USER_TIMEOUT`).
+fn read_failure(error: io::Error, handshaking: bool) -> ClientError {
+    match error.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut if handshaking => {
+            ClientError::HandshakeTimeout
+        }
+        io::ErrorKind::ConnectionReset => ClientError::Disconnected,
+        _ => ClientError::ConnectionLost(error),
+    }
+}
+
 /// Stdin flow control: how many bytes the server still accepts before it acknowledges more.
 struct StdinWindow {
     available: Mutex<usize>,
@@ -817,6 +823,33 @@ fn forward_stdin(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_that_times_out_is_the_handshake_only_during_the_handshake() {
+        let timed_out = || io::Error::from(io::ErrorKind::TimedOut);
+        assert!(matches!(
+            read_failure(timed_out(), true),
+            ClientError::HandshakeTimeout
+        ));
+        assert!(matches!(
+            read_failure(io::Error::from(io::ErrorKind::WouldBlock), true),
+            ClientError::HandshakeTimeout
+        ));
+        // Keepalive or TCP_USER_TIMEOUT giving up on a live session: the connection was lost.
+        let lost = read_failure(timed_out(), false);
+        assert!(matches!(lost, ClientError::ConnectionLost(_)), "{lost}");
+        assert!(
+            lost.to_string()
+                .starts_with("connection to the server lost: "),
+            "{lost}"
+        );
+        let unreachable = read_failure(io::Error::from(io::ErrorKind::HostUnreachable), false);
+        assert!(matches!(unreachable, ClientError::ConnectionLost(_)));
+        assert!(matches!(
+            read_failure(io::Error::from(io::ErrorKind::ConnectionReset), false),
+            ClientError::Disconnected
+        ));
+    }
 
     #[test]
     fn addresses_get_the_default_port() {
