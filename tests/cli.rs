@@ -115,13 +115,25 @@ fn a_client_of_another_version_is_told_so() {
     }
 }
 
-/// A fake server's start: accepts one client and sends it a `hello` of `version`. Reads on the
-/// returned stream give up after 20 s.
-fn accept_and_say_hello(listener: &TcpListener, version: u32) -> TcpStream {
-    let (mut stream, _) = listener.accept().unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+/// A fake server on 127.0.0.1:0 that accepts one client and hands its stream to `serve`, on a
+/// thread of its own; reads on the stream give up after 20 s.
+fn fake_server<T: Send + 'static>(
+    serve: impl FnOnce(TcpStream) -> T + Send + 'static,
+) -> (std::net::SocketAddr, std::thread::JoinHandle<T>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        serve(stream)
+    });
+    (addr, server)
+}
+
+/// A server's first frame: `hello` in protocol `version`.
+fn hello_frame(version: u32) -> Vec<u8> {
     let hello = Message::Hello {
         protocol: PROTOCOL_NAME.into(),
         version,
@@ -129,16 +141,13 @@ fn accept_and_say_hello(listener: &TcpListener, version: u32) -> TcpStream {
     };
     let mut bytes = Vec::new();
     FrameEncoder::new().encode(&hello, b"", &mut bytes);
-    stream.write_all(&bytes).unwrap();
-    stream
+    bytes
 }
 
 #[test]
 fn a_server_of_another_version_is_reported_clearly() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let fake_server = std::thread::spawn(move || {
-        let mut stream = accept_and_say_hello(&listener, 99);
+    let (addr, fake_server) = fake_server(|mut stream| {
+        stream.write_all(&hello_frame(99)).unwrap();
         let mut rest = Vec::new();
         let _ = stream.read_to_end(&mut rest);
         rest
@@ -168,13 +177,7 @@ fn a_server_of_another_version_is_reported_clearly() {
 /// client to talk first) is reported as silent, not as speaking another protocol.
 #[test]
 fn a_server_that_never_answers_is_reported_as_silent() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let silent_server = std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
+    let (addr, silent_server) = fake_server(|mut stream| {
         let mut rest = Vec::new();
         let _ = stream.read_to_end(&mut rest);
     });
@@ -194,19 +197,9 @@ fn a_server_that_never_answers_is_reported_as_silent() {
 /// given up at the handshake's deadline, not after a timeout per read.
 #[test]
 fn a_server_that_trickles_its_hello_is_given_up_at_the_deadline() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let trickler = std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        let hello = Message::Hello {
-            protocol: PROTOCOL_NAME.into(),
-            version: PROTOCOL_VERSION,
-            nonce: Bytes32(auth::new_nonce()),
-        };
-        let mut bytes = Vec::new();
-        FrameEncoder::new().encode(&hello, b"", &mut bytes);
+    let (addr, trickler) = fake_server(|mut stream| {
         // At most 30 s; stops when the client has gone.
-        for byte in bytes.iter().take(30) {
+        for byte in hello_frame(PROTOCOL_VERSION).iter().take(30) {
             if stream.write_all(std::slice::from_ref(byte)).is_err() {
                 break;
             }
@@ -231,10 +224,8 @@ fn a_server_that_trickles_its_hello_is_given_up_at_the_deadline() {
 /// and says why, having sent nothing after its `auth`.
 #[test]
 fn an_impostor_server_that_cannot_prove_the_secret_gets_no_command() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let impostor = std::thread::spawn(move || {
-        let mut stream = accept_and_say_hello(&listener, PROTOCOL_VERSION);
+    let (addr, impostor) = fake_server(|mut stream| {
+        stream.write_all(&hello_frame(PROTOCOL_VERSION)).unwrap();
         let mut out = Vec::new();
         let mut decoder = FrameDecoder::default();
         let auth_frame = read_frame(&mut stream, &mut decoder);
@@ -268,10 +259,7 @@ fn an_impostor_server_that_cannot_prove_the_secret_gets_no_command() {
 
 #[test]
 fn something_that_is_not_an_rcmd_server_is_reported_clearly() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
+    let (addr, _server) = fake_server(|mut stream| {
         let _ = stream.write_all(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n");
         std::thread::sleep(Duration::from_secs(2));
     });
