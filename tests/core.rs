@@ -228,6 +228,11 @@ fn a_tampered_frame_is_an_integrity_error_and_runs_nothing() {
         stderr_of(&output)
     );
     assert!(!stdout_of(&output).contains("hello"));
+    // The client said why it left, so the server's log does not read like a plain disconnect.
+    server.wait_for_log(
+        r#"client reports integrity: "a frame from the server failed its integrity check""#,
+        Duration::from_secs(10),
+    );
 }
 
 #[test]

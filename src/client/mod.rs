@@ -596,7 +596,8 @@ impl Session {
     /// The next frame, its body still in the decoder's buffer: command output goes from there
     /// to the sink without a copy of its own.
     fn read_frame_ref(&mut self) -> Result<FrameRef<'_>, ClientError> {
-        while !self.decoder.frame_ready()? {
+        let tampered = |error| tell_server_of_tampering(&self.sender, error);
+        while !self.decoder.frame_ready().map_err(tampered)? {
             if let Some(deadline) = self.handshake_deadline {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -614,7 +615,7 @@ impl Session {
                 Ok(0) => return Err(ClientError::Disconnected),
                 Ok(n) => {
                     if let Some(trace) = &mut self.trace {
-                        let complete = self.decoder.frame_ready()?;
+                        let complete = self.decoder.frame_ready().map_err(tampered)?;
                         let next = self.decoder.pending_frame_len();
                         trace.read(n, self.decoder.buffered(), complete, next);
                     }
@@ -626,9 +627,13 @@ impl Session {
         // `frame_ready` said a whole frame is buffered, so this is a frame or an error.
         let wire_len = self.decoder.pending_frame_len().unwrap_or(0);
         let left = self.decoder.buffered().saturating_sub(wire_len);
-        let frame = self.decoder.next_frame_ref()?.ok_or_else(|| {
-            ClientError::Protocol("the frame decoder lost a complete frame".into())
-        })?;
+        let frame = self
+            .decoder
+            .next_frame_ref()
+            .map_err(tampered)?
+            .ok_or_else(|| {
+                ClientError::Protocol("the frame decoder lost a complete frame".into())
+            })?;
         debug!("<- {}", frame.message.type_name());
         if let Some(trace) = &mut self.trace {
             trace.frame(frame.message.type_name(), frame.body, wire_len, left);
@@ -724,6 +729,25 @@ impl Session {
             }
         }
     }
+}
+
+/// A frame from the server failed to decode. If it failed its tag check (after the handshake,
+/// every decoding failure is reported so, docs/protocol.md §4.6), the client tells the server
+/// why it leaves, with a fatal `integrity` error as the server would send: the server's log then
+/// says the session ended over a tampered frame, not merely that the client went away.
+fn tell_server_of_tampering(sender: &SharedSender, error: FrameError) -> ClientError {
+    if matches!(error, FrameError::Integrity) {
+        let why = Message::fatal(
+            ErrorCode::Integrity,
+            "a frame from the server failed its integrity check",
+        );
+        // Best effort, and never waiting: the connection is about to be closed anyway, and
+        // the stdin thread may hold the sender, blocked on a server that no longer reads.
+        if let Ok(mut sender) = sender.try_lock() {
+            let _ = sender.send(&why, b"");
+        }
+    }
+    error.into()
 }
 
 /// What a failed read of the connection means. During the handshake a read that runs out of
