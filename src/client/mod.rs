@@ -42,6 +42,9 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:9999";
 /// How long each connection attempt may take, and each wait for the server's next handshake
 /// frame (a server that accepts and then says nothing is not waited for forever).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the client waits for its sender (held by the stdin thread) to tell the server of a
+/// tampered frame before it leaves without telling.
+const SENDER_WAIT_ON_TAMPERING: Duration = Duration::from_millis(200);
 /// Bytes asked of the socket per `read`: a few frames' worth, fewer system calls when output
 /// streams in.
 const READ_SIZE: usize = trace::MAX_TRACED_READ;
@@ -741,10 +744,19 @@ fn tell_server_of_tampering(sender: &SharedSender, error: FrameError) -> ClientE
             ErrorCode::Integrity,
             "a frame from the server failed its integrity check",
         );
-        // Best effort, and never waiting: the connection is about to be closed anyway, and
-        // the stdin thread may hold the sender, blocked on a server that no longer reads.
-        if let Ok(mut sender) = sender.try_lock() {
-            let _ = sender.send(&why, b"");
+        // Best effort: the connection is about to be closed anyway. The stdin thread may hold
+        // the sender for a write (a `stdin_close` a moment ago), or be blocked in one on a
+        // server that no longer reads: wait for it a little, never longer.
+        let deadline = Instant::now() + SENDER_WAIT_ON_TAMPERING;
+        loop {
+            match sender.try_lock() {
+                Ok(mut sender) => {
+                    let _ = sender.send(&why, b"");
+                    break;
+                }
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+                Err(_) => break,
+            }
         }
     }
     error.into()
