@@ -152,9 +152,7 @@ fn a_server_of_another_version_is_reported_clearly() {
         let _ = stream.read_to_end(&mut rest);
         rest
     });
-    let output = run_true_against(addr);
-    assert_eq!(output.status.code(), Some(255));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = client_failure_against(addr);
     assert!(
         stderr.contains("protocol version mismatch: the server speaks version 99"),
         "{stderr}"
@@ -181,9 +179,7 @@ fn a_server_that_never_answers_is_reported_as_silent() {
         let mut rest = Vec::new();
         let _ = stream.read_to_end(&mut rest);
     });
-    let output = run_true_against(addr);
-    assert_eq!(output.status.code(), Some(255));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = client_failure_against(addr);
     assert!(
         stderr.contains("the server did not answer the handshake within 10 s"),
         "{stderr}"
@@ -207,10 +203,8 @@ fn a_server_that_trickles_its_hello_is_given_up_at_the_deadline() {
         }
     });
     let started = std::time::Instant::now();
-    let output = run_true_against(addr);
+    let stderr = client_failure_against(addr);
     let took = started.elapsed();
-    assert_eq!(output.status.code(), Some(255));
-    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("the server did not answer the handshake within 10 s"),
         "{stderr}"
@@ -242,9 +236,7 @@ fn an_impostor_server_that_cannot_prove_the_secret_gets_no_command() {
         let _ = stream.read_to_end(&mut rest);
         (decoder.buffered(), rest)
     });
-    let output = run_true_against(addr);
-    assert_eq!(output.status.code(), Some(255));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = client_failure_against(addr);
     assert!(
         stderr.contains("the server could not prove it knows the secret"),
         "{stderr}"
@@ -263,9 +255,7 @@ fn something_that_is_not_an_rcmd_server_is_reported_clearly() {
         let _ = stream.write_all(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n");
         std::thread::sleep(Duration::from_secs(2));
     });
-    let output = run_true_against(addr);
-    assert_eq!(output.status.code(), Some(255));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = client_failure_against(addr);
     assert!(
         stderr.contains("does not speak the rcmd protocol"),
         "{stderr}"
@@ -310,8 +300,10 @@ fn the_server_listens_on_ipv6_too() {
     assert_eq!(String::from_utf8_lossy(&output.stdout), "over ipv6\n");
 }
 
-/// `rcmd run ADDR -- true` with a fresh secret, against whatever listens on `addr`.
-fn run_true_against(addr: std::net::SocketAddr) -> std::process::Output {
+/// `rcmd run ADDR -- true` with a fresh secret against a fake server, which must fail as a
+/// client failure (255): returns what the client said on stderr.
+#[track_caller]
+fn client_failure_against(addr: std::net::SocketAddr) -> String {
     let secret = SecretFile::new();
     let mut command = Command::new(rcmd_bin());
     command
@@ -319,7 +311,10 @@ fn run_true_against(addr: std::net::SocketAddr) -> std::process::Output {
         .arg(&secret.path)
         .args(["--", "true"])
         .stdin(Stdio::null());
-    output_within(command, Duration::from_secs(30))
+    let output = output_within(command, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(255), "{stderr}");
+    stderr
 }
 
 #[test]
