@@ -628,8 +628,12 @@ impl Session {
             }
         }
         // `frame_ready` said a whole frame is buffered, so this is a frame or an error.
-        let wire_len = self.decoder.pending_frame_len().unwrap_or(0);
-        let left = self.decoder.buffered().saturating_sub(wire_len);
+        // For the trace only (measured before the frame is taken): its length on the wire and
+        // the bytes buffered after it. The untraced path does none of this.
+        let extent = self.trace.is_some().then(|| {
+            let wire_len = self.decoder.pending_frame_len().unwrap_or(0);
+            (wire_len, self.decoder.buffered().saturating_sub(wire_len))
+        });
         let frame = self
             .decoder
             .next_frame_ref()
@@ -638,7 +642,7 @@ impl Session {
                 ClientError::Protocol("the frame decoder lost a complete frame".into())
             })?;
         debug!("<- {}", frame.message.type_name());
-        if let Some(trace) = &mut self.trace {
+        if let (Some(trace), Some((wire_len, left))) = (&mut self.trace, extent) {
             trace.frame(frame.message.type_name(), frame.body, wire_len, left);
         }
         Ok(frame)
