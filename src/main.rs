@@ -24,6 +24,17 @@ use rcmd::server::{Limits, Server, ServerConfig};
 use rcmd::sticky;
 use rcmd::{say, say_out};
 
+/// The exit statuses of `rcmd run`, for its `--help` (the README's table says the same).
+const RUN_EXIT_STATUS: &str = "\
+Exit status:
+  the command's   it exited normally
+  128+N           signal N killed it (130: Ctrl-C)
+  124             --timeout killed it
+  141             the reader of rcmd's output went away (rcmd dies of SIGPIPE)
+  255             rcmd failed: bad or unknown address, cannot connect, authentication
+                  failed, connection lost, integrity error, command refused by the server
+  2               usage error: unknown option, bad option value, no command";
+
 /// The client could not do its job (like ssh's 255).
 const EXIT_CLIENT_FAILURE: u8 = 255;
 /// The server or keygen could not do its job.
@@ -59,7 +70,8 @@ enum Command {
     /// Run one command on a server, like `ssh host cmd`: its stdout, stderr and exit status
     /// become ours; our stdin is forwarded when it is not a terminal.
     #[command(
-        override_usage = "rcmd run [OPTIONS] ADDR CMD...\n       rcmd run [OPTIONS] [ADDR] -- CMD..."
+        override_usage = "rcmd run [OPTIONS] ADDR CMD...\n       rcmd run [OPTIONS] [ADDR] -- CMD...",
+        after_help = RUN_EXIT_STATUS
     )]
     Run(RunArgs),
     /// Write a new random shared secret (mode 0600).
@@ -197,9 +209,17 @@ struct RunArgs {
 impl RunArgs {
     /// The address (with `-p`'s port) and the command words: `ADDR CMD...`, `ADDR -- CMD...`
     /// or `-- CMD...`.
-    fn address_and_command(&self) -> Result<(String, &[String]), String> {
-        let (addr, command) = self.address_and_command_words()?;
-        let addr = client::target_address(addr, self.port).map_err(|e| e.to_string())?;
+    ///
+    /// # Errors
+    /// The exit code and the message: a usage error (2) when the words do not make an address
+    /// and a command; an address that cannot be one (`[::1`, a port given twice) is 255, as an
+    /// address that does not resolve, and as ssh's "Bad port".
+    fn address_and_command(&self) -> Result<(String, &[String]), (u8, String)> {
+        let (addr, command) = self
+            .address_and_command_words()
+            .map_err(|usage| (EXIT_USAGE, usage))?;
+        let addr = client::target_address(addr, self.port)
+            .map_err(|e| (EXIT_CLIENT_FAILURE, e.to_string()))?;
         Ok((addr, command))
     }
 
@@ -552,7 +572,8 @@ fn connect(args: ConnectArgs) -> u8 {
     init_logging("warn");
     let addr = match client::target_address(args.addr.as_deref(), args.port) {
         Ok(addr) => addr,
-        Err(e) => return fail(EXIT_USAGE, e),
+        // As an address that does not resolve, and as ssh's "Bad port": 255.
+        Err(e) => return fail(EXIT_CLIENT_FAILURE, e),
     };
     if args.framing == Framing::Unframed {
         return connect_unframed(&addr, args);
@@ -664,7 +685,7 @@ fn run(args: RunArgs) -> u8 {
     init_logging("warn");
     let (addr, words) = match args.address_and_command() {
         Ok(parts) => parts,
-        Err(usage) => return fail(EXIT_USAGE, usage),
+        Err((code, why)) => return fail(code, why),
     };
     // Joined with spaces, as ssh does: `rcmd run host ls -la` runs `ls -la`.
     let command = words.join(" ");
@@ -678,7 +699,7 @@ fn run(args: RunArgs) -> u8 {
     let (input, stdin_count) = if args.no_stdin || io::stdin().is_terminal() {
         (CommandInput::None, None)
     } else {
-        let (stdin, count) = CountingReader::new(io::stdin());
+        let (stdin, count) = CountingReader::new(client::stdio::PatientStdin::new());
         (CommandInput::Forward(Box::new(stdin)), Some(count))
     };
     let mut terminal = match TerminalSink::new() {
@@ -843,10 +864,12 @@ mod tests {
     }
 
     /// What `rcmd run ARGS...` would run, and where.
-    fn run_target(args: &str) -> Result<(String, String), String> {
+    /// The address and command `rcmd run ARGS` would use, or the exit code and message it
+    /// would fail with (clap's usage errors exit 2).
+    fn run_target(args: &str) -> Result<(String, String), (u8, String)> {
         let argv = ["rcmd", "run"].into_iter().chain(args.split_whitespace());
         let Command::Run(run) = Cli::try_parse_from(argv)
-            .map_err(|e| e.to_string())?
+            .map_err(|e| (EXIT_USAGE, e.to_string()))?
             .command
         else {
             unreachable!("parsed as run")
@@ -884,7 +907,12 @@ mod tests {
             run_target("--timeout 5 -- true"),
             at(client::DEFAULT_ADDR, "true")
         );
-        let usage = |args| run_target(args).expect_err(args);
+        let failure = |args, code| {
+            let (got, why) = run_target(args).expect_err(args);
+            assert_eq!(got, code, "{args}: {why}");
+            why
+        };
+        let usage = |args| failure(args, EXIT_USAGE);
         assert!(usage("").starts_with("no command given"));
         assert!(usage("host").starts_with("no command given for host"));
         assert!(usage("-x host true").contains("unexpected argument '-x'"));
@@ -895,7 +923,12 @@ mod tests {
         assert_eq!(run_target("-p 2222 host uptime"), at("host:2222", "uptime"));
         assert_eq!(run_target("host -p 2222 uptime"), at("host:2222", "uptime"));
         assert_eq!(run_target("-p 2222 -- true"), at("127.0.0.1:2222", "true"));
-        assert!(usage("-p 2222 host:7 true").ends_with("it names a port, and -p names another"));
+        // An address that cannot be one fails as one that does not resolve, as in ssh.
+        assert!(
+            failure("-p 2222 host:7 true", EXIT_CLIENT_FAILURE)
+                .ends_with("it names a port, and -p names another")
+        );
+        assert!(failure("-p 2222 [::1 true", EXIT_CLIENT_FAILURE).contains("no closing ]"));
         assert!(usage("-p 99999 host true").contains("99999"));
         // A lone address is not suggested as a command; a lone word may be one.
         for addr in ["127.0.0.1:37867", "host:7", "::1", "[::1]:7"] {

@@ -24,6 +24,12 @@ fn every_subcommand_has_help() {
         let text = String::from_utf8_lossy(&output.stdout);
         assert!(text.contains("Usage: rcmd"), "{subcommand}: {text}");
         assert!(text.contains("--secret-file"), "{subcommand}: {text}");
+        if subcommand == "run" {
+            // Scripts branch on them, as on ssh's: the help says what each means.
+            for status in ["124", "141", "255", "128+N"] {
+                assert!(text.contains(status), "run --help lacks {status}: {text}");
+            }
+        }
     }
 }
 

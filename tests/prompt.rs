@@ -7,7 +7,7 @@ mod util;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -65,6 +65,18 @@ impl Terminal {
 
     /// [`Self::connect`] with `TERM` set to `term`.
     fn connect_as(&self, server: &TestServer, config: &tempfile::TempDir, term: &str) -> Child {
+        self.connect_with(server, config, term, |_| {})
+    }
+
+    /// [`Self::connect`] with `TERM` set to `term`, and `configure` changing the rest (stderr
+    /// going elsewhere, signals ignored).
+    fn connect_with(
+        &self,
+        server: &TestServer,
+        config: &tempfile::TempDir,
+        term: &str,
+        configure: impl FnOnce(&mut Command),
+    ) -> Child {
         let side = || Stdio::from(self.program_side.try_clone().unwrap());
         let mut command = server.client("connect");
         command
@@ -73,6 +85,7 @@ impl Terminal {
             .stdin(side())
             .stdout(side())
             .stderr(side());
+        configure(&mut command);
         command.spawn().expect("start rcmd connect")
     }
 
@@ -166,6 +179,54 @@ fn output_without_a_final_newline_is_not_drawn_over_by_the_prompt() {
         Some(3),
         "exit keeps the last status"
     );
+}
+
+#[test]
+fn output_without_a_final_newline_is_kept_when_stderr_goes_elsewhere() {
+    let server = TestServer::start(&[]);
+    let config = tempfile::tempdir().unwrap();
+    let terminal = Terminal::open();
+    let log = config.path().join("stderr.log");
+    let stderr = File::create(&log).unwrap();
+    let mut client = terminal.connect_with(&server, &config, "xterm", |command| {
+        command.stderr(stderr);
+    });
+    terminal.wait_for(PROMPT, 1);
+    let mut terminal = terminal;
+    terminal.type_text("printf abc\r");
+    terminal.wait_for(PROMPT, 2);
+    // The line is ended on the terminal, where `abc` is, not in the log (which would get a
+    // stray empty line while the prompt drew over `abc`).
+    let screen = terminal.screen();
+    assert!(screen.contains("abc\r\n"), "{screen:?}");
+    terminal.type_text("exit\r");
+    assert_eq!(exit_code(&mut client), Some(0));
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.lines().all(|line| !line.is_empty()), "{log:?}");
+}
+
+#[test]
+fn a_hang_up_ignored_as_nohup_ignores_it_does_not_end_the_prompt() {
+    use std::os::unix::process::CommandExt;
+    let server = TestServer::start(&[]);
+    let config = tempfile::tempdir().unwrap();
+    let mut terminal = Terminal::open();
+    let mut client = terminal.connect_with(&server, &config, "xterm", |command| {
+        // What `nohup` does before it runs the program.
+        // SAFETY: `signal` is async-signal-safe, as a `pre_exec` closure must be.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    });
+    terminal.wait_for(PROMPT, 1);
+    signal(client.id(), "HUP");
+    terminal.type_text("echo still-here\r");
+    terminal.wait_for("\nstill-here\r\n", 1);
+    terminal.type_text("exit\r");
+    assert_eq!(exit_code(&mut client), Some(0));
 }
 
 #[test]

@@ -17,7 +17,13 @@
 //! local program blocked on its output would simply die of the SIGINT. So when output has made
 //! no progress for `STUCK_OUTPUT_GRACE` after a forwarded Ctrl-C (output is written in
 //! 16 KiB pieces, so that a slow reader still counts as progress), the client ends with 130
-//! too; closing the connection makes the server kill the command.
+//! too; closing the connection makes the server kill the command. The same when the `signal`
+//! frame cannot be sent within that time: the stdin thread is blocked writing to a server that
+//! has stopped reading (it does while the client's output is stuck), or the connection is gone.
+//!
+//! A client started with SIGINT ignored (a background job of a non-interactive shell, `trap ''
+//! INT`) keeps it ignored, as ssh and any local program do: Ctrl-C meant for its parent's
+//! foreground job must not interrupt its remote command.
 
 #[cfg(unix)]
 use std::io::Write;
@@ -75,6 +81,11 @@ const OUTPUT_PIECE: usize = 16 * 1024;
 /// # Errors
 /// The handler could not be installed (another one already was).
 pub fn install() -> Result<(), ctrlc::Error> {
+    #[cfg(unix)]
+    if ignored_since_start(libc::SIGINT) {
+        debug!("SIGINT is ignored, as our parent left it: Ctrl-C is not forwarded");
+        return Ok(());
+    }
     ctrlc::set_handler(|| {
         let mut current = CURRENT
             .lock()
@@ -105,10 +116,14 @@ pub fn install() -> Result<(), ctrlc::Error> {
             id: target.id,
             signal,
         };
-        if let Ok(mut sender) = target.sender.lock() {
-            let _ = sender.send(&message, b"");
-        }
+        let sender = target.sender.clone();
+        // Not while holding `CURRENT`: the command's end (`ForwardGuard`) takes it, and must
+        // not wait for a send that is waiting for the stdin thread.
         drop(current);
+        if !super::send_within(&sender, &message, STUCK_OUTPUT_GRACE) {
+            debug!("Ctrl-C: the signal could not be sent; ending");
+            std::process::exit(130);
+        }
         if output_stays_stuck() {
             debug!("Ctrl-C: the output is stuck; ending");
             std::process::exit(130);
@@ -118,6 +133,20 @@ pub fn install() -> Result<(), ctrlc::Error> {
             crate::say!("rcmd: press Ctrl-C once more to kill the command (SIGKILL)");
         }
     })
+}
+
+/// Whether `signal` was set to be ignored when the process started (and nothing has handled it
+/// since): a parent's way of saying the signal is not for us (`nohup`, `trap '' INT`, background
+/// jobs of a non-interactive shell), which exec keeps and a handler would override.
+#[cfg(unix)]
+pub fn ignored_since_start(signal: libc::c_int) -> bool {
+    // SAFETY: with a null new action, `sigaction` only fills in `current`, which is zeroed
+    // first and read only if the call succeeded.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction == libc::SIG_IGN
+    }
 }
 
 /// Writes command output with `write` in pieces of at most `OUTPUT_PIECE`, noting each one

@@ -10,6 +10,7 @@ pub mod console;
 pub mod interrupt;
 pub mod prompt;
 pub mod stats;
+pub mod stdio;
 #[cfg(unix)]
 pub mod terminal;
 pub mod trace;
@@ -275,6 +276,11 @@ pub trait OutputSink {
 ///
 /// On Unix the bytes go straight to file descriptors 1 and 2: `io::stdout()` is line-buffered,
 /// and looking for newlines in every frame cost 7–15% of the client's CPU when streaming.
+///
+/// A failed write of the command's stderr (other than a closed pipe) does not end the command:
+/// its stderr is dropped from then on, as a local program goes on when its diagnostics cannot
+/// be written (`2>/dev/full`), and as ssh does. Ending the session there would kill the remote
+/// command halfway because a log disk filled up.
 pub struct TerminalSink {
     #[cfg(unix)]
     out: std::fs::File,
@@ -285,6 +291,8 @@ pub struct TerminalSink {
     out_console: Option<console::ConsoleText>,
     #[cfg(not(unix))]
     err_console: Option<console::ConsoleText>,
+    /// Writing stderr failed: the rest of the command's stderr is dropped.
+    stderr_lost: bool,
 }
 
 impl TerminalSink {
@@ -296,7 +304,11 @@ impl TerminalSink {
             use std::os::fd::AsFd;
             let out = io::stdout().as_fd().try_clone_to_owned()?.into();
             let err = io::stderr().as_fd().try_clone_to_owned()?.into();
-            Ok(TerminalSink { out, err })
+            Ok(TerminalSink {
+                out,
+                err,
+                stderr_lost: false,
+            })
         }
         #[cfg(not(unix))]
         {
@@ -305,6 +317,7 @@ impl TerminalSink {
             Ok(TerminalSink {
                 out_console: console(io::stdout().is_terminal()),
                 err_console: console(io::stderr().is_terminal()),
+                stderr_lost: false,
             })
         }
     }
@@ -313,12 +326,16 @@ impl TerminalSink {
 impl OutputSink for TerminalSink {
     #[cfg(unix)]
     fn stdout(&mut self, bytes: &[u8]) -> io::Result<()> {
-        interrupt::write_output(bytes, |part| self.out.write_all(part))
+        interrupt::write_output(bytes, |part| stdio::write_all(&mut self.out, part))
     }
 
     #[cfg(unix)]
     fn stderr(&mut self, bytes: &[u8]) -> io::Result<()> {
-        interrupt::write_output(bytes, |part| self.err.write_all(part))
+        if self.stderr_lost {
+            return Ok(());
+        }
+        let written = interrupt::write_output(bytes, |part| stdio::write_all(&mut self.err, part));
+        self.go_on_without_stderr_unless_closed(written)
     }
 
     #[cfg(not(unix))]
@@ -340,7 +357,27 @@ impl OutputSink for TerminalSink {
 
     #[cfg(not(unix))]
     fn stderr(&mut self, bytes: &[u8]) -> io::Result<()> {
-        write_for_windows(&mut io::stderr().lock(), self.err_console.as_mut(), bytes)
+        if self.stderr_lost {
+            return Ok(());
+        }
+        let written = write_for_windows(&mut io::stderr().lock(), self.err_console.as_mut(), bytes);
+        self.go_on_without_stderr_unless_closed(written)
+    }
+}
+
+impl TerminalSink {
+    /// After a failed write of stderr: a closed pipe still ends the client as SIGPIPE would
+    /// end a local program (141); any other failure only drops the rest of stderr (see
+    /// [`TerminalSink`]).
+    fn go_on_without_stderr_unless_closed(&mut self, written: io::Result<()>) -> io::Result<()> {
+        match written {
+            Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+                debug!("cannot write stderr ({e}); dropping the rest of the command's stderr");
+                self.stderr_lost = true;
+                Ok(())
+            }
+            other => other,
+        }
     }
 }
 
@@ -748,22 +785,31 @@ fn tell_server_of_tampering(sender: &SharedSender, error: FrameError) -> ClientE
             ErrorCode::Integrity,
             "a frame from the server failed its integrity check",
         );
-        // Best effort: the connection is about to be closed anyway. The stdin thread may hold
-        // the sender for a write (a `stdin_close` a moment ago), or be blocked in one on a
-        // server that no longer reads: wait for it a little, never longer.
-        let deadline = Instant::now() + SENDER_WAIT_ON_TAMPERING;
-        loop {
-            match sender.try_lock() {
-                Ok(mut sender) => {
-                    let _ = sender.send(&why, b"");
-                    break;
-                }
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
-                Err(_) => break,
-            }
-        }
+        // Best effort: the connection is about to be closed anyway.
+        let _ = send_within(sender, &why, SENDER_WAIT_ON_TAMPERING);
     }
     error.into()
+}
+
+/// Sends `message` from a thread other than the stdin thread, waiting at most `wait` for the
+/// sender. The stdin thread holds the sender while it writes a frame (a `stdin_close` a moment
+/// ago), and stays blocked in that write if the server has stopped reading: waiting for the
+/// lock without a limit could then wait for ever. Returns whether the message was handed to
+/// the socket (`false`: the sender stayed busy, or the write failed).
+fn send_within(sender: &SharedSender, message: &Message, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        match sender.try_lock() {
+            Ok(mut sender) => return sender.send(message, b"").is_ok(),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                return poisoned.into_inner().send(message, b"").is_ok();
+            }
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        }
+    }
 }
 
 /// What a failed read of the connection means. During the handshake a read that runs out of
@@ -840,7 +886,9 @@ fn forward_stdin(
                     continue;
                 }
                 Err(e) => {
-                    debug!("reading stdin: {e}");
+                    // The command's input ends here; say why, as `cat` would, rather than let
+                    // a cut-short input pass for a whole one.
+                    crate::say!("rcmd: cannot read stdin: {e}; the command's input ends here");
                     break;
                 }
             };
@@ -863,6 +911,41 @@ fn forward_stdin(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sender on one end of a loopback connection, and the other end.
+    fn loopback_sender() -> (SharedSender, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        let sender = FrameSender {
+            stream,
+            encoder: FrameEncoder::new(),
+            buf: Vec::new(),
+        };
+        (Arc::new(Mutex::new(sender)), peer)
+    }
+
+    #[test]
+    fn a_send_from_another_thread_gives_up_on_a_sender_that_stays_busy() {
+        let (sender, _peer) = loopback_sender();
+        let message = Message::Signal {
+            id: 1,
+            signal: crate::protocol::SignalName::Int,
+        };
+        // The stdin thread, stuck in a write to a server that does not read.
+        let held = sender.lock().unwrap();
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            let sent = scope
+                .spawn(|| send_within(&sender, &message, Duration::from_millis(100)))
+                .join()
+                .unwrap();
+            assert!(!sent);
+        });
+        assert!(started.elapsed() < Duration::from_secs(5), "it waited on");
+        drop(held);
+        assert!(send_within(&sender, &message, Duration::from_millis(100)));
+    }
 
     #[test]
     fn a_read_that_times_out_is_the_handshake_only_during_the_handshake() {

@@ -173,7 +173,8 @@ pub fn run_prompt(session: &mut Session, history: Option<PathBuf>) -> Result<i32
     } else {
         // Lines as bytes: one that is not UTF-8 cannot be a command (the protocol's commands
         // are text), but it is the script's mistake, not a reason to drop the rest.
-        for (number, line) in io::stdin().lock().split(b'\n').enumerate() {
+        let script = io::BufReader::new(super::stdio::PatientStdin::new());
+        for (number, line) in script.split(b'\n').enumerate() {
             let line = line.map_err(ClientError::LocalInput)?;
             let Ok(line) = std::str::from_utf8(&line) else {
                 crate::say!("rcmd: line {} is not valid UTF-8; not run", number + 1);
@@ -340,11 +341,21 @@ impl LineTrackingSink {
         }
     }
 
-    /// Writes a newline to stderr if what rcmd writes next would otherwise share a line with
-    /// the command's unfinished last line.
+    /// Ends the command's unfinished last line, if there is one, where it was left: what rcmd
+    /// writes next (its messages go to stderr, the prompt to the terminal) would otherwise
+    /// share that line. The newline goes to the stream that left it: to stdout when stdout left
+    /// the terminal mid-line, so that with stderr redirected (`2>err.log`) the log does not get
+    /// a stray blank line while the screen's `abc` is drawn over by the prompt.
     fn end_partial_line(&mut self) {
-        if self.terminal_mid_line || self.stderr_mid_line {
+        if self.stderr_mid_line {
             let _ = self.inner.stderr(b"\n");
+            if self.stderr_is_terminal {
+                self.terminal_mid_line = false;
+            }
+        }
+        if self.terminal_mid_line {
+            // Only stdout can have left the terminal mid-line now.
+            let _ = self.inner.stdout(b"\n");
         }
         self.terminal_mid_line = false;
         self.stderr_mid_line = false;

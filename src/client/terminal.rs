@@ -56,7 +56,16 @@ fn install() {
     if saved.is_none() && BEFORE_DYING.get().is_none() {
         return;
     }
-    let Ok(mut signals) = Signals::new([SIGTERM, SIGHUP]) else {
+    // A signal ignored since start stays ignored (`nohup rcmd connect`): ours to act on only
+    // if it would have ended the process.
+    let ending: Vec<_> = [SIGTERM, SIGHUP]
+        .into_iter()
+        .filter(|&signal| !super::interrupt::ignored_since_start(signal))
+        .collect();
+    if ending.is_empty() {
+        return;
+    }
+    let Ok(mut signals) = Signals::new(ending) else {
         return;
     };
     let _ = thread::Builder::new()

@@ -1,0 +1,153 @@
+//! What `rcmd run` inherits from whoever started it, and must cope with as ssh and local
+//! programs do: stdin or stdout left non-blocking by a parent, a stderr that cannot be
+//! written, SIGINT ignored by a non-interactive shell.
+#![cfg(unix)]
+
+mod util;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::thread;
+use std::time::Duration;
+
+use util::*;
+
+/// A pipe, (read end, write end), with `O_NONBLOCK` set on the end `nonblocking` names. The
+/// flag belongs to the open file, so the client that inherits that end sees it too.
+fn pipe_nonblocking_at(nonblocking: End) -> (File, File) {
+    let mut fds = [0; 2];
+    // SAFETY: `pipe` fills in two new descriptors, which the `File`s then own.
+    let (reader, writer) = unsafe {
+        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]))
+    };
+    let fd = match nonblocking {
+        End::Read => reader.as_raw_fd(),
+        End::Write => writer.as_raw_fd(),
+    };
+    // SAFETY: F_GETFL and F_SETFL on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        assert_eq!(libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK), 0);
+    }
+    (reader, writer)
+}
+
+enum End {
+    Read,
+    Write,
+}
+
+#[test]
+fn a_nonblocking_stdin_is_waited_for_not_taken_for_its_end() {
+    let server = TestServer::start(&[]);
+    let (reader, mut writer) = pipe_nonblocking_at(End::Read);
+    let mut client = server.client("run");
+    client
+        .args(["--", "wc -c"])
+        .stdin(reader)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = client.spawn().unwrap();
+    // Only the client holds the read end now: should it stop reading, the writes below fail
+    // instead of waiting for ever.
+    drop(client);
+    let stdout = read_in_background(child.stdout.take().unwrap());
+    let stderr = read_in_background(child.stderr.take().unwrap());
+    // Data that arrives later than the client's first read, and in two parts: each pause
+    // makes a read of the non-blocking pipe fail with "would block".
+    for _ in 0..2 {
+        thread::sleep(Duration::from_millis(300));
+        let _ = writer.write_all(&vec![b'x'; 100_000]);
+    }
+    drop(writer);
+    let status = wait_within(&mut child, Duration::from_secs(30)).expect("client ended");
+    let stderr = String::from_utf8_lossy(&stderr.join().unwrap()).into_owned();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&stdout.join().unwrap()).trim(),
+        "200000",
+        "every byte of stdin reached the command"
+    );
+}
+
+#[test]
+fn a_nonblocking_stdout_is_waited_for() {
+    let server = TestServer::start(&[]);
+    let (mut reader, writer) = pipe_nonblocking_at(End::Write);
+    let mut client = server.client("run");
+    client
+        .args(["--", "head -c 2000000 /dev/zero"])
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped());
+    let mut child = client.spawn().unwrap();
+    // Drop the test's copy of the write end, so that the read below ends with the client.
+    drop(client);
+    // A slow reader: the pipe fills, and the client's writes would block.
+    thread::sleep(Duration::from_millis(300));
+    let mut received = Vec::new();
+    reader.read_to_end(&mut received).unwrap();
+    let status = wait_within(&mut child, Duration::from_secs(30)).expect("client ended");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(received.len(), 2_000_000);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_stderr_that_cannot_be_written_does_not_stop_the_command() {
+    let server = TestServer::start(&[]);
+    let full = File::options().write(true).open("/dev/full").unwrap();
+    let mut client = server.client("run");
+    client
+        .args(["--", "echo warning >&2; sleep 0.2; echo done; exit 3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(full);
+    let mut child = client.spawn().unwrap();
+    let stdout = read_in_background(child.stdout.take().unwrap());
+    let status = wait_within(&mut child, Duration::from_secs(30)).expect("client ended");
+    // As `sh -c '...' 2>/dev/full` locally, and as ssh: the command goes on to its end.
+    assert_eq!(String::from_utf8_lossy(&stdout.join().unwrap()), "done\n");
+    assert_eq!(status.code(), Some(3));
+}
+
+#[test]
+fn sigint_ignored_by_the_parent_stays_ignored() {
+    let server = TestServer::start(&[]);
+    let mut client = server.client("run");
+    client
+        .args(["--", "echo started; sleep 1; echo survived"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // What a non-interactive shell does for a background job, and `trap '' INT`.
+    // SAFETY: `signal` is async-signal-safe, as a `pre_exec` closure must be.
+    unsafe {
+        client.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut child = client.spawn().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "started\n");
+    signal(child.id(), "INT");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let status = wait_within(&mut child, Duration::from_secs(30)).expect("client ended");
+    assert_eq!(rest, "survived\n", "the remote command was interrupted");
+    assert_eq!(status.code(), Some(0));
+}
