@@ -536,4 +536,47 @@ mod tests {
         assert!(was_created);
         assert_eq!(created.len(), 64);
     }
+
+    #[test]
+    fn a_secret_file_up_to_the_limit_is_read_and_one_byte_more_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        // A few KiB of secret, e.g. a PEM file used as the secret, is well within the limit.
+        let pem_sized = "k".repeat(4096);
+        fs::write(&path, &pem_sized).unwrap();
+        assert_eq!(load(&path).unwrap(), pem_sized.as_bytes());
+        let limit = MAX_SECRET_FILE_LEN as usize;
+        // Any text works as a secret; surrounding whitespace is not part of it.
+        let mut content = vec![b'k'; limit - 1];
+        content.push(b'\n');
+        fs::write(&path, &content).unwrap();
+        assert_eq!(load(&path).unwrap().len(), limit - 1);
+        content.push(b'\n');
+        fs::write(&path, &content).unwrap();
+        assert!(matches!(load(&path), Err(SecretError::TooLong(_))));
+    }
+
+    #[test]
+    fn a_secret_of_exactly_the_minimum_length_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        let minimum = "m".repeat(MIN_SECRET_LEN);
+        // Surrounding whitespace does not count towards the length.
+        fs::write(&path, format!("  {minimum}\n")).unwrap();
+        assert_eq!(load(&path).unwrap(), minimum.as_bytes());
+        fs::write(&path, format!("{}\n", &minimum[1..])).unwrap();
+        assert!(matches!(load(&path), Err(SecretError::TooShort(_))));
+    }
+
+    #[test]
+    fn a_named_secret_under_a_regular_file_has_no_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        fs::write(&file, "not a directory").unwrap();
+        assert!(matches!(
+            require_existing_directory(&file.join("secret")),
+            Err(SecretError::NoDirectory(_))
+        ));
+        assert!(require_existing_directory(&dir.path().join("secret")).is_ok());
+    }
 }

@@ -731,3 +731,30 @@ fn ctrl_c_during_a_connect_script_ends_the_script() {
     assert_eq!(status.code(), Some(130));
     assert_eq!(String::from_utf8_lossy(&stdout.join().unwrap()), "");
 }
+
+/// "Two terminals on one machine work with no set-up": a server started with no secret named
+/// anywhere makes the per-user default one and serves.
+#[test]
+fn serve_on_a_fresh_machine_creates_the_default_secret_and_serves() {
+    let config = tempfile::tempdir().unwrap();
+    let secret = config.path().join("rcmd").join("secret");
+    let mut server = Command::new(rcmd_bin())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("XDG_CONFIG_HOME", config.path())
+        .env_remove("RCMD_SECRET_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Written whole: 64 hex digits (waited for, not only the file, so that the server is not
+    // stopped between creating the file and writing it).
+    let written = || std::fs::read_to_string(&secret).is_ok_and(|s| s.trim().len() == 64);
+    let created = eventually(Duration::from_secs(10), written);
+    let still_serving = matches!(server.try_wait(), Ok(None));
+    signal(server.id(), "TERM");
+    let output = server.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(created, "no default secret was created: {stderr}");
+    assert!(still_serving, "the server did not stay up: {stderr}");
+}

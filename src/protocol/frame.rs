@@ -1008,4 +1008,43 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_header_of_exactly_the_limit_is_accepted_and_one_byte_more_is_not() {
+        let frame_with_header_of = |len: usize| {
+            let skeleton = r#"{"type":"error","code":"busy","message":"","fatal":false}"#;
+            let padding = "x".repeat(len - skeleton.len());
+            raw_frame(&format!(
+                r#"{{"type":"error","code":"busy","message":"{padding}","fatal":false}}"#
+            ))
+        };
+        let at_limit = frame_with_header_of(MAX_HEADER_LEN);
+        assert_eq!(at_limit.len(), LEN_PREFIX + MAX_HEADER_LEN);
+        let frame = decode_all(&at_limit)
+            .expect("a header of exactly MAX_HEADER_LEN bytes is allowed")
+            .expect("and complete");
+        assert!(matches!(frame.message, Message::Error { .. }));
+        assert_eq!(
+            decode_all(&frame_with_header_of(MAX_HEADER_LEN + 1)),
+            Err(FrameError::HeaderTooLarge {
+                len: MAX_HEADER_LEN + 1
+            })
+        );
+    }
+
+    #[test]
+    fn a_partial_header_that_is_not_json_is_refused_without_waiting() {
+        // The prefix promises 100 bytes; the 8 that came are already not JSON, so waiting for
+        // the other 92 (which may never come) cannot help.
+        let mut garbage = 100u32.to_be_bytes().to_vec();
+        garbage.extend_from_slice(b"not json");
+        assert!(matches!(
+            decode_all(&garbage),
+            Err(FrameError::BadHeader(_))
+        ));
+        // Whereas the start of a JSON object is waited for.
+        let mut cut = 100u32.to_be_bytes().to_vec();
+        cut.extend_from_slice(br#"{"type":"std"#);
+        assert_eq!(decode_all(&cut), Ok(None));
+    }
 }

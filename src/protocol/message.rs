@@ -632,4 +632,15 @@ mod tests {
         };
         assert_eq!(code, ErrorCode::Unknown);
     }
+
+    #[test]
+    fn a_text_of_exactly_the_limit_is_not_clipped() {
+        assert_eq!(clip("0123456789".into(), 10), "0123456789");
+        let exact = "x".repeat(MAX_ERROR_MESSAGE_LEN);
+        let Message::Error { message, .. } = Message::fatal(ErrorCode::BadHeader, exact.clone())
+        else {
+            panic!()
+        };
+        assert_eq!(message, exact, "a message that fits is sent whole");
+    }
 }
