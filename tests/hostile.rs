@@ -117,10 +117,14 @@ fn a_length_prefix_announcing_4_gib_is_refused_without_allocating() {
         after < before + 16 * 1024,
         "server RSS grew from {before} KiB to {after} KiB"
     );
-    // Reserved but untouched memory never shows in RSS: check the address space too.
+    // Reserved but untouched memory never shows in RSS: check the address space too. The
+    // margin is well under the 4 GiB in question, and well over what the server may reserve
+    // meanwhile for good reasons: a spawner thread that starts (under load, when more than one
+    // event arrives at once) gets a glibc malloc arena, 64 MiB of address space; the
+    // mutation-testing helper saw 200 MiB of that in 2 of 13 runs on a loaded machine.
     let peak_after = proc_status_kib(pid, "VmPeak");
     assert!(
-        peak_after < peak_before + 64 * 1024,
+        peak_after < peak_before + 1024 * 1024,
         "server address space peaked at {peak_after} KiB, {peak_before} KiB before"
     );
     target.assert_serving();
