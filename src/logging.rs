@@ -261,13 +261,24 @@ impl Write for HeldStderr {
 
 /// `eprintln!` that cannot panic, for rcmd's own messages to the user. `eprintln!` panics when
 /// stderr cannot be written (a full disk, a closed pipe), which would turn a defined exit code
-/// into a crash; such a message is lost instead.
+/// into a crash; such a message is lost instead. A stderr left non-blocking by rcmd's parent is
+/// waited for, as command output is ([`crate::client::stdio`]): a message right after output
+/// that filled the pipe is not lost.
 #[macro_export]
 macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        $crate::logging::say_line(format_args!($($arg)*))
+    };
+}
+
+/// What [`say!`] does: the line in one piece, errors dropped.
+pub fn say_line(text: std::fmt::Arguments<'_>) {
+    let line = format!("{text}\n");
+    let mut stderr = io::stderr().lock();
+    #[cfg(unix)]
+    let _ = crate::client::stdio::write_all(&mut stderr, line.as_bytes());
+    #[cfg(not(unix))]
+    let _ = io::Write::write_all(&mut stderr, line.as_bytes());
 }
 
 /// `println!` that cannot panic, flushed at once: for the few lines rcmd prints on stdout

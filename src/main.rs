@@ -213,7 +213,7 @@ impl RunArgs {
     /// # Errors
     /// The exit code and the message: a usage error (2) when the words do not make an address
     /// and a command; an address that cannot be one (`[::1`, a port given twice) is 255, as an
-    /// address that does not resolve, and as ssh's "Bad port".
+    /// address that does not resolve (ssh exits 255 for every address problem).
     fn address_and_command(&self) -> Result<(String, &[String]), (u8, String)> {
         let (addr, command) = self
             .address_and_command_words()
@@ -572,7 +572,7 @@ fn connect(args: ConnectArgs) -> u8 {
     init_logging("warn");
     let addr = match client::target_address(args.addr.as_deref(), args.port) {
         Ok(addr) => addr,
-        // As an address that does not resolve, and as ssh's "Bad port": 255.
+        // As an address that does not resolve (ssh exits 255 for every address problem).
         Err(e) => return fail(EXIT_CLIENT_FAILURE, e),
     };
     if args.framing == Framing::Unframed {

@@ -151,3 +151,37 @@ fn sigint_ignored_by_the_parent_stays_ignored() {
     assert_eq!(rest, "survived\n", "the remote command was interrupted");
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn a_nonblocking_stderr_gets_the_commands_errors_and_rcmds_own_lines() {
+    let server = TestServer::start(&[]);
+    let (mut reader, writer) = pipe_nonblocking_at(End::Write);
+    let mut client = server.client("run");
+    client
+        .args(["--stats", "--", "head -c 65536 /dev/zero >&2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(writer);
+    let mut child = client.spawn().unwrap();
+    drop(client);
+    // The command's stderr fills the pipe exactly (64 KiB, Linux's default pipe size, set
+    // here to be sure), and nobody reads it for a while: the `--stats` line that follows
+    // finds the pipe full.
+    // SAFETY: F_SETPIPE_SZ on a pipe descriptor we own.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        libc::fcntl(reader.as_raw_fd(), libc::F_SETPIPE_SZ, 65536);
+    }
+    thread::sleep(Duration::from_millis(500));
+    let mut received = Vec::new();
+    reader.read_to_end(&mut received).unwrap();
+    let status = wait_within(&mut child, Duration::from_secs(30)).expect("client ended");
+    assert_eq!(status.code(), Some(0));
+    let zeros = received.iter().take_while(|&&byte| byte == 0).count();
+    assert_eq!(zeros, 65536, "the command's stderr, whole");
+    let own = String::from_utf8_lossy(&received[zeros..]);
+    assert!(
+        own.starts_with("rcmd: received 0 bytes of stdout and 65536 of stderr"),
+        "{own:?}"
+    );
+}

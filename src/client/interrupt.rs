@@ -18,8 +18,10 @@
 //! no progress for `STUCK_OUTPUT_GRACE` after a forwarded Ctrl-C (output is written in
 //! 16 KiB pieces, so that a slow reader still counts as progress), the client ends with 130
 //! too; closing the connection makes the server kill the command. The same when the `signal`
-//! frame cannot be sent within that time: the stdin thread is blocked writing to a server that
-//! has stopped reading (it does while the client's output is stuck), or the connection is gone.
+//! frame cannot be sent because the stdin frame in its way has made no progress for that time:
+//! the stdin thread is blocked writing to a server that has stopped reading (it does while the
+//! client's output is stuck). On a merely slow link the `signal` frame goes between two stdin
+//! frames ([`super::sender`]).
 //!
 //! A client started with SIGINT ignored (a background job of a non-interactive shell, `trap ''
 //! INT`) keeps it ignored, as ssh and any local program do: Ctrl-C meant for its parent's
@@ -36,6 +38,7 @@ use log::debug;
 use super::SharedSender;
 #[cfg(unix)]
 use super::prompt::PROMPT;
+use super::sender::UrgentSend;
 use crate::protocol::{Message, SignalName};
 
 /// Presses of Ctrl-C after which the command is killed rather than interrupted.
@@ -120,9 +123,14 @@ pub fn install() -> Result<(), ctrlc::Error> {
         // Not while holding `CURRENT`: the command's end (`ForwardGuard`) takes it, and must
         // not wait for a send that is waiting for the stdin thread.
         drop(current);
-        if !super::send_within(&sender, &message, STUCK_OUTPUT_GRACE) {
-            debug!("Ctrl-C: the signal could not be sent; ending");
-            std::process::exit(130);
+        match sender.send_urgent(&message, STUCK_OUTPUT_GRACE) {
+            UrgentSend::Sent => {}
+            UrgentSend::Stuck => {
+                debug!("Ctrl-C: the signal could not be sent; ending");
+                std::process::exit(130);
+            }
+            // The connection is gone: the main thread reports that, with its own status.
+            UrgentSend::Failed(e) => debug!("Ctrl-C: sending the signal failed: {e}"),
         }
         if output_stays_stuck() {
             debug!("Ctrl-C: the output is stuck; ending");

@@ -9,6 +9,7 @@
 pub mod console;
 pub mod interrupt;
 pub mod prompt;
+pub mod sender;
 pub mod stats;
 pub mod stdio;
 #[cfg(unix)]
@@ -18,7 +19,9 @@ pub mod trace;
 pub mod watch;
 
 use std::fmt;
-use std::io::{self, Read, Write};
+#[cfg(not(unix))]
+use std::io::Write;
+use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -29,9 +32,10 @@ use crate::auth::{self, FrameMac, Role, SessionKeys};
 use crate::protocol::frame::{FrameRef, MAX_BODY_LEN, MAX_CHUNK};
 use crate::protocol::message::{Bytes32, PROTOCOL_NAME, STDIN_WINDOW};
 use crate::protocol::{
-    ErrorCode, ExitStatus, Frame, FrameDecoder, FrameEncoder, FrameError, Message, PROTOCOL_VERSION,
+    ErrorCode, ExitStatus, Frame, FrameDecoder, FrameError, Message, PROTOCOL_VERSION,
 };
 use crate::tcp;
+pub use sender::SharedSender;
 use trace::{ReadPacing, ReadTrace, TraceEvent};
 
 /// Port used when an address names only a host.
@@ -43,8 +47,8 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:9999";
 /// How long each connection attempt may take, and each wait for the server's next handshake
 /// frame (a server that accepts and then says nothing is not waited for forever).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the client waits for its sender (held by the stdin thread) to tell the server of a
-/// tampered frame before it leaves without telling.
+/// How long the client waits for the frame in the way (the stdin thread's) to make progress,
+/// when it tells the server of a tampered frame, before it leaves without telling.
 const SENDER_WAIT_ON_TAMPERING: Duration = Duration::from_millis(200);
 /// Bytes asked of the socket per `read`: a few frames' worth, fewer system calls when output
 /// streams in.
@@ -229,29 +233,6 @@ pub fn target_address(addr: Option<&str>, port: Option<u16>) -> Result<String, C
     Ok(format!("{host}:{port}"))
 }
 
-/// The sending half of a session, shared by the threads that send frames.
-pub type SharedSender = Arc<Mutex<FrameSender>>;
-
-/// Encodes and writes frames; one frame per `write_all`, so no frame is ever split by Nagle.
-pub struct FrameSender {
-    stream: TcpStream,
-    encoder: FrameEncoder,
-    buf: Vec<u8>,
-}
-
-impl FrameSender {
-    /// Sends one frame.
-    ///
-    /// # Errors
-    /// The connection failed.
-    pub fn send(&mut self, message: &Message, body: &[u8]) -> io::Result<()> {
-        debug!("-> {}", message.type_name());
-        self.buf.clear();
-        self.encoder.encode(message, body, &mut self.buf);
-        self.stream.write_all(&self.buf)
-    }
-}
-
 /// Where a command's output goes.
 pub trait OutputSink {
     /// # Errors
@@ -372,8 +353,12 @@ impl TerminalSink {
     fn go_on_without_stderr_unless_closed(&mut self, written: io::Result<()>) -> io::Result<()> {
         match written {
             Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
-                debug!("cannot write stderr ({e}); dropping the rest of the command's stderr");
                 self.stderr_lost = true;
+                // Said once, on stderr itself: lost if it still fails, but a disk that was
+                // full only for a moment keeps a trace of why the command's errors stop here.
+                crate::say!(
+                    "rcmd: cannot write stderr ({e}); the rest of the command's stderr is dropped"
+                );
                 Ok(())
             }
             other => other,
@@ -461,11 +446,7 @@ impl Session {
         let mut session = Session {
             stream,
             decoder: FrameDecoder::default(),
-            sender: Arc::new(Mutex::new(FrameSender {
-                stream: writer,
-                encoder: FrameEncoder::new(),
-                buf: Vec::new(),
-            })),
+            sender: SharedSender::new(writer),
             next_id: 1,
             peer,
             trace: None,
@@ -488,8 +469,7 @@ impl Session {
         session
             .sender
             .lock()
-            .expect("sender lock")
-            .encoder
+            .encoder()
             .start_tagging(FrameMac::new(&keys.client_to_server));
         session
             .decoder
@@ -618,11 +598,7 @@ impl Session {
     }
 
     fn send(&self, message: &Message, body: &[u8]) -> Result<(), ClientError> {
-        self.sender
-            .lock()
-            .expect("sender lock")
-            .send(message, body)
-            .map_err(ClientError::Io)
+        self.sender.send(message, body).map_err(ClientError::Io)
     }
 
     fn read_frame(&mut self) -> Result<Frame, ClientError> {
@@ -786,30 +762,9 @@ fn tell_server_of_tampering(sender: &SharedSender, error: FrameError) -> ClientE
             "a frame from the server failed its integrity check",
         );
         // Best effort: the connection is about to be closed anyway.
-        let _ = send_within(sender, &why, SENDER_WAIT_ON_TAMPERING);
+        let _ = sender.send_urgent(&why, SENDER_WAIT_ON_TAMPERING);
     }
     error.into()
-}
-
-/// Sends `message` from a thread other than the stdin thread, waiting at most `wait` for the
-/// sender. The stdin thread holds the sender while it writes a frame (a `stdin_close` a moment
-/// ago), and stays blocked in that write if the server has stopped reading: waiting for the
-/// lock without a limit could then wait for ever. Returns whether the message was handed to
-/// the socket (`false`: the sender stayed busy, or the write failed).
-fn send_within(sender: &SharedSender, message: &Message, wait: Duration) -> bool {
-    let deadline = Instant::now() + wait;
-    loop {
-        match sender.try_lock() {
-            Ok(mut sender) => return sender.send(message, b"").is_ok(),
-            Err(std::sync::TryLockError::Poisoned(poisoned)) => {
-                return poisoned.into_inner().send(message, b"").is_ok();
-            }
-            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(std::sync::TryLockError::WouldBlock) => return false,
-        }
-    }
 }
 
 /// What a failed read of the connection means. During the handshake a read that runs out of
@@ -892,60 +847,17 @@ fn forward_stdin(
                     break;
                 }
             };
-            if sender
-                .lock()
-                .expect("sender lock")
-                .send(&Message::Stdin { id }, &buf[..n])
-                .is_err()
-            {
+            if sender.send_bulk(&Message::Stdin { id }, &buf[..n]).is_err() {
                 return;
             }
         }
-        let _ = sender
-            .lock()
-            .expect("sender lock")
-            .send(&Message::StdinClose { id }, b"");
+        let _ = sender.send_bulk(&Message::StdinClose { id }, b"");
     });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A sender on one end of a loopback connection, and the other end.
-    fn loopback_sender() -> (SharedSender, TcpStream) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (peer, _) = listener.accept().unwrap();
-        let sender = FrameSender {
-            stream,
-            encoder: FrameEncoder::new(),
-            buf: Vec::new(),
-        };
-        (Arc::new(Mutex::new(sender)), peer)
-    }
-
-    #[test]
-    fn a_send_from_another_thread_gives_up_on_a_sender_that_stays_busy() {
-        let (sender, _peer) = loopback_sender();
-        let message = Message::Signal {
-            id: 1,
-            signal: crate::protocol::SignalName::Int,
-        };
-        // The stdin thread, stuck in a write to a server that does not read.
-        let held = sender.lock().unwrap();
-        let started = Instant::now();
-        std::thread::scope(|scope| {
-            let sent = scope
-                .spawn(|| send_within(&sender, &message, Duration::from_millis(100)))
-                .join()
-                .unwrap();
-            assert!(!sent);
-        });
-        assert!(started.elapsed() < Duration::from_secs(5), "it waited on");
-        drop(held);
-        assert!(send_within(&sender, &message, Duration::from_millis(100)));
-    }
 
     #[test]
     fn a_read_that_times_out_is_the_handshake_only_during_the_handshake() {

@@ -30,16 +30,21 @@ impl Default for PatientStdin {
 }
 
 impl Read for PatientStdin {
+    #[cfg(unix)]
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             match self.0.read(buf) {
-                #[cfg(unix)]
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     wait_until_ready(&self.0, libc::POLLIN)?;
                 }
                 other => return other,
             }
         }
+    }
+
+    #[cfg(not(unix))]
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
     }
 }
 
