@@ -32,8 +32,9 @@ const PROGRESS_PIECE: usize = 16 * 1024;
 /// How often a waiting sender looks at the lock again.
 const RETRY_EVERY: Duration = Duration::from_millis(1);
 
-/// The encoder and the socket: one frame per write, so no frame is ever split by Nagle into a
-/// segment of its own start.
+/// The encoder and the socket. A frame of up to 16 KiB goes out in one `write`; a longer one
+/// (stdin) in 16 KiB pieces, each counted as progress. With `TCP_NODELAY` no piece waits for an
+/// acknowledgement of the one before (no Nagle stall).
 pub struct FrameSender {
     stream: TcpStream,
     encoder: FrameEncoder,
