@@ -144,7 +144,7 @@ fn encoding_for_label(label: &str) -> Result<&'static Encoding, String> {
     })
 }
 
-/// A partial line longer than this is decided on without waiting for its newline.
+/// A partial line of this many bytes or more is decided on without waiting for its newline.
 const MAX_PENDING_LINE: usize = 4096;
 
 /// Decoding state for one output stream (stdout or stderr) of one command.
@@ -618,5 +618,75 @@ mod tests {
                 prop_assert!(std::str::from_utf8(&out).is_ok());
             }
         }
+    }
+
+    #[test]
+    fn a_line_decided_early_ends_at_its_newline_with_what_its_decoder_held_back() {
+        // A line decided before its newline whose last character is cut off by the newline:
+        // the held-back byte is a U+FFFD before that newline, and must not reach the next line.
+        // - GBK (decided at once: 中 is not UTF-8): lead byte 0x81, then `\n`; were 0x81 kept,
+        //   it would pair with the next line's first byte (81 D6 is a GBK character).
+        // - UTF-8 (decided at 4 KiB): E5, the start of a three-byte character, then `\n`.
+        let utf8_start = format!("你{}", "b".repeat(4095));
+        let cases = [
+            (gbk("中"), 0x81, "中".to_owned()),
+            (utf8_start.as_bytes().to_vec(), 0xE5, utf8_start.clone()),
+        ];
+        for (first, cut_character, text) in cases {
+            let mut second = vec![cut_character, b'\n'];
+            second.extend(gbk("中文\n"));
+            let out = decode_in_pieces(AUTO_GBK, [first.as_slice(), second.as_slice()]);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format!("{text}\u{fffd}\n中文\n")
+            );
+        }
+    }
+
+    #[test]
+    fn a_long_line_cut_at_a_character_boundary_is_shown_and_decided_by_what_it_holds() {
+        // Over 4 KiB of a line, ending on a whole character, then the rest with its newline:
+        // what has come is shown at once, and decided as the whole line would be.
+        // - UTF-8 你好 (also valid GBK, as mojibake): UTF-8, it has three-byte characters.
+        // - GBK 茅 (C3 A9, also UTF-8 é): code page text, it has none.
+        let chinese = "你好".repeat(1000); // 6,000 bytes
+        let accents = "茅".repeat(3000); // 6,000 bytes of GBK
+        let cases = [
+            (chinese.as_bytes().to_vec(), chinese.clone()),
+            (gbk(&accents), accents.clone()),
+        ];
+        for (bytes, text) in cases {
+            let cut = 4500; // a character boundary both ways (a multiple of 2 and of 3)
+            let mut decoder = StreamDecoder::new(AUTO_GBK);
+            let mut out = Vec::new();
+            decoder.decode(&bytes[..cut], false, &mut out);
+            let shown = String::from_utf8(out.clone()).unwrap();
+            assert!(
+                !shown.is_empty() && text.starts_with(&shown),
+                "shown before the newline: {} bytes, {:?}...",
+                shown.len(),
+                shown.chars().take(4).collect::<String>()
+            );
+            decoder.decode(&bytes[cut..], false, &mut out);
+            decoder.decode(b"\r\n", false, &mut out);
+            decoder.decode(&gbk("中文\r\n"), true, &mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format!("{text}\r\n中文\r\n")
+            );
+        }
+    }
+
+    #[test]
+    fn the_start_up_description_names_the_encoding_and_what_is_done_with_it() {
+        assert_eq!(
+            OutputEncoding::Passthrough.describe(),
+            "utf-8 (bytes passed through)"
+        );
+        assert_eq!(GBK.describe(), "GBK (decoded to utf-8)");
+        assert_eq!(
+            AUTO_GBK.describe(),
+            "utf-8 or GBK per line (decoded to utf-8)"
+        );
     }
 }

@@ -224,4 +224,18 @@ mod tests {
         assert_eq!(Rate::of(999, second).to_string(), "999 B/s");
         assert_eq!(Rate::of(5, Duration::ZERO).to_string(), "0 B/s");
     }
+
+    #[test]
+    fn the_rate_received_counts_stderr_as_well_as_stdout() {
+        let report = TransferReport {
+            stdout_bytes: 600_000,
+            stderr_bytes: 400_000,
+            stdin_bytes: 0,
+            elapsed: Duration::from_secs(1),
+        };
+        assert_eq!(
+            report.to_string(),
+            "received 600000 bytes of stdout and 400000 of stderr, sent 0 of stdin, in 1.000 s (1.00 MB/s)"
+        );
+    }
 }

@@ -100,4 +100,19 @@ mod tests {
             " (999 more refused before this, not logged)"
         );
     }
+
+    #[test]
+    fn refusals_still_unlogged_at_the_end_are_all_taken_once() {
+        let start = Instant::now();
+        let mut log = RefusalLog::default();
+        assert_eq!(log.take_unlogged(), 0);
+        assert_eq!(log.refused(start), Some(0));
+        assert_eq!(log.refused(start + Duration::from_millis(1)), None);
+        assert_eq!(log.refused(start + Duration::from_millis(2)), None);
+        assert_eq!(log.take_unlogged(), 2);
+        // Taken: not counted again, neither at the end nor a second later.
+        assert_eq!(log.take_unlogged(), 0);
+        assert_eq!(log.next_count_due(), None);
+        assert_eq!(log.count_due(start + REFUSAL_LOG_INTERVAL), None);
+    }
 }
