@@ -2,7 +2,7 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -609,13 +609,7 @@ fn a_command_ignoring_ctrl_c_is_killed_at_the_third_press_after_a_hint() {
     signal(child.id(), "INT");
     let status = wait_within(&mut child, Duration::from_secs(10)).expect("killed at the third");
     assert_eq!(status.code(), Some(137));
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of_child(&mut child);
     assert_eq!(
         stderr
             .matches("rcmd: press Ctrl-C once more to kill the command (SIGKILL)")
@@ -740,13 +734,7 @@ fn a_client_whose_reader_left_ends_as_killed_by_sigpipe() {
     assert_eq!(&first, b"y\n");
     let status = wait_within(&mut client, Duration::from_secs(10)).expect("client ended");
     assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?}");
-    let mut stderr = String::new();
-    client
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of_child(&mut client);
     assert_eq!(stderr, "");
 }
 

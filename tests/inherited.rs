@@ -92,13 +92,7 @@ fn a_nonblocking_stdout_is_waited_for() {
     let mut received = Vec::new();
     reader.read_to_end(&mut received).unwrap();
     let status = wait_within(&mut child, Duration::from_secs(30)).expect("client ended");
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of_child(&mut child);
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert_eq!(received.len(), 2_000_000);
 }

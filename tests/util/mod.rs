@@ -183,6 +183,18 @@ impl Drop for TestServer {
     }
 }
 
+/// What a piped child wrote to stderr, read to the end (after it has exited, or it waits).
+pub fn stderr_of_child(child: &mut Child) -> String {
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr piped")
+        .read_to_string(&mut stderr)
+        .unwrap();
+    stderr
+}
+
 /// A finished command's stderr, as text.
 pub fn stderr_of(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
