@@ -468,8 +468,6 @@ impl Session {
         let keys = SessionKeys::derive(secret, &server_nonce, &client_nonce);
         session
             .sender
-            .lock()
-            .encoder()
             .start_tagging(FrameMac::new(&keys.client_to_server));
         session
             .decoder

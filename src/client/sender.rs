@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use log::debug;
 
+use crate::auth::FrameMac;
 use crate::protocol::{FrameEncoder, Message};
 
 /// A frame is written in pieces of this, each counted as progress (see the module doc).
@@ -32,10 +33,10 @@ const PROGRESS_PIECE: usize = 16 * 1024;
 /// How often a waiting sender looks at the lock again.
 const RETRY_EVERY: Duration = Duration::from_millis(1);
 
-/// The encoder and the socket. A frame of up to 16 KiB goes out in one `write`; a longer one
+/// The encoder and the socket, behind [`SharedSender`]'s lock. A frame of up to 16 KiB goes out in one `write`; a longer one
 /// (stdin) in 16 KiB pieces, each counted as progress. With `TCP_NODELAY` no piece waits for an
 /// acknowledgement of the one before (no Nagle stall).
-pub struct FrameSender {
+struct FrameSender {
     stream: TcpStream,
     encoder: FrameEncoder,
     buf: Vec<u8>,
@@ -52,11 +53,6 @@ impl FrameSender {
             progress.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
-    }
-
-    /// The encoder, to start tagging once the handshake has made the session keys.
-    pub fn encoder(&mut self) -> &mut FrameEncoder {
-        &mut self.encoder
     }
 }
 
@@ -84,7 +80,7 @@ struct Shared {
 }
 
 impl SharedSender {
-    /// A sender writing to `stream`, untagged until [`FrameSender::encoder`] starts tagging.
+    /// A sender writing to `stream`, untagged until [`Self::start_tagging`].
     pub fn new(stream: TcpStream) -> SharedSender {
         SharedSender(Arc::new(Shared {
             frames: Mutex::new(FrameSender {
@@ -97,8 +93,14 @@ impl SharedSender {
         }))
     }
 
-    /// The sender itself, waiting as long as it takes (the main thread).
-    pub fn lock(&self) -> MutexGuard<'_, FrameSender> {
+    /// From the next frame on, every frame carries a tag under `mac` (the handshake has made
+    /// the session keys).
+    pub fn start_tagging(&self, mac: FrameMac) {
+        self.lock().encoder.start_tagging(mac);
+    }
+
+    /// The sender itself, waiting as long as it takes.
+    fn lock(&self) -> MutexGuard<'_, FrameSender> {
         // A thread that panicked mid-frame leaves the stream unusable anyway; the next write
         // or the peer will say so.
         self.0
