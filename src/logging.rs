@@ -9,6 +9,10 @@
 //! reads it). Held back, the lines of one turn of the loop leave in a single `write` once the
 //! replies are out: the same lines in the same order, at most one turn of the loop later.
 //! Memory stays bounded: past [`WRITE_AT_ONCE_FROM`] bytes the held lines are written at once.
+//!
+//! Also here, because they share the way to stderr: rcmd's own messages to the user (`say!`,
+//! `say_out!`), which are not log lines and never panic, and the quoting of client-chosen text
+//! in log lines (`Quoted`, `OneLine`), so that no client can forge a line of the server's log.
 
 use std::fmt::{self, Display};
 use std::io::{self, IsTerminal, Write};

@@ -150,6 +150,7 @@ struct ServeArgs {
 #[derive(Args)]
 struct ConnectArgs {
     /// Server address: host, host:port or [ipv6]:port [default: 127.0.0.1:9999].
+    #[allow(rustdoc::broken_intra_doc_links)] // `[ipv6]` is clap's help text, not a link
     addr: Option<String>,
     /// The server's port, as ssh's -p (or write HOST:PORT) [default: 9999].
     #[arg(short = 'p', long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
@@ -178,6 +179,7 @@ struct RunArgs {
     /// The server's address: host, host:port, [ipv6] or [ipv6]:port [default: 127.0.0.1:9999,
     /// written `rcmd run -- CMD...`]. rcmd's options may also follow it, before the command.
     #[arg(value_name = "ADDR")]
+    #[allow(rustdoc::broken_intra_doc_links)] // `[ipv6]` is clap's help text, not a link
     addr: Option<String>,
     /// The server's port, as ssh's -p (or write HOST:PORT) [default: 9999].
     #[arg(short = 'p', long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]

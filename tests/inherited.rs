@@ -7,7 +7,7 @@ mod util;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::thread;
@@ -18,12 +18,11 @@ use util::*;
 /// A pipe, (read end, write end), with `O_NONBLOCK` set on the end `nonblocking` names. The
 /// flag belongs to the open file, so the client that inherits that end sees it too.
 fn pipe_nonblocking_at(nonblocking: End) -> (File, File) {
-    let mut fds = [0; 2];
-    // SAFETY: `pipe` fills in two new descriptors, which the `File`s then own.
-    let (reader, writer) = unsafe {
-        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
-        (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]))
-    };
+    let (reader, writer) = std::io::pipe().unwrap();
+    let (reader, writer) = (
+        File::from(OwnedFd::from(reader)),
+        File::from(OwnedFd::from(writer)),
+    );
     let fd = match nonblocking {
         End::Read => reader.as_raw_fd(),
         End::Write => writer.as_raw_fd(),

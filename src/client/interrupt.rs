@@ -45,7 +45,8 @@ use crate::protocol::{Message, SignalName};
 const PRESSES_BEFORE_KILL: u32 = 3;
 
 /// How long a write of command output may stay stuck after a forwarded Ctrl-C before the
-/// client gives up and ends (see the module doc). Long enough for a slow reader to take the
+/// client gives up and ends (see the module doc), and how long the `signal` frame waits for a
+/// stdin frame in its way that makes no progress. Long enough for a slow reader to take the
 /// next piece, short enough that `timeout -s INT` is obeyed.
 const STUCK_OUTPUT_GRACE: Duration = Duration::from_secs(1);
 

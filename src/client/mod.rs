@@ -2,9 +2,10 @@
 //! output to a sink as it arrives.
 //!
 //! A client needs no event loop: it does one thing at a time (wait for the next frame), so plain
-//! blocking `std::net` is the clearest tool. The only concurrency is stdin forwarding and Ctrl-C,
-//! which send frames from other threads; they share the sending half through a mutex, because
-//! every frame's tag depends on the count of frames sent before it.
+//! blocking `std::net` is the clearest tool. Frames are sent from other threads too (stdin
+//! forwarding, Ctrl-C), which share the sending half through a mutex (`sender.rs`), because
+//! every frame's tag depends on the count of frames sent before it; two more threads only
+//! watch (the connection while the prompt waits for a line, and termination signals).
 
 pub mod console;
 pub mod interrupt;
@@ -44,8 +45,9 @@ pub const DEFAULT_PORT: u16 = 9999;
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 /// Address used when none is given: the local machine.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9999";
-/// How long each connection attempt may take, and each wait for the server's next handshake
-/// frame (a server that accepts and then says nothing is not waited for forever).
+/// How long each connection attempt may take, and how long the whole handshake may take once
+/// connected, from `hello` to `welcome` however slowly the server's bytes trickle in (a server
+/// that accepts and then says nothing is not waited for forever; see `Session::handshake_deadline`).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the client waits for the frame in the way (the stdin thread's) to make progress,
 /// when it tells the server of a tampered frame, before it leaves without telling.
@@ -158,7 +160,8 @@ impl From<FrameError> for ClientError {
 ///
 /// # Errors
 /// [`ClientError::BadAddress`] when the name does not resolve, [`ClientError::MalformedAddress`]
-/// for an unclosed `[`.
+/// for what cannot be an address: an unclosed `[`, text after `]` other than `:PORT`, a port
+/// that is not a number from 0 to 65535, a `user@` prefix.
 pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>, ClientError> {
     if let Ok(ip) = addr.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, DEFAULT_PORT)]);

@@ -1,7 +1,7 @@
 //! The interactive prompt of `rcmd connect`: read a line, run it remotely, show its output.
 //!
-//! On a terminal it offers line editing and history (rustyline; history is kept next to the
-//! secret file). When stdin is not a terminal it reads commands line by line with no prompt,
+//! On a terminal it offers line editing and history (rustyline; history is kept in rcmd's
+//! configuration directory, beside the default secret file). When stdin is not a terminal it reads commands line by line with no prompt,
 //! so `rcmd connect < script` runs a script, the way `sh < script` does.
 
 use std::io::{self, BufRead, IsTerminal};

@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
 
-/// The client's read size, and the largest traced read (256 KiB): four full output frames.
+/// The client's read size, and the largest traced read (256 KiB): four output frames' bodies.
 pub const MAX_TRACED_READ: usize = 4 * crate::protocol::frame::MAX_CHUNK;
 
 /// How the traced client reads: like `recv(recv_size)` after `sleep(read_delay)`.

@@ -9,7 +9,7 @@
 //! what the server sent stays for the session to read and report.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::thread::{self, JoinHandle};
 
 /// A running watch; dropping it stops the watching thread.
@@ -29,7 +29,8 @@ impl HangupWatch {
         on_hangup: impl FnOnce() + Send + 'static,
     ) -> io::Result<HangupWatch> {
         let connection = connection.as_fd().try_clone_to_owned()?;
-        let (stop_read, stop_write) = pipe()?;
+        let (stop_read, stop_write) = io::pipe()?;
+        let (stop_read, stop_write) = (OwnedFd::from(stop_read), OwnedFd::from(stop_write));
         let thread = thread::Builder::new()
             .name("rcmd-watch".into())
             .spawn(move || {
@@ -59,7 +60,10 @@ fn wait_readable(connection: &OwnedFd, stop: &OwnedFd) -> bool {
     let mut fds = [
         libc::pollfd {
             fd: connection.as_raw_fd(),
-            events: libc::POLLIN | libc::POLLRDHUP,
+            // A closed connection is readable too (a read would return end of file), and a
+            // reset is reported as POLLHUP or POLLERR without asking, so POLLIN covers every
+            // way the server can end the session (and, unlike Linux's POLLRDHUP, every Unix).
+            events: libc::POLLIN,
             revents: 0,
         },
         libc::pollfd {
@@ -78,16 +82,6 @@ fn wait_readable(connection: &OwnedFd, stop: &OwnedFd) -> bool {
             return false;
         }
     }
-}
-
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut ends = [0; 2];
-    // SAFETY: pipe2 fills both descriptors on success, which we then own.
-    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both are fresh descriptors returned by pipe2, owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) })
 }
 
 #[cfg(test)]

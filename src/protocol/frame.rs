@@ -34,7 +34,9 @@ use serde::Serialize;
 
 /// Size of the big-endian header length prefix.
 pub const LEN_PREFIX: usize = 4;
-/// Largest header a peer may announce. Real headers are under 300 bytes.
+/// Largest header a peer may announce. Headers are usually under 300 bytes; an `error` header,
+/// whose message is cut to [`MAX_ERROR_MESSAGE_LEN`](crate::protocol::message::MAX_ERROR_MESSAGE_LEN)
+/// bytes, stays under 7 KiB even with every character escaped.
 pub const MAX_HEADER_LEN: usize = 16 * 1024;
 /// Largest body a peer may announce. Output and stdin frames carry at most [`MAX_CHUNK`] (three
 /// times that for transcoded output); an `exec` body, the command, may use all of it.

@@ -21,8 +21,9 @@ use std::path::{Path, PathBuf};
 
 use crate::protocol::message::clip;
 
-/// Longest `cd` argument, in bytes, once variables are expanded: well beyond any path an OS
-/// accepts (Linux's `PATH_MAX` is 4,096 bytes, Windows' longest path 32,767 UTF-16 units).
+/// Longest `cd` argument, in bytes, once variables are expanded: eight times Linux's `PATH_MAX`
+/// (4,096 bytes), and about Windows' longest path when its names are ASCII (32,767 UTF-16
+/// units; a longer path of non-ASCII names, up to three UTF-8 bytes a unit, is refused).
 /// Without it, a few kilobytes of `$PWD$PWD...` in a deep directory expand to gigabytes of
 /// argument, and of the error message quoting it.
 pub const MAX_CD_ARG_LEN: usize = 32 * 1024;

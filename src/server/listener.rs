@@ -26,6 +26,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<mio::net::TcpListener> {
     }
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
+    // mio's `from_std` does not do it for us, and a blocking `accept` would stall the loop.
     socket.set_nonblocking(true)?;
     Ok(mio::net::TcpListener::from_std(socket.into()))
 }

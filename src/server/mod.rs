@@ -227,6 +227,8 @@ impl Server {
     /// The socket pair cannot be made or registered.
     #[cfg(unix)]
     pub fn stop_handle(&mut self) -> io::Result<StopHandle> {
+        // A socket pair rather than a `mio::Waker`: a poll has only one waker, which the
+        // spawner threads already use, and a socket also carries the answer back.
         let (mut ours, theirs) = mio::net::UnixStream::pair()?;
         self.poll
             .registry()
@@ -320,6 +322,8 @@ impl Server {
                 self.accept_paused_until = None;
                 self.accept_all(now, &mut to_drive);
             }
+            // One connection may be listed several times in a turn (its socket, its pipes, its
+            // command's exit, a deadline): drive it once.
             to_drive.sort_unstable();
             to_drive.dedup();
             for id in to_drive {
@@ -392,6 +396,9 @@ impl Server {
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
         if !self.more_work.is_empty() {
+            // Readiness is edge-triggered: a connection that stopped with bytes still waiting
+            // (to keep one client from starving the rest) gets no new event for them, so the
+            // loop must not sleep before it comes back to it.
             return Some(Duration::ZERO);
         }
         let mut timeout = self.shared.deadlines.time_until_next(now);
@@ -637,6 +644,7 @@ impl Server {
         let Some(requests) = &mut self.stop_requests else {
             return false;
         };
+        // Room for several requests, so that one read drains them all.
         let mut byte = [0u8; 16];
         let asked = matches!(requests.read(&mut byte), Ok(1..));
         if !asked {

@@ -25,8 +25,9 @@ use super::connection::ConnId;
 use super::process::{ChildProcess, PipeTokens};
 
 #[cfg(unix)]
-/// Threads that start commands while the loop is busy. Starting is mostly waiting for the
-/// kernel, so a few more threads than cores pay off.
+/// Threads that start commands while the loop is busy: four, whatever the number of cores.
+/// Starting is mostly waiting for the kernel, so on small machines more threads than cores
+/// pay off.
 const SPAWN_THREADS: usize = 4;
 
 /// A command to start for a connection.

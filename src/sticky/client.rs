@@ -32,7 +32,9 @@ pub const MAX_RECV_SIZE: usize = 16 * 1024 * 1024;
 pub const DEFAULT_READ_DELAY: Duration = Duration::from_millis(200);
 /// How long to wait for an answer to start before giving up on this command.
 pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long connecting and the handshake may take.
+/// Timeout of each connection attempt and of each read of the server's challenge: per read,
+/// not one deadline for the whole handshake (this is the tutorial client; rcmd's own client
+/// uses one deadline, `client::HANDSHAKE_TIMEOUT`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the client reads each answer.

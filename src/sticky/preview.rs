@@ -7,7 +7,7 @@
 
 use std::ops::Range;
 
-/// `bytes` as a quoted, escaped string: printable ASCII as is, `\n`, `\r`, `\t`, `\\`, `\"`,
+/// `bytes` as a quoted, escaped string: printable ASCII as is, `\n`, `\r`, `\t`, `\\`, `\"`, `\'`,
 /// and `\xNN` for everything else.
 pub fn escape(bytes: &[u8]) -> String {
     format!("\"{}\"", bytes.escape_ascii())

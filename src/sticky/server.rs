@@ -65,7 +65,7 @@ impl UnframedConfig {
             encoding: OutputEncoding::auto(),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Some(Duration::from_secs(3600)),
-            max_connections: 64,
+            max_connections: 4096,
             write_log: None,
         }
     }

@@ -11,7 +11,8 @@
 //!  any state ──(the client closed its socket, a socket error)──► dropped at once
 //! ```
 //!
-//! Leaving `Running` any way but by `exit sent` kills the command's process tree.
+//! Leaving `Running` any way but by `exit sent` kills the command's process tree if its
+//! process has not exited yet (one still being started off the loop is killed when it arrives).
 //!
 //! The event loop calls [`Connection::drive`] whenever anything of this connection is ready
 //! (its socket or one of its command's pipes). `drive` reads and handles client frames, moves
@@ -71,7 +72,7 @@ pub type ConnId = u64;
 pub const OUTBOUND_CAP: usize = 256 * 1024;
 /// Queued replies past which the client is not read from until it reads what we sent. Command
 /// output alone stays below this (output is read only while under [`OUTBOUND_CAP`], and one
-/// chunk adds at most three times [`MAX_CHUNK`]); only a client flooding requests gets here.
+/// chunk adds at most three times [`MAX_CHUNK`](crate::protocol::frame::MAX_CHUNK)); only a client flooding requests gets here.
 const OUTBOUND_HARD_CAP: usize = 2 * OUTBOUND_CAP;
 /// A closing connection's last frames get this long to reach the client.
 const CLOSING_GRACE: Duration = Duration::from_secs(2);
@@ -196,6 +197,8 @@ impl Connection {
             cwd: ctx.config.workdir.clone(),
             previous_cwd: None,
             registered_writable: false,
+            // Bytes may have arrived before the socket was registered, and an edge-triggered
+            // registration reports only what comes after: read once without waiting for it.
             socket_ready: true,
             commands_started: 0,
             last_activity: ctx.now,

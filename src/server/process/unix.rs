@@ -86,6 +86,8 @@ impl ChildProcess {
             if let Some(stdin) = child.stdin.take() {
                 let mut stdin = Sender::from(stdin);
                 stdin.set_nonblocking(true)?;
+                // Only a wake-up: when a full pipe drains, the event makes the loop drive the
+                // connection, whose stdin pump writes what is pending.
                 registry.register(&mut stdin, tokens.stdin, Interest::WRITABLE)?;
                 process.stdin = Some(stdin);
             }
@@ -348,6 +350,9 @@ impl ExitWatcher {
     /// asks the kernel with `waitpid(-1, WNOHANG)` until no exited child is left. That reaps
     /// every child of this process, which is right for a server that owns all its children.
     pub fn take_events(&mut self) -> Vec<ChildEvent> {
+        // Empty signal-hook's self-pipe. The poll is edge-triggered: bytes left in it would mean
+        // no new event for the next SIGCHLD. Which signals they were does not matter, since
+        // the `waitpid` loop below finds every exited child.
         for _ in self.signals.pending() {}
         let mut exits = Vec::new();
         loop {
