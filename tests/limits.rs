@@ -529,7 +529,7 @@ fn a_thousand_silent_connections_do_not_slow_an_authenticated_client() {
     const SILENT: usize = 1000;
     const TRICKLING: usize = 50;
     assert!(
-        raise_nofile_limit(4096) >= 2 * SILENT as u64,
+        raise_nofile_limit(4096) >= 2 * SILENT as libc::rlim_t,
         "cannot open enough sockets"
     );
     // --max-handshakes above the slowloris count, so that all of them are accepted and held

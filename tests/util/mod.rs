@@ -592,8 +592,9 @@ pub fn child_pids(parent: u32) -> Vec<u32> {
 }
 
 /// Raises this process's soft open-file limit to at least `wanted` (up to the hard limit), so a
-/// test can hold many sockets. Returns the soft limit in force afterwards.
-pub fn raise_nofile_limit(wanted: u64) -> u64 {
+/// test can hold many sockets. Returns the soft limit in force afterwards. (`rlim_t` is unsigned
+/// on Linux and signed on the BSDs.)
+pub fn raise_nofile_limit(wanted: libc::rlim_t) -> libc::rlim_t {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
