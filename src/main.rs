@@ -405,6 +405,7 @@ fn serve(args: ServeArgs) -> u8 {
     };
     #[cfg(unix)]
     {
+        rcmd::server::process::keep_inherited_descriptors_from_commands();
         rcmd::server::raise_fd_limit();
         // Not in `demo`, whose server shares its process with the prompt: there the terminal
         // is the user's, and the prompt needs it as its controlling terminal (job control).
@@ -478,6 +479,8 @@ fn serve_unframed(args: ServeArgs) -> u8 {
         max_connections: args.max_connections,
         ..sticky::UnframedConfig::new(secret, workdir)
     };
+    #[cfg(unix)]
+    rcmd::server::process::keep_inherited_descriptors_from_commands();
     let server = match sticky::UnframedServer::bind(args.listen, config) {
         Ok(server) => server,
         Err(e) => return fail(EXIT_FAILURE, e),
@@ -541,16 +544,24 @@ fn say_secret_created(path: &Path) {
     );
 }
 
-fn load_or_create_secret(flag: Option<&Path>) -> Result<Vec<u8>, secret::SecretError> {
+/// The demo's secret. Its server is a real one, on loopback, so the file gets a server's
+/// checks ([`secret::load_for_server`]): a secret other users can read would let them run
+/// commands as whoever started the demo. Unlike `serve`, a missing named file is created
+/// (in a directory that exists), since the demo is where people start.
+fn demo_secret(flag: Option<&Path>) -> Result<Vec<u8>, secret::SecretError> {
     let path = secret::resolve_path(flag)?;
-    if secret::named_elsewhere(flag, &path) && !path.exists() {
-        secret::require_existing_directory(&path)?;
+    if !path.exists() {
+        if secret::named_elsewhere(flag, &path) {
+            secret::require_existing_directory(&path)?;
+        }
+        match secret::generate(&path, false) {
+            Ok(()) => say_secret_created(&path),
+            // Another process created it between our look and our write: use theirs.
+            Err(secret::SecretError::Exists(_)) => {}
+            Err(e) => return Err(e),
+        }
     }
-    let (secret, created) = secret::load_or_create(&path)?;
-    if created {
-        say_secret_created(&path);
-    }
-    Ok(secret)
+    secret::load_for_server(&path)
 }
 
 fn load_secret(flag: Option<&Path>) -> Result<Vec<u8>, u8> {
@@ -767,7 +778,7 @@ fn demo(args: DemoArgs) -> u8 {
     }
     init_logging("warn");
     let secret_flag = args.secret.secret_file.as_deref();
-    let secret = match load_or_create_secret(secret_flag) {
+    let secret = match demo_secret(secret_flag) {
         Ok(secret) => secret,
         Err(e) => return fail(EXIT_FAILURE, e),
     };

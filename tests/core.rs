@@ -748,6 +748,26 @@ fn the_demo_runs_a_prompt_against_its_own_loopback_server() {
     assert_eq!(output.status.code(), Some(3), "{}", stderr_of(&output));
 }
 
+/// The demo's server is a real server, so its secret gets a server's checks: one that every
+/// user can read is refused (as `serve` refuses it), not used with a warning.
+#[cfg(unix)]
+#[test]
+fn the_demo_refuses_a_secret_that_every_user_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let secret = SecretFile::new();
+    std::fs::set_permissions(&secret.path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut command = std::process::Command::new(rcmd_bin());
+    command.args(["demo", "--secret-file"]).arg(&secret.path);
+    let output = typed_into(command, "echo the demo ran\nexit\n");
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    assert_eq!(stdout_of(&output), "");
+    assert!(
+        stderr_of(&output).contains("can be read by every user"),
+        "{}",
+        stderr_of(&output)
+    );
+}
+
 /// The demo's server is a thread of its process: when the demo ends while a command runs (here
 /// its output's reader goes away, and it dies of SIGPIPE; the same holds for SIGTERM and
 /// SIGHUP), it stops the server first, which kills the command's whole process tree, instead of
@@ -797,4 +817,24 @@ fn commands_of_a_nohup_server_can_still_be_hung_up() {
     signal(server.pid(), "HUP");
     server.wait_for_log("received SIGHUP", Duration::from_secs(10));
     assert!(server.run("true").status.success());
+}
+
+/// A descriptor the server inherited from whoever started it (here a file on fd 7, as a
+/// wrapper script or a service manager might pass) does not reach its commands, as sshd's
+/// `closefrom` keeps its own from sessions: a client must not read what only the server's
+/// parent could open.
+#[cfg(target_os = "linux")]
+#[test]
+fn descriptors_the_server_inherited_do_not_reach_its_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("only-for-the-wrapper");
+    std::fs::write(&private, "not for clients\n").unwrap();
+    let server = TestServer::start_in_shell(&format!("exec 7<'{}'", private.display()), &[]);
+    let output = server.run("cat <&7; ls /proc/self/fd");
+    let stdout = stdout_of(&output);
+    assert!(!stdout.contains("not for clients"), "{stdout}");
+    let fds: Vec<&str> = stdout.lines().collect();
+    // ls's own: 0, 1, 2 and the directory it lists.
+    assert!(fds.len() <= 4 && !fds.contains(&"7"), "{fds:?}");
+    assert!(stderr_of(&output).contains("7"), "{}", stderr_of(&output));
 }

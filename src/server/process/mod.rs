@@ -32,7 +32,7 @@ mod unix;
 #[cfg(unix)]
 pub use unix::{
     ChildProcess, ExitWatcher, give_children_default_signals, keep_commands_off_the_terminal,
-    kill_unwanted, open_dev_null, start,
+    keep_inherited_descriptors_from_commands, kill_unwanted, open_dev_null, start,
 };
 #[cfg(windows)]
 mod windows;

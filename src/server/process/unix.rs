@@ -431,6 +431,58 @@ pub fn keep_commands_off_the_terminal() {
     }
 }
 
+/// Keeps the descriptors this process inherited above stderr out of its commands, as sshd's
+/// `closefrom` does: marks each close-on-exec. The server's own descriptors are opened
+/// close-on-exec already, but whatever started it may have passed more (a wrapper's log file,
+/// a file only it could open), and without this every command, and so every client, could
+/// read them through `/proc/self/fd`. Call it before the server opens anything that must
+/// reach a command on purpose (nothing does today: commands get their pipes as fds 0-2).
+pub fn keep_inherited_descriptors_from_commands() {
+    // Linux 5.11 and later do it in one call; elsewhere, and on older kernels, one descriptor
+    // at a time from the list of open ones.
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes descriptor flags.
+        let done = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if done == 0 {
+            return;
+        }
+    }
+    mark_close_on_exec_one_by_one();
+}
+
+/// [`keep_inherited_descriptors_from_commands`] without `close_range`: each descriptor above
+/// stderr that `/dev/fd` lists.
+fn mark_close_on_exec_one_by_one() {
+    let open: Vec<libc::c_int> = match std::fs::read_dir("/dev/fd") {
+        Ok(entries) => entries
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|&fd| fd > 2)
+            .collect(),
+        Err(e) => {
+            log::warn!("cannot list open descriptors to keep them from commands: {e}");
+            return;
+        }
+    };
+    for fd in open {
+        // SAFETY: F_GETFD/F_SETFD only read and set the descriptor's flags; a descriptor that
+        // is no longer open (the listing's own) makes them fail harmlessly.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
 /// Makes commands start with the default action for the signals a shell's `nohup` or `&`
 /// leaves ignored (SIGHUP, SIGINT, SIGQUIT), without changing what the server itself does.
 ///
@@ -453,5 +505,32 @@ pub fn give_children_default_signals() {
                 log::debug!("cannot reset signal {signal} for commands: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn close_on_exec(fd: libc::c_int) -> bool {
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert!(flags >= 0, "not open");
+        flags & libc::FD_CLOEXEC != 0
+    }
+
+    #[test]
+    fn descriptors_are_marked_close_on_exec_one_by_one_where_close_range_is_missing() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        // A copy without close-on-exec, as a parent process would pass it.
+        // SAFETY: F_DUPFD makes a new descriptor, which this test closes.
+        let inherited = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD, 3) };
+        assert!(inherited > 2);
+        assert!(!close_on_exec(inherited));
+        mark_close_on_exec_one_by_one();
+        assert!(close_on_exec(inherited));
+        // SAFETY: closes only the copy made above.
+        unsafe { libc::close(inherited) };
     }
 }
