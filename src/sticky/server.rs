@@ -128,11 +128,8 @@ impl UnframedServer {
              markers: answers split and merge). Use the default --framing length for real work.",
             self.local_addr
         );
-        if self.config.secret.is_none() {
-            warn!(
-                "--insecure-no-auth: anyone who can connect to {} runs commands as this user",
-                self.local_addr
-            );
+        if let Some(exposure) = exposure_warning(self.local_addr, self.config.secret.is_some()) {
+            warn!("{exposure}");
         }
         let active = Arc::new(AtomicUsize::new(0));
         for incoming in self.listener.incoming() {
@@ -160,6 +157,26 @@ impl UnframedServer {
             });
         }
         Ok(())
+    }
+}
+
+/// What the start-up log must say about who can do what to this server, if anything.
+/// Without the handshake, anyone who can connect runs commands. With it, only loopback is
+/// quiet: on a network address the unframed mode is allowed (a class may want to see sticky
+/// packets on a real network), but the handshake is all the protection there is.
+fn exposure_warning(addr: SocketAddr, authenticated: bool) -> Option<String> {
+    if !authenticated {
+        Some(format!(
+            "--insecure-no-auth: anyone who can connect to {addr} runs commands as this user"
+        ))
+    } else if !addr.ip().is_loopback() {
+        Some(format!(
+            "unframed mode on {addr}, not loopback: only the start of each connection is \
+             authenticated; its commands and output travel unprotected, so anyone on the path \
+             can read them or inject commands. Use it only on a network you trust."
+        ))
+    } else {
+        None
     }
 }
 
@@ -410,5 +427,18 @@ mod tests {
         assert!(ConnectionSlot::take(&active, 1).is_none());
         drop(first);
         assert!(ConnectionSlot::take(&active, 1).is_some());
+    }
+
+    #[test]
+    fn the_start_up_log_says_what_a_network_address_leaves_open() {
+        let at = |addr: &str| addr.parse::<SocketAddr>().unwrap();
+        assert_eq!(exposure_warning(at("127.0.0.1:9999"), true), None);
+        assert_eq!(exposure_warning(at("[::1]:9999"), true), None);
+        for addr in ["0.0.0.0:9999", "192.168.1.10:9999", "[::]:9999"] {
+            let warning = exposure_warning(at(addr), true).expect(addr);
+            assert!(warning.contains("inject commands"), "{warning}");
+        }
+        let open = exposure_warning(at("127.0.0.1:9999"), false).unwrap();
+        assert!(open.contains("anyone who can connect"), "{open}");
     }
 }
