@@ -20,8 +20,10 @@ type HmacSha256 = Hmac<Sha256>;
 /// Length of an HMAC-SHA256 tag, appended to every frame after the handshake.
 pub const TAG_LEN: usize = 32;
 
-/// The shortest secret accepted. A 16-byte random secret is as strong as the 128-bit security
-/// HMAC-SHA256 is usually credited with; `rcmd keygen` writes 32 random bytes as hex.
+/// The shortest secret accepted, in bytes of the file's text. 16 random bytes are as strong as
+/// the 128-bit security HMAC-SHA256 is usually credited with, but 16 hex digits are only 64
+/// bits, and a guessable secret can be tested offline against one recorded handshake (see
+/// docs/protocol.md §12): `rcmd keygen` writes 32 random bytes as 64 hex digits.
 pub const MIN_SECRET_LEN: usize = 16;
 
 const CLIENT_PROOF_LABEL: &[u8] = b"rcmd v2 client proof";

@@ -90,8 +90,9 @@ impl Default for Limits {
     }
 }
 
-/// Everything the server needs to know to run.
-#[derive(Debug, Clone)]
+/// Everything the server needs to know to run. Not `Debug`: it holds the secret, which no log
+/// line or panic message may show.
+#[derive(Clone)]
 pub struct ServerConfig {
     /// The shared secret clients must prove they know.
     pub secret: Vec<u8>,

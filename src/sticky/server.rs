@@ -31,8 +31,9 @@ use super::{CHALLENGE_LEN, COMMAND_RECV_SIZE, StickyError, check_insecure_listen
 use crate::auth;
 use crate::output::{OutputEncoding, StreamDecoder};
 
-/// How the unframed server runs.
-#[derive(Debug, Clone)]
+/// How the unframed server runs. Not `Debug`: it holds the secret, which no log line or panic
+/// message may show.
+#[derive(Clone)]
 pub struct UnframedConfig {
     /// The shared secret for the raw handshake; `None` skips the handshake entirely
     /// (`--insecure-no-auth`, loopback only), so `nc` or a tutorial client can connect.
