@@ -346,6 +346,45 @@ fn cd_persists_for_the_connection() {
     );
 }
 
+/// `cd` into a directory the server's user may not enter is refused, as a shell's `cd` refuses
+/// it, instead of being accepted and then failing the start of every later command. The server
+/// runs as `nobody` (root may enter any directory), so this needs root to start it.
+#[cfg(unix)]
+#[test]
+fn cd_refuses_a_directory_the_servers_user_may_not_enter() {
+    use std::os::unix::fs::{PermissionsExt, chown};
+    use std::os::unix::process::CommandExt;
+    const NOBODY: u32 = 65534;
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only root can start a server as another user");
+        return;
+    }
+    let secret = SecretFile::new();
+    // `nobody` must reach its secret (owned by it, as a server's secret is) and nothing more.
+    std::fs::set_permissions(secret.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    chown(&secret.path, Some(NOBODY), Some(NOBODY)).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let workdir = work.path().canonicalize().unwrap();
+    let locked = workdir.join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let server = TestServer::start_configured(
+        secret,
+        &["--workdir", workdir.to_str().unwrap()],
+        |command| {
+            command.uid(NOBODY).gid(NOBODY);
+        },
+    );
+    let output = at_the_prompt(&server, "cd locked\npwd\nexit\n");
+    assert_eq!(stdout_of(&output), format!("{}\n", workdir.display()));
+    assert!(
+        stderr_of(&output).contains("cd: locked: Permission denied"),
+        "{}",
+        stderr_of(&output)
+    );
+}
+
 #[test]
 fn cd_understands_quotes_escapes_variables_tilde_and_comments() {
     let dir = tempfile::tempdir().unwrap();

@@ -430,6 +430,9 @@ pub fn resolve_cd(
             let canonical = wanted
                 .canonicalize()
                 .map_err(|e| format!("cd: {shown}: {}", as_a_shell_says(&e)))?;
+            // A directory the server's user may not enter would be accepted here and then
+            // fail every command's start: refuse it now, as a shell's `cd` (a `chdir`) would.
+            can_enter(&canonical).map_err(|e| format!("cd: {shown}: {}", as_a_shell_says(&e)))?;
             let usable = if cfg!(windows) {
                 canonical.to_str().and_then(without_verbatim_prefix)
             } else {
@@ -443,6 +446,31 @@ pub fn resolve_cd(
         }
         Err(e) => Err(format!("cd: {shown}: {}", as_a_shell_says(&e))),
     }
+}
+
+/// Whether this process may make `dir` its working directory: search (execute) permission,
+/// judged with the effective user and group, as `chdir` judges it. (Commands start in the
+/// session's directory, so the server itself never changes into it.)
+#[cfg(unix)]
+fn can_enter(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `path` is a NUL-terminated string that lives across the call.
+    let allowed =
+        unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), libc::X_OK, libc::AT_EACCESS) };
+    if allowed == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Windows: a directory that exists can be the start of a command's process; what the
+/// command may then do there is up to its ACLs.
+#[cfg(not(unix))]
+fn can_enter(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// `dir` seen from `cwd`, each `..` at the start of a relative `dir` taking away the last name
