@@ -417,6 +417,56 @@ fn history_survives_a_hang_up_and_leaves_out_lines_starting_with_a_space() {
     assert!(!history.contains("secret"), "{history}");
 }
 
+/// Two sessions open at once (two terminals) both keep their lines: each appends what it adds
+/// instead of writing its own view of the history over the other's.
+#[test]
+fn two_sessions_at_once_both_keep_their_history() {
+    let server = TestServer::start(&[]);
+    let config = tempfile::tempdir().unwrap();
+    let mut first = Terminal::open();
+    let mut first_client = first.connect(&server, &config);
+    first.wait_for(PROMPT, 1);
+    let mut second = Terminal::open();
+    let mut second_client = second.connect(&server, &config);
+    second.wait_for(PROMPT, 1);
+    for (line, prompts) in [("1", 2), ("2", 3)] {
+        first.type_text(&format!("echo A{line}\r"));
+        first.wait_for(PROMPT, prompts);
+        second.type_text(&format!("echo B{line}\r"));
+        second.wait_for(PROMPT, prompts);
+    }
+    first.type_text("exit\r");
+    assert_eq!(exit_code(&mut first_client), Some(0));
+    second.type_text("exit\r");
+    assert_eq!(exit_code(&mut second_client), Some(0));
+    let history = std::fs::read_to_string(config.path().join("rcmd/history")).unwrap();
+    for line in ["echo A1", "echo B1", "echo A2", "echo B2"] {
+        assert!(history.contains(line), "{line} lost: {history}");
+    }
+}
+
+/// The history keeps its last 1,000 lines (rustyline's default is 100, bash's 500): a history
+/// file of 150 lines loses none of them when a line is added.
+#[test]
+fn history_keeps_a_thousand_lines() {
+    let server = TestServer::start(&[]);
+    let config = tempfile::tempdir().unwrap();
+    std::fs::create_dir(config.path().join("rcmd")).unwrap();
+    let old: String = (1..=150).map(|n| format!("echo old {n}\n")).collect();
+    std::fs::write(config.path().join("rcmd/history"), format!("#V2\n{old}")).unwrap();
+    let mut terminal = Terminal::open();
+    let mut client = terminal.connect(&server, &config);
+    terminal.wait_for(PROMPT, 1);
+    terminal.type_text("echo new\r");
+    terminal.wait_for(PROMPT, 2);
+    terminal.type_text("exit\r");
+    assert_eq!(exit_code(&mut client), Some(0));
+    let history = std::fs::read_to_string(config.path().join("rcmd/history")).unwrap();
+    let lines: Vec<&str> = history.lines().collect();
+    assert!(lines.contains(&"echo old 1"), "{history}");
+    assert!(lines.contains(&"echo new"), "{history}");
+}
+
 /// History that cannot be saved is reported once, and the prompt goes on.
 #[test]
 fn history_that_cannot_be_saved_is_reported_once() {

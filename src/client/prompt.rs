@@ -111,6 +111,8 @@ pub fn run_prompt(session: &mut Session, history: Option<PathBuf>) -> Result<i32
         // `HISTCONTROL=ignorespace`: the way to keep a secret on a command line out of it.
         let config = rustyline::Config::builder()
             .history_ignore_space(true)
+            .max_history_size(HISTORY_SIZE)
+            .map_err(|e| ClientError::Io(io::Error::other(e)))?
             .build();
         let mut editor =
             DefaultEditor::with_config(config).map_err(|e| ClientError::Io(io::Error::other(e)))?;
@@ -296,6 +298,9 @@ fn save_history_to(editor: &mut DefaultEditor, path: Option<&Path>) {
     }
 }
 
+/// Lines of history kept, in memory and in the file (bash keeps 500 by default; rustyline 100).
+const HISTORY_SIZE: usize = 1000;
+
 /// Saves the history, creating its directory (private, like the secret's) if need be. If that
 /// fails, says so once per session (it is saved after every line) and the prompt goes on.
 fn save_history(editor: &mut DefaultEditor, path: &Path) {
@@ -308,7 +313,10 @@ fn save_history(editor: &mut DefaultEditor, path: &Path) {
             std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
             builder.create(dir)?;
         }
-        editor.save_history(path).map_err(io::Error::other)
+        // Appended under a lock, not rewritten: two sessions open at once (two terminals)
+        // each add their lines, as bash's `histappend` does, instead of the last one to save
+        // replacing the other's.
+        editor.append_history(path).map_err(io::Error::other)
     })();
     if let Err(e) = saved
         && !WARNED.swap(true, Ordering::SeqCst)
