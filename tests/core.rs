@@ -877,3 +877,19 @@ fn descriptors_the_server_inherited_do_not_reach_its_commands() {
     assert!(fds.len() <= 4 && !fds.contains(&"7"), "{fds:?}");
     assert!(stderr_of(&output).contains("7"), "{}", stderr_of(&output));
 }
+
+/// Commands do not inherit the TERM of the terminal the server was started from: their output
+/// goes to pipes and then to a client whose terminal may be anything, so a full-screen program
+/// should say it has no terminal rather than draw for the server's. The rest of the server's
+/// environment is theirs.
+#[cfg(unix)]
+#[test]
+fn commands_do_not_inherit_the_servers_term() {
+    let server = TestServer::start_configured(SecretFile::new(), &[], |command| {
+        command
+            .env("TERM", "xterm-256color")
+            .env("RCMD_TEST_KEPT", "kept");
+    });
+    let output = server.run("echo \"TERM=[${TERM-unset}] $RCMD_TEST_KEPT\"");
+    assert_eq!(stdout_of(&output), "TERM=[unset] kept\n");
+}

@@ -48,6 +48,10 @@ pub fn shell_command(command: &str) -> std::process::Command {
     let mut shell = std::process::Command::new("/bin/sh");
     // `--`: a command that starts with `-` is a command, not options of `sh` itself.
     shell.args(["-c", "--"]).arg(command);
+    // TERM describes the terminal the server was started from, if any, not the client's, and
+    // commands write to pipes: without it, `vi` or `top` say they need a terminal instead of
+    // drawing for one that is not there (sshd without a terminal sets no TERM either).
+    shell.env_remove("TERM");
     shell
 }
 
