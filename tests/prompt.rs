@@ -508,3 +508,26 @@ fn sigterm_ends_the_client_while_its_terminal_is_stopped() {
     terminal.type_text("\x11"); // Ctrl-Q, so that a client still running can be ended
     assert!(ended.is_some(), "SIGTERM did not end the client");
 }
+
+/// After Ctrl-C stops a command, the terminal's echoed `^C` ends its line before rcmd's status
+/// line, as a shell starts a new line after an interrupted job: not `^Crcmd: killed by ...`.
+#[test]
+fn the_status_after_ctrl_c_starts_on_a_line_of_its_own() {
+    let (server, _config, mut terminal, mut client) = connect_at_a_terminal();
+    terminal.type_text("echo before; sleep 30\r");
+    terminal.wait_for("\r\nbefore\r\n", 1);
+    server.wait_for_log("sleep 30", Duration::from_secs(10));
+    // The terminal echoes the ^C; it is not the client's controlling terminal, so the signal
+    // it would send is sent by hand.
+    terminal.type_text("\x03");
+    terminal.wait_for("^C", 1);
+    signal(client.id(), "INT");
+    terminal.wait_for("killed by signal 2", 1);
+    let screen = terminal.screen();
+    assert!(
+        screen.contains("^C\r\nrcmd: killed by signal 2"),
+        "{screen:?}"
+    );
+    terminal.type_text("exit 0\r");
+    assert_eq!(exit_code(&mut client), Some(0));
+}

@@ -227,10 +227,14 @@ fn run_one(
     sink: &mut LineTrackingSink,
     command: &str,
 ) -> Result<i32, ClientError> {
+    let pressed = interrupt::presses_so_far();
     match session.run(command, CommandInput::None, None, sink) {
         Ok(status) => {
             let code = status.shell_code();
             if code != 0 {
+                if interrupt::presses_so_far() != pressed {
+                    sink.end_line_after_echoed_interrupt();
+                }
                 sink.end_partial_line();
                 crate::say!("rcmd: {status}");
             }
@@ -367,6 +371,18 @@ impl LineTrackingSink {
         }
         self.terminal_mid_line = false;
         self.stderr_mid_line = false;
+    }
+}
+
+impl LineTrackingSink {
+    /// After Ctrl-C during a command: the terminal echoed `^C` where its cursor was. Mid-line,
+    /// [`Self::end_partial_line`] ends that line after the echo; at the start of a line the
+    /// echo opened one of its own, which this ends, so that the status line does not read
+    /// `^Crcmd: killed by signal 2` (a shell, too, starts a new line after an interrupted job).
+    fn end_line_after_echoed_interrupt(&mut self) {
+        if self.stderr_is_terminal && !self.terminal_mid_line && !self.stderr_mid_line {
+            let _ = self.inner.stderr(b"\n");
+        }
     }
 }
 
