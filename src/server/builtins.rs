@@ -113,12 +113,18 @@ fn shell_variable(name: &str, cwd: &Path, previous: Option<&Path>) -> Option<OsS
 /// which expands to nothing, as in `sh`).
 ///
 /// `None` (the shell runs it) for a command whose first word is not `cd`, and for a list or
-/// pipeline (`;`, `&`, `|`, a second line). [`CdTarget::Refused`] for a lone `cd` with more
+/// pipeline (`;`, `&`, `|`, a second line; a `;` that only ends the command is no list).
+/// [`CdTarget::Refused`] for a lone `cd` with more
 /// than one argument, an option such as `-P`, a redirection or parenthesis, `$(...)` or
 /// backticks, other `$` forms (`$1`, `${X:-y}`), an unquoted glob character or brace, `~user`,
 /// an unquoted variable whose value would be split or globbed (a space, tab, newline, `*`, `?`
 /// or `[` in it), a value that is not UTF-8, an unfinished quote, or `~` without `$HOME`.
 pub fn parse_sh_cd(command: &str, var: impl Fn(&str) -> Option<OsString>) -> Option<CdTarget> {
+    // `cd DIR;` is still a lone `cd`: the shell runs the empty rest of the list and stays in
+    // DIR, so the directory must last here too (as `exit 5;` ends the prompt with 5).
+    if let Some(lone) = without_final_semicolon(command) {
+        return parse_sh_cd(lone, var);
+    }
     // Every command passes through here: leave the others at once, before reading the rest
     // of a possibly long command. The first word, quotes and backslashes aside, must be `cd`.
     let first_word = command
@@ -170,6 +176,14 @@ pub fn parse_sh_cd(command: &str, var: impl Fn(&str) -> Option<OsString>) -> Opt
         [arg] => CdTarget::Path(arg.text.clone()),
         _ => CdTarget::Refused("cd: too many arguments".to_owned()),
     })
+}
+
+/// `command` without the `;` that ends it, if it ends with one that ends a list (not `\;`,
+/// a quoted one, nor `;;`) and nothing before it is a list operator: `cd DIR;` is `cd DIR`.
+fn without_final_semicolon(command: &str) -> Option<&str> {
+    let before = command.trim_end().strip_suffix(';')?;
+    let escaped_or_doubled = before.ends_with(['\\', ';']);
+    (!escaped_or_doubled && has_no_list_operators(before)).then_some(before)
 }
 
 /// One word of a shell command after quote removal and expansion.
@@ -752,6 +766,21 @@ mod tests {
         assert_eq!(sh("cd /usr # c\nls"), None);
         assert_eq!(sh("cd /usr\n \t\n"), path("/usr"));
         assert_eq!(sh("cd /usr\n\r"), None);
+    }
+
+    /// `cd DIR;` is a lone `cd`, as in a shell, which stays in DIR; a `;` that is part of the
+    /// argument, or one more list, is not that.
+    #[test]
+    fn sh_reads_a_cd_ended_by_a_semicolon_as_a_lone_cd() {
+        let path = |p: &str| Some(CdTarget::Path(p.to_owned()));
+        assert_eq!(sh("cd /etc;"), path("/etc"));
+        assert_eq!(sh("cd /etc ; "), path("/etc"));
+        assert_eq!(sh("cd;"), Some(CdTarget::Home));
+        assert_eq!(sh("cd /etc\\;"), path("/etc;"));
+        assert_eq!(sh("cd '/etc;'"), path("/etc;"));
+        assert_eq!(sh("cd /etc;;"), None);
+        assert_eq!(sh("cd /etc; ls;"), None);
+        assert_eq!(sh("cd /etc & ;"), None);
     }
 
     #[test]
