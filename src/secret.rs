@@ -54,6 +54,41 @@ pub enum SecretError {
     /// The server's secret file can be read by every user of the machine, or changed by users
     /// other than its owner.
     OpenToOthers(PathBuf),
+    /// The server's secret file is owned by a user other than the server's (effective) user
+    /// and root: that user could choose the secret and so run commands as the server's user.
+    NotOwned {
+        path: PathBuf,
+        owner: u32,
+        euid: u32,
+    },
+    /// A directory the server's secret file is reached through is owned by a user other than
+    /// the server's user and root, who could put another secret in its place.
+    DirectoryNotOwned {
+        path: PathBuf,
+        directory: PathBuf,
+        owner: u32,
+        euid: u32,
+    },
+    /// A directory the server's secret file is reached through can be written by its group
+    /// or by everyone and has no sticky bit: they could put another secret in its place.
+    DirectoryOpenToOthers {
+        path: PathBuf,
+        directory: PathBuf,
+        mode: u32,
+    },
+    /// `keygen --force` was given a symbolic link: it neither follows it (writing to whatever
+    /// it points to) nor replaces it.
+    SymbolicLink {
+        path: PathBuf,
+        target: Option<PathBuf>,
+    },
+    /// `keygen --force` could not give the new file the replaced file's owner and group.
+    CannotKeepOwner {
+        path: PathBuf,
+        uid: u32,
+        gid: u32,
+        error: io::Error,
+    },
     /// Reading or writing failed.
     Io(PathBuf, io::Error),
 }
@@ -127,6 +162,66 @@ impl fmt::Display for SecretError {
                  chmod 600 {}",
                 path.display(),
                 quoted_if_needed(path)
+            ),
+            SecretError::NotOwned { path, owner, euid } => write!(
+                f,
+                "secret file {} is owned by uid {owner}, not by this user (uid {euid}) or root: \
+                 whoever owns it can choose the secret and run commands as this user; run: \
+                 chown {euid} {}, then make a new secret with `rcmd keygen --force`, as its \
+                 owner may know this one",
+                path.display(),
+                quoted_if_needed(path)
+            ),
+            SecretError::DirectoryNotOwned {
+                path,
+                directory,
+                owner,
+                euid,
+            } => write!(
+                f,
+                "secret file {}: the directory {} is owned by uid {owner}, not by this user \
+                 (uid {euid}) or root: whoever owns it can put another secret in its place and \
+                 run commands as this user; keep the secret in directories of this user's or \
+                 root's",
+                path.display(),
+                directory.display()
+            ),
+            SecretError::DirectoryOpenToOthers {
+                path,
+                directory,
+                mode,
+            } => write!(
+                f,
+                "secret file {}: the directory {} (mode {:o}) can be changed by users other \
+                 than its owner and has no sticky bit: they could put another secret in its \
+                 place and run commands as this user; run: chmod go-w {}",
+                path.display(),
+                directory.display(),
+                mode & 0o7777,
+                quoted_if_needed(directory)
+            ),
+            SecretError::SymbolicLink { path, target } => {
+                write!(f, "{} is a symbolic link", path.display())?;
+                if let Some(target) = target {
+                    write!(f, " (to {})", target.display())?;
+                }
+                write!(
+                    f,
+                    "; run keygen on the file itself (keygen --force replaces a file with a new \
+                     one, and would neither write through a link nor replace it)"
+                )
+            }
+            SecretError::CannotKeepOwner {
+                path,
+                uid,
+                gid,
+                error,
+            } => write!(
+                f,
+                "cannot give the new secret file the owner and group of {} (uid {uid}, gid \
+                 {gid}): {error}; nothing was changed: run keygen as root, or as the file's \
+                 owner and a member of its group",
+                path.display()
             ),
             SecretError::Io(path, e) => write!(f, "secret file {}: {e}", path.display()),
         }
@@ -258,12 +353,17 @@ pub fn named_elsewhere(flag: Option<&Path>, path: &Path) -> bool {
 /// Reads the secret for a server, which is stricter than a client: a file every user of the
 /// machine can read, or that its group or everyone can write, is refused, as `sshd` refuses
 /// such key files, because they could then run commands as the server's user. (Group read
-/// only gets the warning: a service's group may be meant to read it.) It must be a regular
-/// file: the server reads it again on SIGHUP, on its event loop, where a FIFO waiting for a
-/// writer would stop every connection.
+/// only gets the warning: a service's group may be meant to read it.) So is a file owned by
+/// anyone but the server's (effective) user or root, or one reached through a directory they
+/// do not own or that others can write (without the sticky bit of `/tmp`), as `sshd`'s
+/// `StrictModes` refuses them: whoever can change the file or its directories chooses the
+/// secret. It must be a regular file: the server reads it again on SIGHUP, on its event loop,
+/// where a FIFO waiting for a writer would stop every connection.
 ///
 /// # Errors
-/// As [`load`], and [`SecretError::OpenToOthers`], [`SecretError::NotAFile`].
+/// As [`load`], and [`SecretError::OpenToOthers`], [`SecretError::NotAFile`],
+/// [`SecretError::NotOwned`], [`SecretError::DirectoryNotOwned`],
+/// [`SecretError::DirectoryOpenToOthers`].
 pub fn load_for_server(path: &Path) -> Result<Vec<u8>, SecretError> {
     load_checked(path, open_without_waiting, |meta| {
         if !meta.is_file() {
@@ -271,13 +371,67 @@ pub fn load_for_server(path: &Path) -> Result<Vec<u8>, SecretError> {
         }
         #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt;
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
             if meta.permissions().mode() & 0o026 != 0 {
                 return Err(SecretError::OpenToOthers(path.to_path_buf()));
             }
+            // SAFETY: geteuid cannot fail and touches no memory.
+            let euid = unsafe { libc::geteuid() };
+            if meta.uid() != euid && meta.uid() != 0 {
+                return Err(SecretError::NotOwned {
+                    path: path.to_path_buf(),
+                    owner: meta.uid(),
+                    euid,
+                });
+            }
+            check_directories(path, euid)?;
         }
         Ok(())
     })
+}
+
+/// Checks every directory the secret file at `path` is reached through, both as named (a
+/// symbolic link in the way could be replaced by whoever can write its directory) and as
+/// resolved (where the file really is): each must be owned by `euid` or root, and not be
+/// writable by its group or everyone unless it has the sticky bit (`/tmp`, where others may
+/// create files but not rename or remove ours).
+#[cfg(unix)]
+fn check_directories(path: &Path, euid: u32) -> Result<(), SecretError> {
+    use std::os::unix::fs::MetadataExt;
+    let io_error = |e| SecretError::Io(path.to_path_buf(), e);
+    let named = std::path::absolute(path).map_err(io_error)?;
+    let resolved = fs::canonicalize(path).map_err(io_error)?;
+    let mut checked: Vec<&Path> = Vec::new();
+    for directory in named
+        .ancestors()
+        .skip(1)
+        .chain(resolved.ancestors().skip(1))
+    {
+        if directory.as_os_str().is_empty() || checked.contains(&directory) {
+            continue;
+        }
+        let meta = fs::metadata(directory).map_err(|e| {
+            let why = format!("cannot check its directory {}: {e}", directory.display());
+            io_error(io::Error::new(e.kind(), why))
+        })?;
+        if meta.uid() != euid && meta.uid() != 0 {
+            return Err(SecretError::DirectoryNotOwned {
+                path: path.to_path_buf(),
+                directory: directory.to_path_buf(),
+                owner: meta.uid(),
+                euid,
+            });
+        }
+        if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+            return Err(SecretError::DirectoryOpenToOthers {
+                path: path.to_path_buf(),
+                directory: directory.to_path_buf(),
+                mode: meta.mode(),
+            });
+        }
+        checked.push(directory);
+    }
+    Ok(())
 }
 
 /// Opens for reading without waiting: opening a FIFO blocks until a writer comes, unless
@@ -314,73 +468,230 @@ pub fn require_existing_directory(path: &Path) -> Result<(), SecretError> {
     }
 }
 
-/// Reads the secret, first creating the file with a new random secret if it does not exist.
-/// Returns the secret and whether the file was created.
-///
-/// # Errors
-/// As [`load`] and [`generate`].
-pub fn load_or_create(path: &Path) -> Result<(Vec<u8>, bool), SecretError> {
-    match load(path) {
-        Err(SecretError::Missing { .. }) => match generate(path, false) {
-            Ok(()) => Ok((load(path)?, true)),
-            // Another process created it between our read and our write: use theirs.
-            Err(SecretError::Exists(_)) => Ok((load(path)?, false)),
-            Err(e) => Err(e),
-        },
-        other => other.map(|secret| (secret, false)),
-    }
-}
-
 /// Writes a new random secret (32 bytes from the OS, as hex) to `path`, readable by its owner
 /// only. Creates the parent directory (owner-only) if needed.
 ///
+/// A new file is created exclusively. An existing one (`overwrite`) is not written in place
+/// but replaced: the new secret goes to a new file next to it, which is then renamed over it,
+/// so whoever still has the old file open (it was readable to them once) keeps reading the
+/// old secret, never the new one. The new file gets the old one's owner and group and its
+/// group read access (see [`replace`]). A symbolic link is refused, neither followed (which
+/// would overwrite whatever it points to) nor replaced.
+///
 /// # Errors
-/// [`SecretError::Exists`] if the file exists and `overwrite` is false; I/O errors otherwise.
+/// [`SecretError::Exists`] if the file exists and `overwrite` is false;
+/// [`SecretError::SymbolicLink`] if `path` is one and `overwrite` is true;
+/// [`SecretError::CannotKeepOwner`]; I/O errors otherwise.
 pub fn generate(path: &Path, overwrite: bool) -> Result<(), SecretError> {
     let io_error = |e| SecretError::Io(path.to_path_buf(), e);
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_private_dir(parent).map_err(io_error)?;
     }
-    #[cfg(unix)]
-    let previous_mode = {
-        use std::os::unix::fs::PermissionsExt;
-        fs::metadata(path)
-            .ok()
-            .map(|meta| meta.permissions().mode())
-    };
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let mut options = fs::OpenOptions::new();
-    options.write(true);
+    let content = format!("{}\n", to_hex(&bytes));
+    // A directory is no secret file, --force or not: say so, rather than "use --force".
+    let a_directory = || io_error(io::Error::other("it is a directory; name a file"));
     if overwrite {
-        options.create(true).truncate(true);
-    } else {
-        options.create_new(true);
+        let previous = match fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(SecretError::SymbolicLink {
+                    path: path.to_path_buf(),
+                    target: fs::read_link(path).ok(),
+                });
+            }
+            Ok(meta) if meta.is_dir() => return Err(a_directory()),
+            Ok(meta) if !meta.is_file() => {
+                // Renaming over a device or a FIFO (`--secret-file /dev/null` as root) would
+                // replace it; writing into it, as before, would not write a secret anywhere.
+                return Err(io_error(io::Error::other(
+                    "it is not a regular file (a FIFO or a device); name a file",
+                )));
+            }
+            Ok(meta) => Some(meta),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_error(e)),
+        };
+        return replace(path, content.as_bytes(), previous.as_ref());
     }
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
     let mut file = options.open(path).map_err(|e| match e.kind() {
-        // A directory is no secret file, --force or not: say so, rather than "use --force".
-        _ if path.is_dir() => io_error(io::Error::other("it is a directory; name a file")),
+        _ if path.is_dir() => a_directory(),
         io::ErrorKind::AlreadyExists => SecretError::Exists(path.to_path_buf()),
         _ => io_error(e),
     })?;
     #[cfg(unix)]
     {
-        // `mode` applies only when the file is created. An overwritten file keeps its owner
-        // and group (it is the same file) and its owner's and group's read access: a secret
-        // set up as `root:rcmd 0640` for a service's group stays readable by that service,
-        // so rotating it does not lock the service out. Anything more is taken away.
+        // `mode` is narrowed by the umask; owner read and write is what is wanted.
         use std::os::unix::fs::PermissionsExt;
-        let kept = previous_mode.unwrap_or(0) & 0o040;
-        file.set_permissions(fs::Permissions::from_mode(0o600 | kept))
+        file.set_permissions(fs::Permissions::from_mode(0o600))
             .map_err(io_error)?;
     }
-    writeln!(file, "{}", to_hex(&bytes)).map_err(io_error)?;
+    file.write_all(content.as_bytes()).map_err(io_error)?;
     file.sync_all().map_err(io_error)
+}
+
+/// Replaces the file at `path` (described by `previous`, its `lstat`, if there is one) with a
+/// new file holding `content`: written to a new file of a random name in the same directory,
+/// synced, renamed over `path` (atomic: a reader sees the old file or the new one), and the
+/// directory synced. The new file is removed again on any failure.
+///
+/// On Unix the new file is mode `0600` plus the old file's group read bit, so a secret set up
+/// as `root:rcmd 0640` for a service's group stays readable by that service and rotating it
+/// does not lock the service out; anything more is taken away. It gets the old file's owner
+/// and group (root can give it any; an owner can give it a group it is in).
+fn replace(
+    path: &Path,
+    content: &[u8],
+    previous: Option<&fs::Metadata>,
+) -> Result<(), SecretError> {
+    let io_error = |e| SecretError::Io(path.to_path_buf(), e);
+    let directory = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let (mut file, temporary) = create_temporary_next_to(path).map_err(|e| {
+        io_error(io::Error::new(
+            e.kind(),
+            format!(
+                "cannot create a new file in {} to replace it with: {e}",
+                directory.display()
+            ),
+        ))
+    })?;
+    let prepared = prepare_replacement(&mut file, path, content, previous);
+    // Closed before the rename, which Windows may refuse for an open file.
+    drop(file);
+    // On an early return, dropping `temporary` removes the new file.
+    prepared?;
+    fs::rename(&temporary.path, path).map_err(io_error)?;
+    temporary.keep();
+    sync_directory(directory).map_err(io_error)
+}
+
+/// Gives the new file of [`replace`] its mode and owner, then `content`, synced.
+fn prepare_replacement(
+    file: &mut fs::File,
+    path: &Path,
+    content: &[u8],
+    previous: Option<&fs::Metadata>,
+) -> Result<(), SecretError> {
+    let io_error = |e| SecretError::Io(path.to_path_buf(), e);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // The mode first, while the file is still ours to change.
+        let kept = previous.map_or(0, |meta| meta.mode() & 0o040);
+        file.set_permissions(fs::Permissions::from_mode(0o600 | kept))
+            .map_err(io_error)?;
+        if let Some(meta) = previous {
+            let ours = file.metadata().map_err(io_error)?;
+            if (ours.uid(), ours.gid()) != (meta.uid(), meta.gid()) {
+                std::os::unix::fs::fchown(&*file, Some(meta.uid()), Some(meta.gid())).map_err(
+                    |error| SecretError::CannotKeepOwner {
+                        path: path.to_path_buf(),
+                        uid: meta.uid(),
+                        gid: meta.gid(),
+                        error,
+                    },
+                )?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = previous;
+    file.write_all(content).map_err(io_error)?;
+    file.sync_all().map_err(io_error)
+}
+
+/// A file to be removed when this is dropped, unless [`Self::keep`] says otherwise.
+struct Temporary {
+    path: PathBuf,
+    remove: bool,
+}
+
+impl Temporary {
+    /// The file stays: it has been renamed into place.
+    fn keep(mut self) {
+        self.remove = false;
+    }
+}
+
+impl Drop for Temporary {
+    fn drop(&mut self) {
+        if self.remove {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Creates a new file (exclusively, owner-only) of a random name, `.NAME.HEX.tmp`, in the
+/// directory of `path`.
+fn create_temporary_next_to(path: &Path) -> io::Result<(fs::File, Temporary)> {
+    let name = path
+        .file_name()
+        .unwrap_or_else(|| std::ffi::OsStr::new("secret"));
+    let mut attempts = 0;
+    loop {
+        let mut random = [0u8; 8];
+        rand::rngs::OsRng.fill_bytes(&mut random);
+        let mut temporary_name = std::ffi::OsString::from(".");
+        temporary_name.push(name);
+        temporary_name.push(format!(".{}.tmp", to_hex(&random)));
+        let temporary = match path.parent() {
+            Some(dir) => dir.join(&temporary_name),
+            None => PathBuf::from(&temporary_name),
+        };
+        let mut options = fs::OpenOptions::new();
+        // `create_new` is O_CREAT|O_EXCL, which follows no symbolic link.
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        match options.open(&temporary) {
+            Ok(file) => {
+                let temporary = Temporary {
+                    path: temporary,
+                    remove: true,
+                };
+                return Ok((file, temporary));
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 10 => {
+                attempts += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Makes a rename in `directory` durable. Not on Windows, which cannot open a directory as a
+/// file; nor where the file system cannot sync a directory.
+fn sync_directory(directory: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        match fs::File::open(directory).and_then(|dir| dir.sync_all()) {
+            Err(e)
+                if e.kind() != io::ErrorKind::InvalidInput
+                    && e.kind() != io::ErrorKind::Unsupported =>
+            {
+                Err(e)
+            }
+            _ => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = directory;
+        Ok(())
+    }
 }
 
 fn create_private_dir(dir: &Path) -> io::Result<()> {
@@ -532,9 +843,8 @@ mod tests {
         ));
         fs::write(&path, "short\n").unwrap();
         assert!(matches!(load(&path), Err(SecretError::TooShort(_))));
-        let (created, was_created) = load_or_create(&dir.path().join("new")).unwrap();
-        assert!(was_created);
-        assert_eq!(created.len(), 64);
+        generate(&dir.path().join("new"), false).unwrap();
+        assert_eq!(load(&dir.path().join("new")).unwrap().len(), 64);
     }
 
     #[test]
@@ -578,5 +888,258 @@ mod tests {
             Err(SecretError::NoDirectory(_))
         ));
         assert!(require_existing_directory(&dir.path().join("secret")).is_ok());
+    }
+
+    /// The names in `dir`, sorted.
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Whether this process runs as root, which alone can give files to other users.
+    #[cfg(unix)]
+    fn running_as_root(test: &str) -> bool {
+        // SAFETY: geteuid cannot fail and touches no memory.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root {
+            eprintln!("note: {test} skipped: only root can give a file to another user");
+        }
+        root
+    }
+
+    /// `nobody`, the other user of these tests.
+    #[cfg(unix)]
+    const NOBODY: u32 = 65534;
+
+    /// Whoever had the old secret file open (while it was readable to them, or before they left
+    /// the service's group) must not read the new secret through it: rotation replaces the file
+    /// rather than writing into it.
+    #[test]
+    fn rotation_leaves_a_descriptor_on_the_old_file_reading_the_old_secret() {
+        use std::io::{Seek, SeekFrom};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        generate(&path, false).unwrap();
+        let old = fs::read(&path).unwrap();
+        let mut reader = fs::File::open(&path).unwrap();
+        generate(&path, true).unwrap();
+        let new = fs::read(&path).unwrap();
+        assert_ne!(new, old);
+        reader.seek(SeekFrom::Start(0)).unwrap();
+        let mut through_old_descriptor = Vec::new();
+        reader.read_to_end(&mut through_old_descriptor).unwrap();
+        assert_eq!(
+            through_old_descriptor, old,
+            "the old descriptor sees the new secret"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            assert_ne!(
+                reader.metadata().unwrap().ino(),
+                fs::metadata(&path).unwrap().ino(),
+                "the file was written in place"
+            );
+        }
+        assert_eq!(names_in(dir.path()), ["secret"]);
+    }
+
+    /// `keygen --force` on a symbolic link neither overwrites what it points to (any file, when
+    /// run as root) nor replaces the link.
+    #[cfg(unix)]
+    #[test]
+    fn rotation_refuses_a_symbolic_link_and_leaves_it_and_its_target_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("not-a-secret");
+        fs::write(&target, "precious\n").unwrap();
+        let link = dir.path().join("secret");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let error = generate(&link, true).unwrap_err();
+        assert!(
+            matches!(&error, SecretError::SymbolicLink { target: Some(t), .. } if *t == target),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.starts_with(&format!(
+                "{} is a symbolic link (to {}); run keygen on the file itself",
+                link.display(),
+                target.display()
+            )),
+            "{message}"
+        );
+        assert_eq!(fs::read_link(&link).unwrap(), target);
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious\n");
+        assert_eq!(names_in(dir.path()), ["not-a-secret", "secret"]);
+        // Without --force it is an existing file, as before.
+        assert!(matches!(
+            generate(&link, false),
+            Err(SecretError::Exists(_))
+        ));
+    }
+
+    /// The new file of a rotation keeps the old one's owner and group, so a service that reads
+    /// a `root:rcmd 0640` secret (or owns its secret) is not locked out by root rotating it.
+    #[cfg(unix)]
+    #[test]
+    fn rotation_by_root_keeps_the_owner_and_group() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if !running_as_root("rotation_by_root_keeps_the_owner_and_group") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        generate(&path, false).unwrap();
+        let old = fs::read(&path).unwrap();
+        std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY)).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        generate(&path, true).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (NOBODY, NOBODY));
+        assert_eq!(meta.mode() & 0o7777, 0o640);
+        assert_ne!(fs::read(&path).unwrap(), old);
+        assert_eq!(names_in(dir.path()), ["secret"]);
+    }
+
+    /// A file owned by another user (even `0600`) lets that user choose the secret, and so run
+    /// commands as the server's user: refused, as `sshd`'s `StrictModes` refuses it.
+    #[cfg(unix)]
+    #[test]
+    fn a_server_refuses_a_secret_owned_by_another_user() {
+        if !running_as_root("a_server_refuses_a_secret_owned_by_another_user") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        generate(&path, false).unwrap();
+        std::os::unix::fs::chown(&path, Some(NOBODY), None).unwrap();
+        let error = load_for_server(&path).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                SecretError::NotOwned {
+                    owner: NOBODY,
+                    euid: 0,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!(
+                "{} is owned by uid {NOBODY}, not by this user (uid 0) or root",
+                path.display()
+            )) && message.contains("run: chown 0 "),
+            "{message}"
+        );
+        // A client's reading is not the server's: it takes the file.
+        assert!(load(&path).is_ok());
+        // Its own, or root's, is taken.
+        std::os::unix::fs::chown(&path, Some(0), None).unwrap();
+        assert!(load_for_server(&path).is_ok());
+    }
+
+    /// Whoever can change a directory on the way to the secret file can put another secret in
+    /// its place: a directory that its group or everyone can write is refused unless it has
+    /// the sticky bit (`/tmp`), and so is one owned by another user.
+    #[cfg(unix)]
+    #[test]
+    fn a_server_refuses_a_secret_in_a_directory_others_can_change() {
+        use std::os::unix::fs::PermissionsExt;
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("dir");
+        fs::create_dir(&dir).unwrap();
+        let path = dir.join("secret");
+        generate(&path, false).unwrap();
+        let chmod = |dir: &Path, mode| {
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode)).unwrap();
+        };
+        for (mode, refused) in [
+            (0o777, true),
+            (0o770, true),
+            (0o702, true),
+            (0o1777, false),
+            (0o1770, false),
+            (0o755, false),
+            (0o700, false),
+        ] {
+            chmod(&dir, mode);
+            let result = load_for_server(&path);
+            if refused {
+                let error = result.unwrap_err();
+                assert!(
+                    matches!(&error, SecretError::DirectoryOpenToOthers { directory, .. }
+                        if *directory == dir),
+                    "{mode:o}: {error:?}"
+                );
+                let message = error.to_string();
+                assert!(
+                    message.contains(&format!(
+                        "the directory {} (mode {mode:o}) can be changed by users other than \
+                         its owner",
+                        dir.display()
+                    )) && message.contains("chmod go-w"),
+                    "{message}"
+                );
+            } else {
+                assert!(result.is_ok(), "{mode:o}: {result:?}");
+            }
+        }
+        // Every directory on the way counts, not only the file's own.
+        chmod(&dir, 0o700);
+        chmod(top.path(), 0o777);
+        assert!(matches!(
+            load_for_server(&path),
+            Err(SecretError::DirectoryOpenToOthers { directory, .. }) if directory == top.path()
+        ));
+        chmod(top.path(), 0o700);
+        assert!(load_for_server(&path).is_ok());
+        // A directory reached through a symbolic link that others could replace.
+        let open = top.path().join("open");
+        fs::create_dir(&open).unwrap();
+        chmod(&open, 0o777);
+        let link = open.join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert!(matches!(
+            load_for_server(&link.join("secret")),
+            Err(SecretError::DirectoryOpenToOthers { directory, .. }) if directory == open
+        ));
+        // The client is not this strict.
+        assert!(load(&link.join("secret")).is_ok());
+    }
+
+    /// A directory owned by another user on the way to the secret is theirs to change.
+    #[cfg(unix)]
+    #[test]
+    fn a_server_refuses_a_secret_in_a_directory_of_another_user() {
+        if !running_as_root("a_server_refuses_a_secret_in_a_directory_of_another_user") {
+            return;
+        }
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("theirs");
+        fs::create_dir(&dir).unwrap();
+        let path = dir.join("secret");
+        generate(&path, false).unwrap();
+        std::os::unix::fs::chown(&dir, Some(NOBODY), None).unwrap();
+        let error = load_for_server(&path).unwrap_err();
+        assert!(
+            matches!(&error, SecretError::DirectoryNotOwned { directory, owner: NOBODY, .. }
+                if *directory == dir),
+            "{error:?}"
+        );
+        assert!(
+            error.to_string().contains(&format!(
+                "the directory {} is owned by uid {NOBODY}, not by this user (uid 0) or root",
+                dir.display()
+            )),
+            "{error}"
+        );
+        std::os::unix::fs::chown(&dir, Some(0), None).unwrap();
+        assert!(load_for_server(&path).is_ok());
     }
 }

@@ -1,0 +1,196 @@
+//! The secret file as the binary handles it: `rcmd keygen --force` replaces the file rather than
+//! writing into it (and will not touch a symbolic link), and `rcmd serve` refuses a secret file
+//! that another user could change, as sshd's `StrictModes` refuses such key files.
+#![cfg(unix)]
+
+mod util;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use util::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// `nobody`, the other user of these tests.
+const NOBODY: u32 = 65534;
+
+/// Whether this process runs as root, which alone can give files to other users and run
+/// programs as them; if not, says that `test` is skipped.
+fn running_as_root(test: &str) -> bool {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("note: {test} skipped: it needs root, to act as another user");
+    }
+    root
+}
+
+fn keygen_force(secret: &Path) -> Command {
+    let mut command = Command::new(rcmd_bin());
+    command
+        .args(["keygen", "--force", "--secret-file"])
+        .arg(secret)
+        .stdin(Stdio::null());
+    command
+}
+
+/// The names in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A server whose secret file belongs to another user, who could choose the secret and run
+/// commands as the server's user (here root), refuses to start.
+#[test]
+fn serve_refuses_a_secret_file_owned_by_another_user() {
+    if !running_as_root("serve_refuses_a_secret_file_owned_by_another_user") {
+        return;
+    }
+    let secret = SecretFile::new();
+    std::os::unix::fs::chown(&secret.path, Some(NOBODY), None).unwrap();
+    let mut command = Command::new(rcmd_bin());
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--secret-file"])
+        .arg(&secret.path)
+        .stdin(Stdio::null());
+    // The old code started serving, and this timed out.
+    let output = output_within(command, WAIT);
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{} is owned by uid {NOBODY}, not by this user (uid 0) or root: whoever owns it can \
+             choose the secret and run commands as this user; run: chown 0 ",
+            secret.path.display()
+        )),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "it listened");
+}
+
+/// `keygen --force` on a symbolic link exits 1 and says so; the link and the file it points
+/// to stay as they were.
+#[test]
+fn keygen_force_refuses_a_symbolic_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("precious");
+    fs::write(&target, "not a secret\n").unwrap();
+    let link = dir.path().join("secret");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let output = output_within(keygen_force(&link), WAIT);
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{} is a symbolic link (to {}); run keygen on the file itself",
+            link.display(),
+            target.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(fs::read_link(&link).unwrap(), target);
+    assert_eq!(fs::read_to_string(&target).unwrap(), "not a secret\n");
+    assert_eq!(names_in(dir.path()), ["precious", "secret"]);
+}
+
+/// Someone who opened the secret file while they could (it was 0644, or they were in its
+/// group) reads only the secret of that time through the open file, never the rotated one.
+#[test]
+fn keygen_force_leaves_an_open_old_file_with_the_old_secret() {
+    let secret = SecretFile::new();
+    let old = fs::read(&secret.path).unwrap();
+    let mut reader = fs::File::open(&secret.path).unwrap();
+    let output = output_within(keygen_force(&secret.path), WAIT);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let new = fs::read(&secret.path).unwrap();
+    assert_ne!(new, old);
+    reader.seek(SeekFrom::Start(0)).unwrap();
+    let mut seen = Vec::new();
+    reader.read_to_end(&mut seen).unwrap();
+    assert_eq!(seen, old, "the old descriptor reads the new secret");
+    assert_eq!(fs::metadata(&secret.path).unwrap().mode() & 0o7777, 0o600);
+    assert_eq!(names_in(secret.dir.path()), ["secret"]);
+}
+
+/// A path to the binary that `nobody` can run: the built one if it can, else a copy in a
+/// directory it can reach (the build may be under a home directory only root can enter).
+fn binary_for_nobody(scratch: &Path) -> Option<PathBuf> {
+    let runs = |binary: &Path| {
+        Command::new(binary)
+            .arg("--version")
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    let built = PathBuf::from(rcmd_bin());
+    if runs(&built) {
+        return Some(built);
+    }
+    let copy = scratch.join("rcmd");
+    fs::copy(&built, &copy).ok()?;
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).ok()?;
+    runs(&copy).then_some(copy)
+}
+
+/// A user rotating a secret file that is not theirs, in a directory that is: the new file
+/// cannot be given the old one's owner, so nothing changes, the message says why, and the new
+/// file is removed again.
+#[test]
+fn keygen_force_that_cannot_keep_the_owner_changes_nothing_and_leaves_no_file() {
+    let test = "keygen_force_that_cannot_keep_the_owner_changes_nothing_and_leaves_no_file";
+    if !running_as_root(test) {
+        return;
+    }
+    let top = tempfile::tempdir().unwrap();
+    fs::set_permissions(top.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(binary) = binary_for_nobody(top.path()) else {
+        eprintln!("note: {test} skipped: user {NOBODY} cannot run the binary");
+        return;
+    };
+    let dir = top.path().join("nobodys");
+    fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let path = dir.join("secret");
+    fs::write(&path, "root's secret, 32 bytes or more long\n").unwrap();
+    // Readable and writable by nobody (so it could be rotated in place), owned by root.
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+    let mut command = Command::new(binary);
+    command
+        .args(["keygen", "--force", "--secret-file"])
+        .arg(&path)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .env_remove("RCMD_SECRET_FILE")
+        .stdin(Stdio::null());
+    let output: Output = output_within(command, WAIT);
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot give the new secret file the owner and group of {} (uid 0, gid 0)",
+            path.display()
+        )) && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+    assert_eq!(
+        fs::read_to_string(&path).unwrap(),
+        "root's secret, 32 bytes or more long\n"
+    );
+    let meta = fs::metadata(&path).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o666));
+    assert_eq!(names_in(&dir), ["secret"]);
+}
