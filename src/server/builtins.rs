@@ -997,4 +997,89 @@ mod tests {
             "cd: OLDPWD not set"
         );
     }
+
+    /// An empty `HOME` counts as unset, as in [`home_dir`]: `cd ~/x` is refused rather than
+    /// taken to `/x`. (bash and dash do expand `~/x` to `/x` there; a `cd` that lands in `/`
+    /// because HOME is empty is more likely a surprise than what was meant.)
+    #[test]
+    fn sh_refuses_a_tilde_when_home_is_empty() {
+        let empty_home = |name: &str| (name == "HOME").then(OsString::new);
+        assert_eq!(
+            parse_sh_cd("cd ~/x", empty_home),
+            Some(CdTarget::Refused("cd: ~: HOME not set".into()))
+        );
+        assert_eq!(parse_sh_cd("cd ~", empty_home), Some(CdTarget::Home));
+    }
+
+    /// [`MAX_CD_ARG_LEN`] is the longest argument allowed: an expansion of exactly that many
+    /// bytes is read, one byte more is refused.
+    #[test]
+    fn an_expansion_of_exactly_the_limit_is_read_one_more_byte_is_refused() {
+        let exact = "e".repeat(MAX_CD_ARG_LEN);
+        let var = |name: &str| match name {
+            "X" => Some(OsString::from(exact.clone())),
+            "Y" => Some(OsString::from("e")),
+            _ => None,
+        };
+        assert_eq!(parse_sh_cd("cd $X", var), path(&exact));
+        assert_eq!(
+            parse_sh_cd("cd $X$Y", var),
+            Some(CdTarget::Refused("cd: $X$Y: File name too long".into()))
+        );
+    }
+
+    /// An argument of exactly [`MAX_CD_ARG_LEN`] bytes is not refused by the limit (whose
+    /// message clips it) but handed to the file system, whose own "File name too long" quotes
+    /// it whole, as a shell's would. (Unix: the wording is the OS's.)
+    #[cfg(unix)]
+    #[test]
+    fn a_literal_argument_of_exactly_the_limit_goes_to_the_file_system() {
+        let exact = "x".repeat(MAX_CD_ARG_LEN);
+        let cwd = std::env::temp_dir();
+        assert_eq!(
+            resolve_cd(&CdTarget::Path(exact.clone()), &cwd, None).unwrap_err(),
+            format!("cd: {exact}: File name too long")
+        );
+    }
+
+    /// From a directory that exists, `..` is the kernel's, not the name's: the server's starting
+    /// directory (`--workdir`, `$HOME`) is not made canonical, so it can be a symbolic link,
+    /// whose `..` is the parent of where it points.
+    #[cfg(unix)]
+    #[test]
+    fn from_a_symlinked_directory_cd_dot_dot_is_the_kernels() {
+        let root = tempfile::tempdir().unwrap();
+        let real = root.path().join("real");
+        let inner = real.join("inner");
+        std::fs::create_dir_all(&inner).unwrap();
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&inner, &link).unwrap();
+        let up = resolve_cd(&CdTarget::Path("..".into()), &link, None).unwrap();
+        assert_eq!(up, real.canonicalize().unwrap());
+    }
+
+    /// A file is not a directory: accepted, it would become the session's working directory and
+    /// every later command would fail to start.
+    #[test]
+    fn cd_into_a_file_is_not_a_directory() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("file"), b"").unwrap();
+        assert_eq!(
+            resolve_cd(&CdTarget::Path("file".into()), root.path(), None).unwrap_err(),
+            "cd: file: Not a directory"
+        );
+    }
+
+    /// An error other than "not found" is worded from the OS error (here ENOTDIR), not called
+    /// "No such file or directory". (Unix: on Windows `file\sub` is ERROR_PATH_NOT_FOUND.)
+    #[cfg(unix)]
+    #[test]
+    fn other_errors_are_not_called_missing() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("file"), b"").unwrap();
+        assert_eq!(
+            resolve_cd(&CdTarget::Path("file/sub".into()), root.path(), None).unwrap_err(),
+            "cd: file/sub: Not a directory"
+        );
+    }
 }
