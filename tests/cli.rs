@@ -719,13 +719,19 @@ fn ctrl_c_during_a_connect_script_ends_the_script() {
     let mut client = command.spawn().unwrap();
     let stdout = read_in_background(client.stdout.take().unwrap());
     let _stderr = read_in_background(client.stderr.take().unwrap());
+    let marker = unique_sleep_marker();
     client
         .stdin
         .take()
         .unwrap()
-        .write_all(b"sleep 30\necho never\n")
+        .write_all(format!("sleep 30 {marker}\necho never\n").as_bytes())
         .unwrap();
-    server.wait_for_log("): \"sleep 30\"", Duration::from_secs(10));
+    // Signalled once `sleep` runs: `sh -c` catches SIGINT until it execs the command, and one
+    // that lands just before the exec is lost with the shell's handler (the same locally).
+    assert!(eventually(Duration::from_secs(10), || !sleeps_matching(
+        &marker
+    )
+    .is_empty()));
     signal(client.id(), "INT");
     let status = wait_within(&mut client, Duration::from_secs(20)).expect("still running");
     assert_eq!(status.code(), Some(130));
