@@ -393,14 +393,31 @@ pub fn load_for_server(path: &Path) -> Result<Vec<u8>, SecretError> {
 /// Checks every directory the secret file at `path` is reached through, both as named (a
 /// symbolic link in the way could be replaced by whoever can write its directory) and as
 /// resolved (where the file really is): each must be owned by `euid` or root, and not be
-/// writable by its group or everyone unless it has the sticky bit (`/tmp`, where others may
-/// create files but not rename or remove ours).
+/// writable by everyone, or by a group other than its owner's private one
+/// ([`group_is_private_to`]), unless it has the sticky bit (`/tmp`, where others may create
+/// files but not rename or remove ours). A symbolic link on the way must be owned by `euid` or
+/// root too, since its owner can point it elsewhere.
 #[cfg(unix)]
 fn check_directories(path: &Path, euid: u32) -> Result<(), SecretError> {
     use std::os::unix::fs::MetadataExt;
     let io_error = |e| SecretError::Io(path.to_path_buf(), e);
     let named = std::path::absolute(path).map_err(io_error)?;
     let resolved = fs::canonicalize(path).map_err(io_error)?;
+    // A symbolic link on the way, as named, can be pointed elsewhere by whoever owns it.
+    for step in named.ancestors() {
+        if let Ok(link) = fs::symlink_metadata(step)
+            && link.file_type().is_symlink()
+            && link.uid() != euid
+            && link.uid() != 0
+        {
+            return Err(SecretError::DirectoryNotOwned {
+                path: path.to_path_buf(),
+                directory: step.to_path_buf(),
+                owner: link.uid(),
+                euid,
+            });
+        }
+    }
     let mut checked: Vec<&Path> = Vec::new();
     for directory in named
         .ancestors()
@@ -422,7 +439,9 @@ fn check_directories(path: &Path, euid: u32) -> Result<(), SecretError> {
                 euid,
             });
         }
-        if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+        let others_can_write = meta.mode() & 0o002 != 0
+            || (meta.mode() & 0o020 != 0 && !group_is_private_to(meta.gid(), meta.uid()));
+        if others_can_write && meta.mode() & 0o1000 == 0 {
             return Err(SecretError::DirectoryOpenToOthers {
                 path: path.to_path_buf(),
                 directory: directory.to_path_buf(),
@@ -432,6 +451,103 @@ fn check_directories(path: &Path, euid: u32) -> Result<(), SecretError> {
         checked.push(directory);
     }
     Ok(())
+}
+
+/// Whether group `gid` is the private group of user `uid`, as the user-private-group scheme
+/// makes one for every user (with umask 002, so that their directories are group-writable):
+/// named after the user, and with no member listed but the user. Group write on a directory
+/// of such a group lets nobody else in, so it is accepted, as Debian's sshd accepts it.
+/// (Debian also checks that no other user has the group as primary group, which needs the
+/// whole user database; the name stands in for that here.)
+#[cfg(unix)]
+fn group_is_private_to(gid: u32, uid: u32) -> bool {
+    let (Some(user), Some((group, members))) = (user_name(uid), group_name_and_members(gid)) else {
+        return false;
+    };
+    group == user && members.iter().all(|member| *member == user)
+}
+
+/// Calls a `get*_r` lookup with a buffer that grows while the entry does not fit (ERANGE), up
+/// to 1 MiB. `lookup` returns the function's result code; it reads what it found itself.
+#[cfg(unix)]
+fn lookup_with_growing_buffer(mut lookup: impl FnMut(&mut Vec<libc::c_char>) -> libc::c_int) {
+    let mut buffer = vec![0 as libc::c_char; 1024];
+    while lookup(&mut buffer) == libc::ERANGE && buffer.len() < 1 << 20 {
+        let grown = buffer.len() * 2;
+        buffer.resize(grown, 0);
+    }
+}
+
+/// The name of user `uid`, from the user database.
+#[cfg(unix)]
+fn user_name(uid: u32) -> Option<String> {
+    // SAFETY: zeroed is a valid `passwd` (null pointers), filled in by getpwuid_r.
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    let mut name = None;
+    lookup_with_growing_buffer(|buffer| {
+        // SAFETY: every pointer is valid for the call; strings land in `buffer`.
+        let code = unsafe {
+            libc::getpwuid_r(
+                uid,
+                &mut entry,
+                buffer.as_mut_ptr(),
+                buffer.len(),
+                &mut found,
+            )
+        };
+        if code == 0 && !found.is_null() {
+            // SAFETY: on success pw_name is a NUL-terminated string in `buffer`.
+            name = Some(
+                unsafe { std::ffi::CStr::from_ptr(entry.pw_name) }
+                    .to_bytes()
+                    .to_vec(),
+            );
+        }
+        code
+    });
+    name.and_then(|name| String::from_utf8(name).ok())
+}
+
+/// The name of group `gid` and the user names it lists as members, from the group database.
+#[cfg(unix)]
+fn group_name_and_members(gid: u32) -> Option<(String, Vec<String>)> {
+    // SAFETY: zeroed is a valid `group` (null pointers), filled in by getgrgid_r.
+    let mut entry: libc::group = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    let mut result = None;
+    lookup_with_growing_buffer(|buffer| {
+        // SAFETY: every pointer is valid for the call; strings land in `buffer`.
+        let code = unsafe {
+            libc::getgrgid_r(
+                gid,
+                &mut entry,
+                buffer.as_mut_ptr(),
+                buffer.len(),
+                &mut found,
+            )
+        };
+        if code == 0 && !found.is_null() {
+            let text = |ptr: *const libc::c_char| {
+                // SAFETY: on success the name and each member are NUL-terminated strings
+                // in `buffer`, and gr_mem is a null-terminated array of them.
+                String::from_utf8_lossy(unsafe { std::ffi::CStr::from_ptr(ptr) }.to_bytes())
+                    .into_owned()
+            };
+            let mut members = Vec::new();
+            let mut member = entry.gr_mem;
+            // SAFETY: gr_mem is a null-terminated array of string pointers in `buffer`.
+            unsafe {
+                while !member.is_null() && !(*member).is_null() {
+                    members.push(text(*member));
+                    member = member.add(1);
+                }
+            }
+            result = Some((text(entry.gr_name), members));
+        }
+        code
+    });
+    result
 }
 
 /// Opens for reading without waiting: opening a FIFO blocks until a writer comes, unless
@@ -544,8 +660,9 @@ pub fn generate(path: &Path, overwrite: bool) -> Result<(), SecretError> {
 ///
 /// On Unix the new file is mode `0600` plus the old file's group read bit, so a secret set up
 /// as `root:rcmd 0640` for a service's group stays readable by that service and rotating it
-/// does not lock the service out; anything more is taken away. It gets the old file's owner
-/// and group (root can give it any; an owner can give it a group it is in).
+/// does not lock the service out; anything more is taken away. It gets the old file's owner,
+/// and its group when that group may read it (root can give it any; an owner can give it a
+/// group it is in).
 fn replace(
     path: &Path,
     content: &[u8],
@@ -572,7 +689,12 @@ fn replace(
     prepared?;
     fs::rename(&temporary.path, path).map_err(io_error)?;
     temporary.keep();
-    sync_directory(directory).map_err(io_error)
+    sync_directory(directory).map_err(|e| {
+        io_error(io::Error::new(
+            e.kind(),
+            format!("the new secret is in place, but syncing its directory failed: {e}"),
+        ))
+    })
 }
 
 /// Gives the new file of [`replace`] its mode and owner, then `content`, synced.
@@ -592,12 +714,16 @@ fn prepare_replacement(
             .map_err(io_error)?;
         if let Some(meta) = previous {
             let ours = file.metadata().map_err(io_error)?;
-            if (ours.uid(), ours.gid()) != (meta.uid(), meta.gid()) {
-                std::os::unix::fs::fchown(&*file, Some(meta.uid()), Some(meta.gid())).map_err(
+            // The group matters only if it may read the secret: a file whose group was never
+            // given access (`install -o user` leaves it root's) keeps the new file's own group,
+            // which its owner could not change it from.
+            let wanted_gid = if kept != 0 { meta.gid() } else { ours.gid() };
+            if (ours.uid(), ours.gid()) != (meta.uid(), wanted_gid) {
+                std::os::unix::fs::fchown(&*file, Some(meta.uid()), Some(wanted_gid)).map_err(
                     |error| SecretError::CannotKeepOwner {
                         path: path.to_path_buf(),
                         uid: meta.uid(),
-                        gid: meta.gid(),
+                        gid: wanted_gid,
                         error,
                     },
                 )?;
@@ -1047,6 +1173,58 @@ mod tests {
         assert!(load_for_server(&path).is_ok());
     }
 
+    /// A symbolic link on the way to the secret, owned by another user, is refused: its owner
+    /// could point it at a directory of their own.
+    #[cfg(unix)]
+    #[test]
+    fn a_server_refuses_a_secret_reached_through_another_users_link() {
+        if !running_as_root("a_server_refuses_a_secret_reached_through_another_users_link") {
+            return;
+        }
+        let top = tempfile::tempdir().unwrap();
+        let real = top.path().join("real");
+        fs::create_dir(&real).unwrap();
+        generate(&real.join("secret"), false).unwrap();
+        let link = top.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(load_for_server(&link.join("secret")).is_ok());
+        std::os::unix::fs::lchown(&link, Some(NOBODY), Some(NOBODY)).unwrap();
+        assert!(matches!(
+            load_for_server(&link.join("secret")),
+            Err(SecretError::DirectoryNotOwned { directory, owner: NOBODY, .. }) if directory == link
+        ));
+    }
+
+    /// A directory whose group is its owner's private group (user private groups, with umask
+    /// 002: named after the user, no other member) may be group-writable, as Debian's sshd
+    /// allows: nobody else is in that group. Root's group `root` is such a group here; `nogroup`
+    /// is nobody's private group, not root's.
+    #[cfg(unix)]
+    #[test]
+    fn a_group_writable_directory_of_the_owners_private_group_is_accepted() {
+        use std::os::unix::fs::PermissionsExt;
+        if !running_as_root("a_group_writable_directory_of_the_owners_private_group_is_accepted") {
+            return;
+        }
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("home");
+        fs::create_dir(&dir).unwrap();
+        let path = dir.join("secret");
+        generate(&path, false).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o775)).unwrap();
+        assert!(
+            group_is_private_to(0, 0),
+            "root's group is not private to it here"
+        );
+        std::os::unix::fs::chown(&dir, Some(0), Some(0)).unwrap();
+        assert!(load_for_server(&path).is_ok());
+        std::os::unix::fs::chown(&dir, Some(0), Some(NOBODY)).unwrap();
+        assert!(matches!(
+            load_for_server(&path),
+            Err(SecretError::DirectoryOpenToOthers { .. })
+        ));
+    }
+
     /// Whoever can change a directory on the way to the secret file can put another secret in
     /// its place: a directory that its group or everyone can write is refused unless it has
     /// the sticky bit (`/tmp`), and so is one owned by another user.
@@ -1062,9 +1240,19 @@ mod tests {
         let chmod = |dir: &Path, mode| {
             fs::set_permissions(dir, fs::Permissions::from_mode(mode)).unwrap();
         };
+        // Group write is refused only for a group that is not the owner's private one (see
+        // the next test): as root, give the directory a group that is not.
+        if running_as_root("the group-writable cases") {
+            std::os::unix::fs::chown(&dir, None, Some(NOBODY)).unwrap();
+        }
+        let group_is_shared = {
+            use std::os::unix::fs::MetadataExt;
+            let meta = fs::metadata(&dir).unwrap();
+            !group_is_private_to(meta.gid(), meta.uid())
+        };
         for (mode, refused) in [
             (0o777, true),
-            (0o770, true),
+            (0o770, group_is_shared),
             (0o702, true),
             (0o1777, false),
             (0o1770, false),

@@ -194,3 +194,47 @@ fn keygen_force_that_cannot_keep_the_owner_changes_nothing_and_leaves_no_file() 
     assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o666));
     assert_eq!(names_in(&dir), ["secret"]);
 }
+
+/// A user's own secret file whose group is not one of theirs (`install -o user` leaves it
+/// root's) and may not read it: rotating it keeps the owner and gives the new file the user's
+/// own group, rather than failing because that group cannot be kept.
+#[test]
+fn keygen_force_by_the_owner_does_not_need_a_group_that_cannot_read() {
+    let test = "keygen_force_by_the_owner_does_not_need_a_group_that_cannot_read";
+    if !running_as_root(test) {
+        return;
+    }
+    let top = tempfile::tempdir().unwrap();
+    fs::set_permissions(top.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(binary) = binary_for_nobody(top.path()) else {
+        eprintln!("note: {test} skipped: user {NOBODY} cannot run the binary");
+        return;
+    };
+    let dir = top.path().join("nobodys");
+    fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let path = dir.join("secret");
+    fs::write(&path, "nobody's secret, 32 bytes or more long\n").unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&path, Some(NOBODY), Some(0)).unwrap();
+    let mut command = Command::new(binary);
+    command
+        .args(["keygen", "--force", "--secret-file"])
+        .arg(&path)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .env_remove("RCMD_SECRET_FILE")
+        .stdin(Stdio::null());
+    let output: Output = output_within(command, WAIT);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    let meta = fs::metadata(&path).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (NOBODY, NOBODY, 0o600)
+    );
+    assert_ne!(
+        fs::read_to_string(&path).unwrap(),
+        "nobody's secret, 32 bytes or more long\n"
+    );
+    assert_eq!(names_in(&dir), ["secret"]);
+}
