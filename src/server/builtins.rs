@@ -183,7 +183,11 @@ pub fn parse_sh_cd(command: &str, var: impl Fn(&str) -> Option<OsString>) -> Opt
 fn without_final_semicolon(command: &str) -> Option<&str> {
     let before = command.trim_end().strip_suffix(';')?;
     let escaped_or_doubled = before.ends_with(['\\', ';']);
-    (!escaped_or_doubled && has_no_list_operators(before)).then_some(before)
+    // A newline before the `;` ends the command there, and `;` alone is a syntax error in
+    // `sh` (a backslash-newline continues the line instead).
+    let words = before.trim_end();
+    let cut_by_a_newline = before[words.len()..].contains('\n') && !words.ends_with('\\');
+    (!escaped_or_doubled && !cut_by_a_newline && has_no_list_operators(before)).then_some(before)
 }
 
 /// One word of a shell command after quote removal and expansion.
@@ -779,6 +783,10 @@ mod tests {
         assert_eq!(sh("cd /etc\\;"), path("/etc;"));
         assert_eq!(sh("cd '/etc;'"), path("/etc;"));
         assert_eq!(sh("cd /etc;;"), None);
+        // `;` on a line of its own is a syntax error in sh; after a backslash-newline it is not.
+        assert_eq!(sh("cd /etc\n;"), None);
+        assert_eq!(sh("cd /etc # c\n;"), None);
+        assert_eq!(sh("cd /etc\\\n;"), path("/etc"));
         assert_eq!(sh("cd /etc; ls;"), None);
         assert_eq!(sh("cd /etc & ;"), None);
     }
