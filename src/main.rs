@@ -782,6 +782,9 @@ fn demo(args: DemoArgs) -> u8 {
         Ok(secret) => secret,
         Err(e) => return fail(EXIT_FAILURE, e),
     };
+    // Its server is reachable by anyone with the secret, like `serve`'s.
+    #[cfg(unix)]
+    rcmd::server::process::keep_inherited_descriptors_from_commands();
     let workdir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let config = ServerConfig {
         secret,

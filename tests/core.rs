@@ -893,3 +893,28 @@ fn commands_do_not_inherit_the_servers_term() {
     let output = server.run("echo \"TERM=[${TERM-unset}] $RCMD_TEST_KEPT\"");
     assert_eq!(stdout_of(&output), "TERM=[unset] kept\n");
 }
+
+/// The demo's server, reachable by anyone with the secret, keeps its process's inherited
+/// descriptors from its commands too.
+#[cfg(target_os = "linux")]
+#[test]
+fn descriptors_the_demo_inherited_do_not_reach_its_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("only-for-the-wrapper");
+    std::fs::write(&private, "not for clients\n").unwrap();
+    let secret = SecretFile::new();
+    let mut command = std::process::Command::new("sh");
+    command.arg("-c").arg(format!(
+        "exec 7<'{}'; exec '{}' demo --secret-file '{}'",
+        private.display(),
+        rcmd_bin(),
+        secret.path.display()
+    ));
+    let output = typed_into(command, "cat <&7\nexit 0\n");
+    assert!(
+        !stdout_of(&output).contains("not for clients"),
+        "{}",
+        stdout_of(&output)
+    );
+    assert!(stderr_of(&output).contains("7"), "{}", stderr_of(&output));
+}

@@ -439,7 +439,8 @@ pub fn keep_commands_off_the_terminal() {
 /// reach a command on purpose (nothing does today: commands get their pipes as fds 0-2).
 pub fn keep_inherited_descriptors_from_commands() {
     // Linux 5.11 and later do it in one call; elsewhere, and on older kernels, one descriptor
-    // at a time from the list of open ones.
+    // at a time from the list of open ones (which FreeBSD's /dev/fd gives in full only with
+    // fdescfs mounted, hence its own call below).
     #[cfg(target_os = "linux")]
     {
         // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes descriptor flags.
@@ -449,6 +450,21 @@ pub fn keep_inherited_descriptors_from_commands() {
                 3 as libc::c_uint,
                 libc::c_uint::MAX,
                 libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if done == 0 {
+            return;
+        }
+    }
+    // FreeBSD 13 and later have it as a function.
+    #[cfg(target_os = "freebsd")]
+    {
+        // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes descriptor flags.
+        let done = unsafe {
+            libc::close_range(
+                3,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
             )
         };
         if done == 0 {
