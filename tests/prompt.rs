@@ -112,6 +112,18 @@ impl Terminal {
     }
 
     /// Whether the terminal is in the line editor's raw mode (no canonical input, no echo).
+    /// Turns off the echo of control characters (`stty -echoctl`): a typed Ctrl-C shows nothing.
+    fn stop_echoing_control_characters(&self) {
+        // SAFETY: tcgetattr fills the termios on success, checked before it is changed.
+        unsafe {
+            let mut settings: libc::termios = std::mem::zeroed();
+            let fd = self.program_side.as_raw_fd();
+            assert_eq!(libc::tcgetattr(fd, &mut settings), 0);
+            settings.c_lflag &= !libc::ECHOCTL;
+            assert_eq!(libc::tcsetattr(fd, libc::TCSANOW, &settings), 0);
+        }
+    }
+
     fn is_raw(&self) -> bool {
         // SAFETY: tcgetattr fills the termios on success, checked before it is read.
         unsafe {
@@ -532,6 +544,59 @@ fn the_status_after_ctrl_c_starts_on_a_line_of_its_own() {
     let screen = terminal.screen();
     assert!(
         screen.contains("^C\r\nrcmd: killed by signal 2"),
+        "{screen:?}"
+    );
+    terminal.type_text("exit 0\r");
+    assert_eq!(exit_code(&mut client), Some(0));
+}
+
+/// A terminal that does not echo `^C` (`stty -echoctl`) gets no blank line before the status.
+#[test]
+fn no_blank_line_after_ctrl_c_when_the_terminal_does_not_echo_it() {
+    let server = TestServer::start(&[]);
+    let config = tempfile::tempdir().unwrap();
+    let mut terminal = Terminal::open();
+    terminal.stop_echoing_control_characters();
+    let mut client = terminal.connect(&server, &config);
+    terminal.wait_for(PROMPT, 1);
+    let marker = unique_sleep_marker();
+    terminal.type_text(&format!("echo before; sleep 30 {marker}\r"));
+    terminal.wait_for("\r\nbefore\r\n", 1);
+    assert!(eventually(Duration::from_secs(10), || !sleeps_matching(
+        &marker
+    )
+    .is_empty()));
+    signal(client.id(), "INT");
+    terminal.wait_for("killed by signal 2", 1);
+    let screen = terminal.screen();
+    assert!(
+        screen.contains("\r\nbefore\r\nrcmd: killed by signal 2"),
+        "{screen:?}"
+    );
+    terminal.type_text("exit 0\r");
+    assert_eq!(exit_code(&mut client), Some(0));
+}
+
+/// Output that reaches the terminal after the press (here the command's own trap) comes after
+/// the echoed `^C`, so the status follows it with no blank line.
+#[test]
+fn no_blank_line_after_ctrl_c_when_output_followed_the_echo() {
+    let (_server, _config, mut terminal, mut client) = connect_at_a_terminal();
+    let marker = unique_sleep_marker();
+    terminal.type_text(&format!(
+        "trap 'echo after; kill $!; exit 3' INT; sleep 30 {marker} & wait\r"
+    ));
+    assert!(eventually(Duration::from_secs(10), || !sleeps_matching(
+        &marker
+    )
+    .is_empty()));
+    terminal.type_text("\x03");
+    terminal.wait_for("^C", 1);
+    signal(client.id(), "INT");
+    terminal.wait_for("exit status 3", 1);
+    let screen = terminal.screen();
+    assert!(
+        screen.contains("^Cafter\r\nrcmd: exit status 3"),
         "{screen:?}"
     );
     terminal.type_text("exit 0\r");

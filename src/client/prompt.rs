@@ -340,6 +340,9 @@ struct LineTrackingSink {
     terminal_mid_line: bool,
     /// The last bytes written to stderr did not end a line (matters when stderr is a file).
     stderr_mid_line: bool,
+    /// Ctrl-C presses so far when output last reached the terminal: if one came later, its
+    /// echoed `^C` is the last thing on the screen.
+    presses_at_last_terminal_write: u32,
 }
 
 impl LineTrackingSink {
@@ -350,6 +353,7 @@ impl LineTrackingSink {
             stderr_is_terminal: io::stderr().is_terminal(),
             terminal_mid_line: false,
             stderr_mid_line: false,
+            presses_at_last_terminal_write: 0,
         }
     }
 
@@ -375,15 +379,42 @@ impl LineTrackingSink {
 }
 
 impl LineTrackingSink {
-    /// After Ctrl-C during a command: the terminal echoed `^C` where its cursor was. Mid-line,
-    /// [`Self::end_partial_line`] ends that line after the echo; at the start of a line the
-    /// echo opened one of its own, which this ends, so that the status line does not read
-    /// `^Crcmd: killed by signal 2` (a shell, too, starts a new line after an interrupted job).
+    /// After Ctrl-C during a command: a terminal that echoes control characters showed `^C`
+    /// where its cursor was. Mid-line, [`Self::end_partial_line`] ends that line after the
+    /// echo; at the start of a line the echo opened one of its own, which this ends, so that
+    /// the status line does not read `^Crcmd: killed by signal 2` (a shell, too, starts a new
+    /// line after an interrupted job). Not if output reached the terminal after the press (the
+    /// echo is not the last thing on the screen then), nor if the terminal does not echo it.
     fn end_line_after_echoed_interrupt(&mut self) {
-        if self.stderr_is_terminal && !self.terminal_mid_line && !self.stderr_mid_line {
+        let echo_is_last = self.presses_at_last_terminal_write != interrupt::presses_so_far();
+        if echo_is_last
+            && self.stderr_is_terminal
+            && !self.terminal_mid_line
+            && !self.stderr_mid_line
+            && terminal_echoes_control_characters()
+        {
             let _ = self.inner.stderr(b"\n");
         }
     }
+}
+
+/// Whether the terminal on stdin echoes a typed Ctrl-C as `^C` (`ECHO` and `ECHOCTL`, as
+/// terminals are usually set; `stty -echoctl` turns it off).
+#[cfg(unix)]
+fn terminal_echoes_control_characters() -> bool {
+    // SAFETY: tcgetattr fills the termios on success, checked before it is read.
+    unsafe {
+        let mut settings: libc::termios = std::mem::zeroed();
+        libc::tcgetattr(libc::STDIN_FILENO, &mut settings) == 0
+            && settings.c_lflag & libc::ECHO != 0
+            && settings.c_lflag & libc::ECHOCTL != 0
+    }
+}
+
+/// Windows' console does not echo Ctrl-C where the cursor is.
+#[cfg(not(unix))]
+fn terminal_echoes_control_characters() -> bool {
+    false
 }
 
 fn ends_mid_line(bytes: &[u8]) -> bool {
@@ -395,6 +426,7 @@ impl OutputSink for LineTrackingSink {
         self.inner.stdout(bytes)?;
         if self.stdout_is_terminal && !bytes.is_empty() {
             self.terminal_mid_line = ends_mid_line(bytes);
+            self.presses_at_last_terminal_write = interrupt::presses_so_far();
         }
         Ok(())
     }
@@ -405,6 +437,7 @@ impl OutputSink for LineTrackingSink {
             self.stderr_mid_line = ends_mid_line(bytes);
             if self.stderr_is_terminal {
                 self.terminal_mid_line = self.stderr_mid_line;
+                self.presses_at_last_terminal_write = interrupt::presses_so_far();
             }
         }
         Ok(())
