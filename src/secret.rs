@@ -587,12 +587,13 @@ pub fn require_existing_directory(path: &Path) -> Result<(), SecretError> {
 /// Writes a new random secret (32 bytes from the OS, as hex) to `path`, readable by its owner
 /// only. Creates the parent directory (owner-only) if needed.
 ///
-/// A new file is created exclusively. An existing one (`overwrite`) is not written in place
-/// but replaced: the new secret goes to a new file next to it, which is then renamed over it,
-/// so whoever still has the old file open (it was readable to them once) keeps reading the
-/// old secret, never the new one. The new file gets the old one's owner and group and its
-/// group read access (see [`replace`]). A symbolic link is refused, neither followed (which
-/// would overwrite whatever it points to) nor replaced.
+/// A new file is created exclusively. On Unix an existing one (`overwrite`) is not written in
+/// place but replaced: the new secret goes to a new file next to it, which is then renamed
+/// over it, so whoever still has the old file open (it was readable to them once) keeps
+/// reading the old secret, never the new one. The new file gets the old one's owner and group
+/// and its group read access (see `replace`). On Windows it is written in place, to keep the
+/// file's own ACL (see `overwrite_in_place`). A symbolic link is refused, neither followed
+/// (which would overwrite whatever it points to) nor replaced.
 ///
 /// # Errors
 /// [`SecretError::Exists`] if the file exists and `overwrite` is false;
@@ -628,7 +629,14 @@ pub fn generate(path: &Path, overwrite: bool) -> Result<(), SecretError> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(io_error(e)),
         };
+        #[cfg(unix)]
         return replace(path, content.as_bytes(), previous.as_ref());
+        #[cfg(not(unix))]
+        {
+            // The file's metadata matters only to `replace` (owner, group, mode).
+            let _ = previous;
+            return overwrite_in_place(path, content.as_bytes());
+        }
     }
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -663,6 +671,7 @@ pub fn generate(path: &Path, overwrite: bool) -> Result<(), SecretError> {
 /// does not lock the service out; anything more is taken away. It gets the old file's owner,
 /// and its group when that group may read it (root can give it any; an owner can give it a
 /// group it is in).
+#[cfg(unix)]
 fn replace(
     path: &Path,
     content: &[u8],
@@ -683,7 +692,7 @@ fn replace(
         ))
     })?;
     let prepared = prepare_replacement(&mut file, path, content, previous);
-    // Closed before the rename, which Windows may refuse for an open file.
+    // Closed before the rename: all of it is written and synced.
     drop(file);
     // On an early return, dropping `temporary` removes the new file.
     prepared?;
@@ -698,6 +707,7 @@ fn replace(
 }
 
 /// Gives the new file of [`replace`] its mode and owner, then `content`, synced.
+#[cfg(unix)]
 fn prepare_replacement(
     file: &mut fs::File,
     path: &Path,
@@ -705,7 +715,6 @@ fn prepare_replacement(
     previous: Option<&fs::Metadata>,
 ) -> Result<(), SecretError> {
     let io_error = |e| SecretError::Io(path.to_path_buf(), e);
-    #[cfg(unix)]
     {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         // The mode first, while the file is still ours to change.
@@ -730,18 +739,36 @@ fn prepare_replacement(
             }
         }
     }
-    #[cfg(not(unix))]
-    let _ = previous;
+    file.write_all(content).map_err(io_error)?;
+    file.sync_all().map_err(io_error)
+}
+
+/// Windows: the new secret is written into the existing file. A new file renamed into place
+/// would take its directory's inherited ACL instead of the file's own, and an administrator
+/// may have narrowed the file's (under `ProgramData`, whose inherited ACL lets every user
+/// read, that would widen who can read the secret). Whoever has the file open can read the
+/// new secret through it, which on Windows the file's ACL decided when they opened it.
+#[cfg(not(unix))]
+fn overwrite_in_place(path: &Path, content: &[u8]) -> Result<(), SecretError> {
+    let io_error = |e| SecretError::Io(path.to_path_buf(), e);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io_error)?;
     file.write_all(content).map_err(io_error)?;
     file.sync_all().map_err(io_error)
 }
 
 /// A file to be removed when this is dropped, unless [`Self::keep`] says otherwise.
+#[cfg(unix)]
 struct Temporary {
     path: PathBuf,
     remove: bool,
 }
 
+#[cfg(unix)]
 impl Temporary {
     /// The file stays: it has been renamed into place.
     fn keep(mut self) {
@@ -749,6 +776,7 @@ impl Temporary {
     }
 }
 
+#[cfg(unix)]
 impl Drop for Temporary {
     fn drop(&mut self) {
         if self.remove {
@@ -759,6 +787,7 @@ impl Drop for Temporary {
 
 /// Creates a new file (exclusively, owner-only) of a random name, `.NAME.HEX.tmp`, in the
 /// directory of `path`.
+#[cfg(unix)]
 fn create_temporary_next_to(path: &Path) -> io::Result<(fs::File, Temporary)> {
     let name = path
         .file_name()
@@ -798,25 +827,17 @@ fn create_temporary_next_to(path: &Path) -> io::Result<(fs::File, Temporary)> {
     }
 }
 
-/// Makes a rename in `directory` durable. Not on Windows, which cannot open a directory as a
-/// file; nor where the file system cannot sync a directory.
+/// Makes a rename in `directory` durable, where the file system can sync a directory.
+#[cfg(unix)]
 fn sync_directory(directory: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        match fs::File::open(directory).and_then(|dir| dir.sync_all()) {
+    match fs::File::open(directory).and_then(|dir| dir.sync_all()) {
+        Err(e)
+            if e.kind() != io::ErrorKind::InvalidInput
+                && e.kind() != io::ErrorKind::Unsupported =>
+        {
             Err(e)
-                if e.kind() != io::ErrorKind::InvalidInput
-                    && e.kind() != io::ErrorKind::Unsupported =>
-            {
-                Err(e)
-            }
-            _ => Ok(()),
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = directory;
-        Ok(())
+        _ => Ok(()),
     }
 }
 
@@ -1017,6 +1038,7 @@ mod tests {
     }
 
     /// The names in `dir`, sorted.
+    #[cfg(unix)]
     fn names_in(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir)
             .unwrap()
@@ -1043,9 +1065,8 @@ mod tests {
 
     /// Whoever had the old secret file open (while it was readable to them, or before they left
     /// the service's group) must not read the new secret through it: rotation replaces the file
-    /// rather than writing into it. (Unix only: under Wine, where CI runs the Windows tests,
-    /// renaming over a file that is open fails with "access denied", so there `keygen --force`
-    /// reports that error while another program holds the file open.)
+    /// rather than writing into it. (Unix only: on Windows rotation writes into the file, to
+    /// keep its own ACL; see `overwrite_in_place`.)
     #[cfg(unix)]
     #[test]
     fn rotation_leaves_a_descriptor_on_the_old_file_reading_the_old_secret() {
