@@ -521,33 +521,43 @@ fn sigterm_ends_the_client_while_its_terminal_is_stopped() {
     assert!(ended.is_some(), "SIGTERM did not end the client");
 }
 
-/// After Ctrl-C stops a command, the terminal's echoed `^C` ends its line before rcmd's status
-/// line, as a shell starts a new line after an interrupted job: not `^Crcmd: killed by ...`.
-#[test]
-fn the_status_after_ctrl_c_starts_on_a_line_of_its_own() {
-    let (_server, _config, mut terminal, mut client) = connect_at_a_terminal();
+/// Types `command` (where `MARKER` stands for a fresh sleep marker) at the prompt, waits until
+/// its `sleep MARKER` runs (a SIGINT that reaches `sh -c` just before it execs is lost with the
+/// shell's handler), presses Ctrl-C (the terminal echoes what it echoes; it is not the
+/// client's controlling terminal, so the SIGINT it would send is sent by hand), waits for
+/// `until` on the screen, leaves, and returns the screen.
+fn interrupt_at_the_prompt(
+    terminal: &mut Terminal,
+    mut client: Child,
+    command: &str,
+    until: &str,
+) -> String {
     let marker = unique_sleep_marker();
-    terminal.type_text(&format!("echo before; sleep 30 {marker}\r"));
-    terminal.wait_for("\r\nbefore\r\n", 1);
-    // Once `sleep` runs: a SIGINT that reaches `sh -c` just before it execs the command is lost
-    // with the shell's handler.
+    terminal.type_text(&format!("{}\r", command.replace("MARKER", &marker)));
     assert!(eventually(Duration::from_secs(10), || !sleeps_matching(
         &marker
     )
     .is_empty()));
-    // The terminal echoes the ^C; it is not the client's controlling terminal, so the signal
-    // it would send is sent by hand.
     terminal.type_text("\x03");
-    terminal.wait_for("^C", 1);
     signal(client.id(), "INT");
-    terminal.wait_for("killed by signal 2", 1);
+    terminal.wait_for(until, 1);
     let screen = terminal.screen();
-    assert!(
-        screen.contains("^C\r\nrcmd: killed by signal 2"),
-        "{screen:?}"
-    );
     terminal.type_text("exit 0\r");
     assert_eq!(exit_code(&mut client), Some(0));
+    screen
+}
+
+/// After Ctrl-C stops a command, the terminal's echoed `^C` ends its line before rcmd's status
+/// line, as a shell starts a new line after an interrupted job: not `^Crcmd: killed by ...`.
+#[test]
+fn the_status_after_ctrl_c_starts_on_a_line_of_its_own() {
+    let (_server, _config, mut terminal, client) = connect_at_a_terminal();
+    let command = "echo before; sleep 30 MARKER";
+    let screen = interrupt_at_the_prompt(&mut terminal, client, command, "killed by signal 2");
+    assert!(
+        screen.contains("before\r\n^C\r\nrcmd: killed by signal 2"),
+        "{screen:?}"
+    );
 }
 
 /// A terminal that does not echo `^C` (`stty -echoctl`) gets no blank line before the status.
@@ -557,48 +567,26 @@ fn no_blank_line_after_ctrl_c_when_the_terminal_does_not_echo_it() {
     let config = tempfile::tempdir().unwrap();
     let mut terminal = Terminal::open();
     terminal.stop_echoing_control_characters();
-    let mut client = terminal.connect(&server, &config);
+    let client = terminal.connect(&server, &config);
     terminal.wait_for(PROMPT, 1);
-    let marker = unique_sleep_marker();
-    terminal.type_text(&format!("echo before; sleep 30 {marker}\r"));
-    terminal.wait_for("\r\nbefore\r\n", 1);
-    assert!(eventually(Duration::from_secs(10), || !sleeps_matching(
-        &marker
-    )
-    .is_empty()));
-    signal(client.id(), "INT");
-    terminal.wait_for("killed by signal 2", 1);
-    let screen = terminal.screen();
+    let command = "echo before; sleep 30 MARKER";
+    let screen = interrupt_at_the_prompt(&mut terminal, client, command, "killed by signal 2");
+    // The bare control character it echoes shows nothing.
     assert!(
-        screen.contains("\r\nbefore\r\nrcmd: killed by signal 2"),
+        screen.contains("\r\nbefore\r\n\x03rcmd: killed by signal 2"),
         "{screen:?}"
     );
-    terminal.type_text("exit 0\r");
-    assert_eq!(exit_code(&mut client), Some(0));
 }
 
 /// Output that reaches the terminal after the press (here the command's own trap) comes after
 /// the echoed `^C`, so the status follows it with no blank line.
 #[test]
 fn no_blank_line_after_ctrl_c_when_output_followed_the_echo() {
-    let (_server, _config, mut terminal, mut client) = connect_at_a_terminal();
-    let marker = unique_sleep_marker();
-    terminal.type_text(&format!(
-        "trap 'echo after; kill $!; exit 3' INT; sleep 30 {marker} & wait\r"
-    ));
-    assert!(eventually(Duration::from_secs(10), || !sleeps_matching(
-        &marker
-    )
-    .is_empty()));
-    terminal.type_text("\x03");
-    terminal.wait_for("^C", 1);
-    signal(client.id(), "INT");
-    terminal.wait_for("exit status 3", 1);
-    let screen = terminal.screen();
+    let (_server, _config, mut terminal, client) = connect_at_a_terminal();
+    let command = "trap 'echo after; kill $!; exit 3' INT; sleep 30 MARKER & wait";
+    let screen = interrupt_at_the_prompt(&mut terminal, client, command, "exit status 3");
     assert!(
         screen.contains("^Cafter\r\nrcmd: exit status 3"),
         "{screen:?}"
     );
-    terminal.type_text("exit 0\r");
-    assert_eq!(exit_code(&mut client), Some(0));
 }

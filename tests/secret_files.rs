@@ -6,7 +6,6 @@
 mod util;
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -104,25 +103,6 @@ fn keygen_force_refuses_a_symbolic_link() {
     assert_eq!(names_in(dir.path()), ["precious", "secret"]);
 }
 
-/// Someone who opened the secret file while they could (it was 0644, or they were in its
-/// group) reads only the secret of that time through the open file, never the rotated one.
-#[test]
-fn keygen_force_leaves_an_open_old_file_with_the_old_secret() {
-    let secret = SecretFile::new();
-    let old = fs::read(&secret.path).unwrap();
-    let mut reader = fs::File::open(&secret.path).unwrap();
-    let output = output_within(keygen_force(&secret.path), WAIT);
-    assert!(output.status.success(), "{}", stderr_of(&output));
-    let new = fs::read(&secret.path).unwrap();
-    assert_ne!(new, old);
-    reader.seek(SeekFrom::Start(0)).unwrap();
-    let mut seen = Vec::new();
-    reader.read_to_end(&mut seen).unwrap();
-    assert_eq!(seen, old, "the old descriptor reads the new secret");
-    assert_eq!(fs::metadata(&secret.path).unwrap().mode() & 0o7777, 0o600);
-    assert_eq!(names_in(secret.dir.path()), ["secret"]);
-}
-
 /// A path to the binary that `nobody` can run: the built one if it can, else a copy in a
 /// directory it can reach (the build may be under a home directory only root can enter).
 fn binary_for_nobody(scratch: &Path) -> Option<PathBuf> {
@@ -146,28 +126,42 @@ fn binary_for_nobody(scratch: &Path) -> Option<PathBuf> {
     runs(&copy).then_some(copy)
 }
 
-/// A user rotating a secret file that is not theirs, in a directory that is: the new file
-/// cannot be given the old one's owner, so nothing changes, the message says why, and the new
-/// file is removed again.
-#[test]
-fn keygen_force_that_cannot_keep_the_owner_changes_nothing_and_leaves_no_file() {
-    let test = "keygen_force_that_cannot_keep_the_owner_changes_nothing_and_leaves_no_file";
+/// A secret file rotated by `nobody`, in a directory of nobody's: what the file held before,
+/// and where it is.
+struct RotatedByNobody {
+    _top: tempfile::TempDir,
+    dir: PathBuf,
+    path: PathBuf,
+    old: &'static str,
+    output: Output,
+}
+
+/// Runs `keygen --force` as `nobody` on a secret file in a directory `nobody` owns, the file
+/// made with `mode`, `owner` and `group` first. `None` (with a note) unless running as root,
+/// which alone can set this up, and `nobody` can run the binary.
+fn keygen_force_as_nobody(
+    test: &str,
+    mode: u32,
+    owner: u32,
+    group: u32,
+) -> Option<RotatedByNobody> {
     if !running_as_root(test) {
-        return;
+        return None;
     }
     let top = tempfile::tempdir().unwrap();
     fs::set_permissions(top.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let Some(binary) = binary_for_nobody(top.path()) else {
         eprintln!("note: {test} skipped: user {NOBODY} cannot run the binary");
-        return;
+        return None;
     };
     let dir = top.path().join("nobodys");
     fs::create_dir(&dir).unwrap();
     std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
     let path = dir.join("secret");
-    fs::write(&path, "root's secret, 32 bytes or more long\n").unwrap();
-    // Readable and writable by nobody (so it could be rotated in place), owned by root.
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+    let old = "the old secret, 32 bytes or more long\n";
+    fs::write(&path, old).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+    std::os::unix::fs::chown(&path, Some(owner), Some(group)).unwrap();
     let mut command = Command::new(binary);
     command
         .args(["keygen", "--force", "--secret-file"])
@@ -176,23 +170,43 @@ fn keygen_force_that_cannot_keep_the_owner_changes_nothing_and_leaves_no_file() 
         .gid(NOBODY)
         .env_remove("RCMD_SECRET_FILE")
         .stdin(Stdio::null());
-    let output: Output = output_within(command, WAIT);
-    let stderr = stderr_of(&output);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let output = output_within(command, WAIT);
+    Some(RotatedByNobody {
+        _top: top,
+        dir,
+        path,
+        old,
+        output,
+    })
+}
+
+/// A user rotating a secret file that is not theirs, in a directory that is: the new file
+/// cannot be given the old one's owner, so nothing changes, the message says why, and the new
+/// file is removed again.
+#[test]
+fn keygen_force_that_cannot_keep_the_owner_changes_nothing_and_leaves_no_file() {
+    // Readable and writable by nobody (so it could be rotated in place), owned by root.
+    let Some(rotated) = keygen_force_as_nobody(
+        "keygen_force_that_cannot_keep_the_owner_changes_nothing_and_leaves_no_file",
+        0o666,
+        0,
+        0,
+    ) else {
+        return;
+    };
+    let stderr = stderr_of(&rotated.output);
+    assert_eq!(rotated.output.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(&format!(
             "cannot give the new secret file the owner and group of {} (uid 0, gid 0)",
-            path.display()
+            rotated.path.display()
         )) && stderr.contains("nothing was changed"),
         "{stderr}"
     );
-    assert_eq!(
-        fs::read_to_string(&path).unwrap(),
-        "root's secret, 32 bytes or more long\n"
-    );
-    let meta = fs::metadata(&path).unwrap();
+    assert_eq!(fs::read_to_string(&rotated.path).unwrap(), rotated.old);
+    let meta = fs::metadata(&rotated.path).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o666));
-    assert_eq!(names_in(&dir), ["secret"]);
+    assert_eq!(names_in(&rotated.dir), ["secret"]);
 }
 
 /// A user's own secret file whose group is not one of theirs (`install -o user` leaves it
@@ -200,41 +214,21 @@ fn keygen_force_that_cannot_keep_the_owner_changes_nothing_and_leaves_no_file() 
 /// own group, rather than failing because that group cannot be kept.
 #[test]
 fn keygen_force_by_the_owner_does_not_need_a_group_that_cannot_read() {
-    let test = "keygen_force_by_the_owner_does_not_need_a_group_that_cannot_read";
-    if !running_as_root(test) {
-        return;
-    }
-    let top = tempfile::tempdir().unwrap();
-    fs::set_permissions(top.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let Some(binary) = binary_for_nobody(top.path()) else {
-        eprintln!("note: {test} skipped: user {NOBODY} cannot run the binary");
+    let Some(rotated) = keygen_force_as_nobody(
+        "keygen_force_by_the_owner_does_not_need_a_group_that_cannot_read",
+        0o600,
+        NOBODY,
+        0,
+    ) else {
         return;
     };
-    let dir = top.path().join("nobodys");
-    fs::create_dir(&dir).unwrap();
-    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
-    let path = dir.join("secret");
-    fs::write(&path, "nobody's secret, 32 bytes or more long\n").unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-    std::os::unix::fs::chown(&path, Some(NOBODY), Some(0)).unwrap();
-    let mut command = Command::new(binary);
-    command
-        .args(["keygen", "--force", "--secret-file"])
-        .arg(&path)
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .env_remove("RCMD_SECRET_FILE")
-        .stdin(Stdio::null());
-    let output: Output = output_within(command, WAIT);
-    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
-    let meta = fs::metadata(&path).unwrap();
+    let output = &rotated.output;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(output));
+    let meta = fs::metadata(&rotated.path).unwrap();
     assert_eq!(
         (meta.uid(), meta.gid(), meta.mode() & 0o7777),
         (NOBODY, NOBODY, 0o600)
     );
-    assert_ne!(
-        fs::read_to_string(&path).unwrap(),
-        "nobody's secret, 32 bytes or more long\n"
-    );
-    assert_eq!(names_in(&dir), ["secret"]);
+    assert_ne!(fs::read_to_string(&rotated.path).unwrap(), rotated.old);
+    assert_eq!(names_in(&rotated.dir), ["secret"]);
 }
