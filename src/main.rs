@@ -350,6 +350,12 @@ fn fail(code: u8, message: impl std::fmt::Display) -> u8 {
 }
 
 fn serve(args: ServeArgs) -> u8 {
+    // SAFETY: `serve` runs on the main thread before it starts any other (the server's
+    // threads start in `Server::bind` and `UnframedServer::run`).
+    #[cfg(unix)]
+    unsafe {
+        rcmd::server::process::remove_term_from_the_environment();
+    }
     if args.framing == Framing::Unframed {
         init_logging("info");
         return serve_unframed(args);
