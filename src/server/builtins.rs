@@ -120,16 +120,11 @@ fn shell_variable(name: &str, cwd: &Path, previous: Option<&Path>) -> Option<OsS
 /// an unquoted variable whose value would be split or globbed (a space, tab, newline, `*`, `?`
 /// or `[` in it), a value that is not UTF-8, an unfinished quote, or `~` without `$HOME`.
 pub fn parse_sh_cd(command: &str, var: impl Fn(&str) -> Option<OsString>) -> Option<CdTarget> {
-    // `cd DIR;` is still a lone `cd`: the shell runs the empty rest of the list and stays in
-    // DIR, so the directory must last here too (as `exit 5;` ends the prompt with 5).
-    if let Some(lone) = without_final_semicolon(command) {
-        return parse_sh_cd(lone, var);
-    }
     // Every command passes through here: leave the others at once, before reading the rest
     // of a possibly long command. The first word, quotes and backslashes aside, must be `cd`.
     let first_word = command
         .trim_start_matches([' ', '\t'])
-        .split([' ', '\t', '\n'])
+        .split([' ', '\t', '\n', ';'])
         .next()?;
     if !first_word
         .chars()
@@ -137,6 +132,11 @@ pub fn parse_sh_cd(command: &str, var: impl Fn(&str) -> Option<OsString>) -> Opt
         .eq("cd".chars())
     {
         return None;
+    }
+    // `cd DIR;` is still a lone `cd`: the shell runs the empty rest of the list and stays in
+    // DIR, so the directory must last here too (as `exit 5;` ends the prompt with 5).
+    if let Some(lone) = without_final_semicolon(command) {
+        return parse_sh_cd(lone, var);
     }
     let mut words = Vec::new();
     let read = sh_words(command, &var, &mut words);
