@@ -350,11 +350,14 @@ fn fail(code: u8, message: impl std::fmt::Display) -> u8 {
 }
 
 fn serve(args: ServeArgs) -> u8 {
-    // SAFETY: `serve` runs on the main thread before it starts any other (the server's
-    // threads start in `Server::bind` and `UnframedServer::run`).
+    // What commands of either server inherit from this process: not its TERM, not the
+    // descriptors it was started with.
     #[cfg(unix)]
-    unsafe {
-        rcmd::server::process::remove_term_from_the_environment();
+    {
+        // SAFETY: `serve` runs on the main thread before it starts any other (the server's
+        // threads start in `Server::bind` and `UnframedServer::run`).
+        unsafe { rcmd::server::process::remove_term_from_the_environment() };
+        rcmd::server::process::keep_inherited_descriptors_from_commands();
     }
     if args.framing == Framing::Unframed {
         init_logging("info");
@@ -411,7 +414,6 @@ fn serve(args: ServeArgs) -> u8 {
     };
     #[cfg(unix)]
     {
-        rcmd::server::process::keep_inherited_descriptors_from_commands();
         rcmd::server::raise_fd_limit();
         // Not in `demo`, whose server shares its process with the prompt: there the terminal
         // is the user's, and the prompt needs it as its controlling terminal (job control).
@@ -485,8 +487,6 @@ fn serve_unframed(args: ServeArgs) -> u8 {
         max_connections: args.max_connections,
         ..sticky::UnframedConfig::new(secret, workdir)
     };
-    #[cfg(unix)]
-    rcmd::server::process::keep_inherited_descriptors_from_commands();
     let server = match sticky::UnframedServer::bind(args.listen, config) {
         Ok(server) => server,
         Err(e) => return fail(EXIT_FAILURE, e),
