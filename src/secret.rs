@@ -1346,4 +1346,74 @@ mod tests {
         std::os::unix::fs::chown(&dir, Some(0), None).unwrap();
         assert!(load_for_server(&path).is_ok());
     }
+
+    /// `--force` makes a secret where there is none yet (as without it), and will not replace
+    /// a FIFO (or a device) with one: it says so and leaves it where it was.
+    #[cfg(unix)]
+    #[test]
+    fn rotation_creates_a_missing_file_and_refuses_a_fifo() {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        generate(&path, true).unwrap();
+        assert_eq!(load(&path).unwrap().len(), 64);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let fifo = dir.path().join("fifo");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let error = generate(&fifo, true).unwrap_err().to_string();
+        assert!(
+            error.ends_with("it is not a regular file (a FIFO or a device); name a file"),
+            "{error}"
+        );
+        assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+        assert_eq!(names_in(dir.path()), ["fifo", "secret"]);
+    }
+
+    /// A uid or gid missing from the user or group database (a container's arbitrary uid) has
+    /// no name and so no private group: the lookups say so, and read nothing from an entry
+    /// they did not get.
+    #[cfg(unix)]
+    #[test]
+    fn an_id_without_a_name_has_no_private_group() {
+        const UNKNOWN: u32 = 3_999_999_999;
+        assert_eq!(user_name(UNKNOWN), None);
+        assert_eq!(group_name_and_members(UNKNOWN), None);
+        assert!(!group_is_private_to(UNKNOWN, 0));
+        assert!(!group_is_private_to(0, UNKNOWN));
+    }
+
+    /// An entry that does not fit (a group with many members) is looked up again in a buffer
+    /// twice as large, up to 1 MiB, and not again once it fits.
+    #[cfg(unix)]
+    #[test]
+    fn the_lookup_buffer_doubles_while_the_entry_does_not_fit_up_to_a_mebibyte() {
+        let sizes_until_it_fits_in = |fits: usize| {
+            let mut sizes = Vec::new();
+            lookup_with_growing_buffer(|buffer| {
+                sizes.push(buffer.len());
+                assert!(sizes.len() <= 20, "no end to the lookups: {sizes:?}");
+                if buffer.len() >= fits {
+                    0
+                } else {
+                    libc::ERANGE
+                }
+            });
+            sizes
+        };
+        assert_eq!(sizes_until_it_fits_in(0), [1024]);
+        assert_eq!(sizes_until_it_fits_in(3000), [1024, 2048, 4096]);
+        // Never fits: tried in 1 KiB, 2 KiB, ... 1 MiB, then given up.
+        let sizes = sizes_until_it_fits_in(usize::MAX);
+        assert_eq!(
+            sizes,
+            (10..=20).map(|bits| 1 << bits).collect::<Vec<usize>>()
+        );
+    }
 }

@@ -136,14 +136,13 @@ struct RotatedByNobody {
     output: Output,
 }
 
-/// Runs `keygen --force` as `nobody` on a secret file in a directory `nobody` owns, the file
-/// made with `mode`, `owner` and `group` first. `None` (with a note) unless running as root,
-/// which alone can set this up, and `nobody` can run the binary.
+/// Runs `keygen --force` as `nobody` on a secret file made with `mode`, `owner` and `group`,
+/// in a directory of `dir_owner`'s with `dir_mode`. `None` (with a note) unless running as
+/// root, which alone can set this up, and `nobody` can run the binary.
 fn keygen_force_as_nobody(
     test: &str,
-    mode: u32,
-    owner: u32,
-    group: u32,
+    (mode, owner, group): (u32, u32, u32),
+    (dir_owner, dir_mode): (u32, u32),
 ) -> Option<RotatedByNobody> {
     if !running_as_root(test) {
         return None;
@@ -154,14 +153,15 @@ fn keygen_force_as_nobody(
         eprintln!("note: {test} skipped: user {NOBODY} cannot run the binary");
         return None;
     };
-    let dir = top.path().join("nobodys");
+    let dir = top.path().join("dir");
     fs::create_dir(&dir).unwrap();
-    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
     let path = dir.join("secret");
     let old = "the old secret, 32 bytes or more long\n";
     fs::write(&path, old).unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
     std::os::unix::fs::chown(&path, Some(owner), Some(group)).unwrap();
+    std::os::unix::fs::chown(&dir, Some(dir_owner), Some(dir_owner)).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(dir_mode)).unwrap();
     let mut command = Command::new(binary);
     command
         .args(["keygen", "--force", "--secret-file"])
@@ -188,9 +188,8 @@ fn keygen_force_that_cannot_keep_the_owner_changes_nothing_and_leaves_no_file() 
     // Readable and writable by nobody (so it could be rotated in place), owned by root.
     let Some(rotated) = keygen_force_as_nobody(
         "keygen_force_that_cannot_keep_the_owner_changes_nothing_and_leaves_no_file",
-        0o666,
-        0,
-        0,
+        (0o666, 0, 0),
+        (NOBODY, 0o755),
     ) else {
         return;
     };
@@ -216,9 +215,8 @@ fn keygen_force_that_cannot_keep_the_owner_changes_nothing_and_leaves_no_file() 
 fn keygen_force_by_the_owner_does_not_need_a_group_that_cannot_read() {
     let Some(rotated) = keygen_force_as_nobody(
         "keygen_force_by_the_owner_does_not_need_a_group_that_cannot_read",
-        0o600,
-        NOBODY,
-        0,
+        (0o600, NOBODY, 0),
+        (NOBODY, 0o755),
     ) else {
         return;
     };
@@ -231,4 +229,122 @@ fn keygen_force_by_the_owner_does_not_need_a_group_that_cannot_read() {
     );
     assert_ne!(fs::read_to_string(&rotated.path).unwrap(), rotated.old);
     assert_eq!(names_in(&rotated.dir), ["secret"]);
+}
+
+/// A user's own secret file in a directory they cannot write (root's): no new file can be
+/// made next to it, so `keygen --force` says so at once and changes nothing.
+#[test]
+fn keygen_force_in_a_directory_the_user_cannot_write_says_so() {
+    let Some(rotated) = keygen_force_as_nobody(
+        "keygen_force_in_a_directory_the_user_cannot_write_says_so",
+        (0o600, NOBODY, NOBODY),
+        (0, 0o755),
+    ) else {
+        return;
+    };
+    let stderr = stderr_of(&rotated.output);
+    assert_eq!(rotated.output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot create a new file in {} to replace it with: Permission denied",
+            rotated.dir.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(fs::read_to_string(&rotated.path).unwrap(), rotated.old);
+    assert_eq!(names_in(&rotated.dir), ["secret"]);
+}
+
+/// A directory its user can write but not read (`0300`) cannot be opened to sync the rename:
+/// the new secret is in place, and `keygen --force` says that the sync failed.
+#[test]
+fn keygen_force_reports_a_directory_it_cannot_sync() {
+    let Some(rotated) = keygen_force_as_nobody(
+        "keygen_force_reports_a_directory_it_cannot_sync",
+        (0o600, NOBODY, NOBODY),
+        (NOBODY, 0o300),
+    ) else {
+        return;
+    };
+    let stderr = stderr_of(&rotated.output);
+    assert_eq!(rotated.output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the new secret is in place, but syncing its directory failed"),
+        "{stderr}"
+    );
+    assert_ne!(fs::read_to_string(&rotated.path).unwrap(), rotated.old);
+    assert_eq!(names_in(&rotated.dir), ["secret"]);
+}
+
+/// `keygen --force` on a bare file name, in the current directory, replaces the file there and
+/// syncs that directory (`.`) without complaint.
+#[test]
+fn keygen_force_on_a_bare_name_replaces_it_in_the_current_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = "the old secret, 32 bytes or more long\n";
+    fs::write(dir.path().join("secret"), old).unwrap();
+    let mut command = keygen_force(Path::new("secret"));
+    command
+        .current_dir(dir.path())
+        .env_remove("RCMD_SECRET_FILE");
+    let output = output_within(command, WAIT);
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_ne!(fs::read_to_string(dir.path().join("secret")).unwrap(), old);
+    assert_eq!(names_in(dir.path()), ["secret"]);
+}
+
+/// A server run by an ordinary user (here `nobody`) takes that user's own secret file, in that
+/// user's own directory, reached through that user's own symbolic link, under root's
+/// directories: they are the server's user's or root's, as they should be. (The other tests
+/// run the server as root, whose uid is both.)
+#[test]
+fn serve_as_an_ordinary_user_takes_its_own_secret_file() {
+    use std::io::{BufRead, BufReader};
+    let test = "serve_as_an_ordinary_user_takes_its_own_secret_file";
+    if !running_as_root(test) {
+        return;
+    }
+    let top = tempfile::tempdir().unwrap();
+    fs::set_permissions(top.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(binary) = binary_for_nobody(top.path()) else {
+        eprintln!("note: {test} skipped: user {NOBODY} cannot run the binary");
+        return;
+    };
+    let dir = top.path().join("nobodys");
+    fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let path = dir.join("secret");
+    fs::write(&path, "a secret of nobody's, 32 bytes or more long\n").unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY)).unwrap();
+    let link = top.path().join("link");
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(NOBODY), Some(NOBODY)).unwrap();
+    for secret in [&path, &link.join("secret")] {
+        let mut server = Command::new(&binary)
+            .args(["serve", "--listen", "127.0.0.1:0", "--secret-file"])
+            .arg(secret)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .env_remove("RCMD_SECRET_FILE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first_line = String::new();
+        // A refused secret ends the server: its output ends, empty.
+        BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut first_line)
+            .unwrap();
+        let _ = server.kill();
+        let stderr = stderr_of_child(&mut server);
+        let _ = server.wait();
+        assert!(
+            first_line.starts_with("listening on "),
+            "{}: {first_line:?} {stderr}",
+            secret.display()
+        );
+    }
 }
