@@ -1037,6 +1037,18 @@ mod tests {
         assert!(require_existing_directory(&dir.path().join("secret")).is_ok());
     }
 
+    /// A new secret in a new directory `name` of a temporary one: (the temporary directory,
+    /// the new directory, the secret's path).
+    #[cfg(unix)]
+    fn secret_in_a_new_directory(name: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join(name);
+        fs::create_dir(&dir).unwrap();
+        let path = dir.join("secret");
+        generate(&path, false).unwrap();
+        (top, dir, path)
+    }
+
     /// The names in `dir`, sorted.
     #[cfg(unix)]
     fn names_in(dir: &Path) -> Vec<String> {
@@ -1194,10 +1206,7 @@ mod tests {
         if !running_as_root("a_server_refuses_a_secret_reached_through_another_users_link") {
             return;
         }
-        let top = tempfile::tempdir().unwrap();
-        let real = top.path().join("real");
-        fs::create_dir(&real).unwrap();
-        generate(&real.join("secret"), false).unwrap();
+        let (top, real, _) = secret_in_a_new_directory("real");
         let link = top.path().join("link");
         std::os::unix::fs::symlink(&real, &link).unwrap();
         assert!(load_for_server(&link.join("secret")).is_ok());
@@ -1219,11 +1228,7 @@ mod tests {
         if !running_as_root("a_group_writable_directory_of_the_owners_private_group_is_accepted") {
             return;
         }
-        let top = tempfile::tempdir().unwrap();
-        let dir = top.path().join("home");
-        fs::create_dir(&dir).unwrap();
-        let path = dir.join("secret");
-        generate(&path, false).unwrap();
+        let (_top, dir, path) = secret_in_a_new_directory("home");
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o775)).unwrap();
         assert!(
             group_is_private_to(0, 0),
@@ -1245,11 +1250,7 @@ mod tests {
     #[test]
     fn a_server_refuses_a_secret_in_a_directory_others_can_change() {
         use std::os::unix::fs::PermissionsExt;
-        let top = tempfile::tempdir().unwrap();
-        let dir = top.path().join("dir");
-        fs::create_dir(&dir).unwrap();
-        let path = dir.join("secret");
-        generate(&path, false).unwrap();
+        let (top, dir, path) = secret_in_a_new_directory("dir");
         let chmod = |dir: &Path, mode| {
             fs::set_permissions(dir, fs::Permissions::from_mode(mode)).unwrap();
         };
@@ -1324,11 +1325,7 @@ mod tests {
         if !running_as_root("a_server_refuses_a_secret_in_a_directory_of_another_user") {
             return;
         }
-        let top = tempfile::tempdir().unwrap();
-        let dir = top.path().join("theirs");
-        fs::create_dir(&dir).unwrap();
-        let path = dir.join("secret");
-        generate(&path, false).unwrap();
+        let (_top, dir, path) = secret_in_a_new_directory("theirs");
         std::os::unix::fs::chown(&dir, Some(NOBODY), None).unwrap();
         let error = load_for_server(&path).unwrap_err();
         assert!(
