@@ -348,3 +348,93 @@ fn serve_as_an_ordinary_user_takes_its_own_secret_file() {
         );
     }
 }
+
+/// What `rcmd serve` does with a secret in a group-writable directory of root's whose group,
+/// `root`, lists `members` in this test's own copy of `/etc/group`: the server runs in a mount
+/// namespace of its own (`unshare --mount`) with that copy bound over `/etc/group`, so the
+/// machine's is never touched. `Some((first line of stdout, stderr, exit code))`, or `None`
+/// (with a note) unless running as root where `unshare` may make the namespace.
+fn serve_with_root_group_listing(
+    test: &str,
+    members: &str,
+) -> Option<(String, String, Option<i32>)> {
+    use std::io::{BufRead, BufReader};
+    if !running_as_root(test) {
+        return None;
+    }
+    let namespaces_allowed = Command::new("unshare")
+        .args(["--mount", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !namespaces_allowed {
+        eprintln!("note: {test} skipped: `unshare --mount` is not allowed here");
+        return None;
+    }
+    let top = tempfile::tempdir().unwrap();
+    let dir = top.path().join("home");
+    fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(0), Some(0)).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o775)).unwrap();
+    let secret = dir.join("secret");
+    fs::write(&secret, "a secret of root's, 32 bytes or more long\n").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let groups: String = fs::read_to_string("/etc/group")
+        .unwrap()
+        .lines()
+        .map(|line| match line.starts_with("root:") {
+            true => format!("root:x:0:{members}\n"),
+            false => format!("{line}\n"),
+        })
+        .collect();
+    let group_file = top.path().join("group");
+    fs::write(&group_file, groups).unwrap();
+    let mut server = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$1" /etc/group && exec "$2" serve --listen 127.0.0.1:0 --secret-file "$3""#)
+        .arg("sh")
+        .arg(&group_file)
+        .arg(rcmd_bin())
+        .arg(&secret)
+        .env_remove("RCMD_SECRET_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    // A refused secret ends the server: its output ends, empty.
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut first_line)
+        .unwrap();
+    let _ = server.kill();
+    let stderr = stderr_of_child(&mut server);
+    let status = server.wait().unwrap();
+    Some((first_line, stderr, status.code()))
+}
+
+/// A group named after the directory's owner is taken for the owner's private group, whose
+/// write permission lets nobody else in, only if it lists no other member: `root` listing
+/// `nobody` makes the group-writable directory `nobody`'s to change, and the server refuses
+/// it; listing only `root` itself, it is accepted.
+#[test]
+fn serve_refuses_a_directory_writable_by_a_private_group_with_other_members() {
+    let test = "serve_refuses_a_directory_writable_by_a_private_group_with_other_members";
+    let Some((first_line, stderr, code)) = serve_with_root_group_listing(test, "nobody") else {
+        return;
+    };
+    assert_eq!(code, Some(1), "{first_line:?} {stderr}");
+    assert!(
+        stderr.contains("(mode 775) can be changed by users other than its owner"),
+        "{stderr}"
+    );
+    assert!(first_line.is_empty(), "it listened: {first_line:?}");
+
+    let Some((first_line, stderr, _)) = serve_with_root_group_listing(test, "root") else {
+        return;
+    };
+    assert!(
+        first_line.starts_with("listening on "),
+        "{first_line:?} {stderr}"
+    );
+}
