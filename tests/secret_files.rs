@@ -300,7 +300,6 @@ fn keygen_force_on_a_bare_name_replaces_it_in_the_current_directory() {
 /// run the server as root, whose uid is both.)
 #[test]
 fn serve_as_an_ordinary_user_takes_its_own_secret_file() {
-    use std::io::{BufRead, BufReader};
     let test = "serve_as_an_ordinary_user_takes_its_own_secret_file";
     if !running_as_root(test) {
         return;
@@ -322,25 +321,13 @@ fn serve_as_an_ordinary_user_takes_its_own_secret_file() {
     std::os::unix::fs::symlink(&dir, &link).unwrap();
     std::os::unix::fs::lchown(&link, Some(NOBODY), Some(NOBODY)).unwrap();
     for secret in [&path, &link.join("secret")] {
-        let mut server = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--secret-file"])
             .arg(secret)
             .uid(NOBODY)
-            .gid(NOBODY)
-            .env_remove("RCMD_SECRET_FILE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut first_line = String::new();
-        // A refused secret ends the server: its output ends, empty.
-        BufReader::new(server.stdout.take().unwrap())
-            .read_line(&mut first_line)
-            .unwrap();
-        let _ = server.kill();
-        let stderr = stderr_of_child(&mut server);
-        let _ = server.wait();
+            .gid(NOBODY);
+        let (first_line, stderr, _) = first_line_of_server(command);
         assert!(
             first_line.starts_with("listening on "),
             "{}: {first_line:?} {stderr}",
@@ -358,7 +345,6 @@ fn serve_with_root_group_listing(
     test: &str,
     members: &str,
 ) -> Option<(String, String, Option<i32>)> {
-    use std::io::{BufRead, BufReader};
     if !running_as_root(test) {
         return None;
     }
@@ -389,13 +375,22 @@ fn serve_with_root_group_listing(
         .collect();
     let group_file = top.path().join("group");
     fs::write(&group_file, groups).unwrap();
-    let mut server = Command::new("unshare")
+    let mut command = Command::new("unshare");
+    command
         .args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(r#"mount --bind "$1" /etc/group && exec "$2" serve --listen 127.0.0.1:0 --secret-file "$3""#)
         .arg("sh")
         .arg(&group_file)
         .arg(rcmd_bin())
-        .arg(&secret)
+        .arg(&secret);
+    Some(first_line_of_server(command))
+}
+
+/// Starts `command`, a server, and stops it after the first line of its stdout ("listening
+/// on ..." if it started): that line, its stderr and its exit code.
+fn first_line_of_server(mut command: Command) -> (String, String, Option<i32>) {
+    use std::io::{BufRead, BufReader};
+    let mut server = command
         .env_remove("RCMD_SECRET_FILE")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -410,7 +405,7 @@ fn serve_with_root_group_listing(
     let _ = server.kill();
     let stderr = stderr_of_child(&mut server);
     let status = server.wait().unwrap();
-    Some((first_line, stderr, status.code()))
+    (first_line, stderr, status.code())
 }
 
 /// A group named after the directory's owner is taken for the owner's private group, whose
