@@ -18,13 +18,6 @@ use util::*;
 /// Longer than the self-test's own limit (180 s), which stops its server before giving up.
 const SELF_TEST_LIMIT: Duration = Duration::from_secs(240);
 
-fn python3_available() -> bool {
-    Command::new("python3")
-        .arg("--version")
-        .output()
-        .is_ok_and(|output| output.status.success())
-}
-
 #[test]
 fn a_client_written_from_the_specification_alone_passes_its_self_test() {
     if !python3_available() {

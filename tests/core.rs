@@ -481,6 +481,33 @@ fn a_removed_working_directory_is_named_when_a_command_cannot_start() {
     );
 }
 
+/// The same when the working directory was replaced by a file of the same name.
+#[test]
+fn a_working_directory_replaced_by_a_file_is_named_when_a_command_cannot_start() {
+    let server = TestServer::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let gone = root.join("gone");
+    std::fs::create_dir(&gone).unwrap();
+    let script = format!(
+        "cd {gone}\nrmdir {gone} && touch {gone}\necho unreachable\ncd {root}\npwd\nexit\n",
+        gone = gone.display(),
+        root = root.display()
+    );
+    let output = at_the_prompt(&server, &script);
+    assert_eq!(stdout_of(&output), format!("{}\n", root.display()));
+    let expected = format!(
+        "cannot start the command: the working directory {} is no longer a directory \
+         (cd somewhere else)",
+        gone.display()
+    );
+    assert!(
+        stderr_of(&output).contains(&expected),
+        "{}",
+        stderr_of(&output)
+    );
+}
+
 #[test]
 fn commands_at_the_prompt_read_dev_null_every_time() {
     // The server keeps one /dev/null open and gives each command a duplicate: a command that

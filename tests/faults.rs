@@ -511,3 +511,85 @@ fn established_sockets() -> Vec<TcpSocket> {
         })
         .collect()
 }
+
+/// Fills the command's stdout pipe, enlarged to 1 MiB (if allowed), while the client reads nothing (so the
+/// server, its outbound buffer full, reads nothing either), reports on stderr how many bytes
+/// it wrote, and exits with all of that pipe unread.
+const FILL_A_LARGE_PIPE_AND_EXIT: &str = r#"python3 - <<'EOF'
+import fcntl, os, struct, sys, termios, time
+try:
+    size = fcntl.fcntl(1, 1031, 1 << 20)  # F_SETPIPE_SZ
+except OSError:
+    size = fcntl.fcntl(1, 1032)  # F_GETPIPE_SZ: not allowed to enlarge it
+os.set_blocking(1, False)
+chunk = b"x" * 65536
+total = 0
+while True:
+    try:
+        total += os.write(1, chunk)
+        continue
+    except BlockingIOError:
+        pass
+    time.sleep(0.1)
+    queued = struct.unpack("i", fcntl.ioctl(1, termios.FIONREAD, b"\0" * 4))[0]
+    if queued > size // 2:
+        break
+sys.stderr.write("%d %d\n" % (total, queued))
+EOF"#;
+
+/// A command that exits with more of its output still in its pipe than one read takes (a pipe
+/// it enlarged, while the client was slow): the rest is its own output, not a background
+/// process's, and all of it arrives.
+#[test]
+fn output_still_in_a_large_pipe_when_the_command_exits_arrives_complete() {
+    if !python3_available() {
+        eprintln!("skipped: no python3 to enlarge the command's pipe");
+        return;
+    }
+    let watched = Watched::start(&[]);
+    let mut client = RawClient::authenticated(watched.server.addr, &watched.secret);
+    let id = client.exec_bytes(FILL_A_LARGE_PIPE_AND_EXIT.as_bytes(), None);
+    // Read nothing until the server has seen the command's process exit. (The warm-up
+    // command of `Watched::start` has the same id: its line comes first.)
+    let started = format!("command {id} (pid ");
+    watched.server.wait_for_log("F_SETPIPE_SZ", WAIT);
+    let log = watched.server.log();
+    let pid: u32 = log[log.rfind(&started).unwrap() + started.len()..]
+        .split(')')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // (Or, should the server have read the whole pipe after all, until it has reaped the
+    // process itself, which it does not log.)
+    let exited = format!("pid {pid} exited: ");
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let log = watched.server.log();
+            log.contains(&exited)
+                || log
+                    .lines()
+                    .any(|line| line.contains("finished") && line.contains("F_SETPIPE_SZ"))
+        }),
+        "the command did not end; log:\n{}",
+        watched.server.log()
+    );
+    let (out, err, status) = client.collect(id, Duration::from_secs(60));
+    assert_eq!(status, ExitStatus::Exited { code: 0 }, "{err:?}");
+    let report = String::from_utf8(err).unwrap();
+    let mut numbers = report
+        .split_whitespace()
+        .map(|n| n.parse::<usize>().unwrap());
+    let (written, left_in_pipe) = (numbers.next().unwrap(), numbers.next().unwrap());
+    if left_in_pipe <= 64 * 1024 {
+        eprintln!("the pipe could not be enlarged: no more than one read was left in it");
+    }
+    assert_eq!(
+        out.len(),
+        written,
+        "{left_in_pipe} bytes were left in the pipe"
+    );
+    assert!(out.iter().all(|&b| b == b'x'));
+    drop(client);
+    watched.assert_clean();
+}

@@ -11,6 +11,9 @@ use rcmd::protocol::{ErrorCode, ExitStatus, Message, SignalName};
 use util::raw::{RawClient, load_secret};
 use util::*;
 
+/// How long a test waits for a frame or a command's end before it fails.
+const WAIT: Duration = Duration::from_secs(20);
+
 /// A command that never reads its stdin, with more stdin than the window waiting: Ctrl-C
 /// still reaches it, because the server never stops reading the connection.
 #[test]
@@ -160,4 +163,120 @@ fn a_signal_gets_through_while_output_is_backed_up() {
         .unwrap();
     let (_, _, status) = client.collect(id, Duration::from_secs(20));
     assert_eq!(status, ExitStatus::Signaled { signal: 9 });
+}
+
+/// A shell command that waits until `path` exists, so that a test can send it frames while
+/// it surely still runs.
+fn wait_for_file(path: &std::path::Path) -> String {
+    format!("while [ ! -e {} ]; do sleep 0.05; done", path.display())
+}
+
+/// Stdin for a command that has no stdin pipe (`exec` said `stdin: false`, or the client
+/// already sent `stdin_close`) is acknowledged as consumed and dropped: the client's window is
+/// not left used up, and the command never sees the bytes.
+#[test]
+fn stdin_a_command_has_no_pipe_for_is_acknowledged_and_dropped() {
+    let server = TestServer::start(&[]);
+    let secret = load_secret(&server.secret.path);
+    let mut client = RawClient::authenticated(server.addr, &secret);
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let command = format!("{}; cat; echo end", wait_for_file(&go));
+    let id = client.exec_full(command.as_bytes(), false, None);
+    client.send_stdin(id, b"lost").unwrap();
+    match client.read_frame(WAIT).expect("a frame").message {
+        Message::StdinAck { id: of, bytes } => assert_eq!((of, bytes), (id, 4)),
+        other => panic!("expected stdin_ack, got {other:?}"),
+    }
+    std::fs::write(&go, b"").unwrap();
+    let (out, _, status) = client.collect(id, WAIT);
+    assert_eq!(out, b"end\n", "cat reads /dev/null, not the stdin sent");
+    assert_eq!(status, ExitStatus::Exited { code: 0 });
+
+    // With a pipe: what follows `stdin_close` (in the same write, so handled together) is
+    // acknowledged too, and dropped.
+    let id = client.exec_full(b"cat", true, None);
+    let mut frames = client.encode(&Message::Stdin { id }, b"kept");
+    frames.extend(client.encode(&Message::StdinClose { id }, b""));
+    frames.extend(client.encode(&Message::Stdin { id }, b"late"));
+    client.send_raw(&frames).unwrap();
+    let (out, _, status) = client.collect(id, WAIT);
+    assert_eq!(String::from_utf8_lossy(&out), "kept");
+    assert_eq!(status, ExitStatus::Exited { code: 0 });
+}
+
+/// Frames naming another command id (an earlier command's, or one never used) do not touch the
+/// running command: a `signal` does not kill it, `stdin` and `stdin_close` do not reach it.
+#[test]
+fn frames_for_another_command_id_do_not_reach_the_running_command() {
+    let server = TestServer::start(&[]);
+    let secret = load_secret(&server.secret.path);
+    let mut client = RawClient::authenticated(server.addr, &secret);
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let command = format!("{}; wc -c", wait_for_file(&go));
+    let id = client.exec_full(command.as_bytes(), true, None);
+    let other = id + 100;
+    client
+        .send(
+            &Message::Signal {
+                id: other,
+                signal: SignalName::Kill,
+            },
+            b"",
+        )
+        .unwrap();
+    client
+        .send(&Message::Stdin { id: other }, b"other")
+        .unwrap();
+    client
+        .send(&Message::StdinClose { id: other }, b"")
+        .unwrap();
+    client.send(&Message::Stdin { id }, b"mine").unwrap();
+    match client.read_frame(WAIT).expect("a frame").message {
+        Message::StdinAck { id: of, bytes } => assert_eq!((of, bytes), (id, 4)),
+        other => panic!("expected stdin_ack, got {other:?}"),
+    }
+    std::fs::write(&go, b"").unwrap();
+    client.send(&Message::StdinClose { id }, b"").unwrap();
+    let (out, _, status) = client.collect(id, WAIT);
+    assert_eq!(status, ExitStatus::Exited { code: 0 });
+    assert_eq!(String::from_utf8_lossy(&out).trim(), "4");
+}
+
+/// Stdin for a command that has closed its stdin cannot be written (the pipe is broken): it is
+/// dropped, as a local pipe would drop it, and acknowledged as consumed, so that the client's
+/// window is not left used up while the command runs on.
+#[test]
+fn stdin_for_a_command_that_closed_its_stdin_is_acknowledged_and_dropped() {
+    let server = TestServer::start(&[]);
+    let secret = load_secret(&server.secret.path);
+    let mut client = RawClient::authenticated(server.addr, &secret);
+    let dir = tempfile::tempdir().unwrap();
+    let (closed, go) = (dir.path().join("closed"), dir.path().join("go"));
+    let command = format!(
+        "exec 0<&-; touch {}; {}; echo end",
+        closed.display(),
+        wait_for_file(&go)
+    );
+    let id = client.exec_full(command.as_bytes(), true, None);
+    assert!(
+        eventually(WAIT, || closed.exists()),
+        "the command did not start"
+    );
+    client.send_stdin(id, b"nowhere").unwrap();
+    match client.read_frame(WAIT).expect("a frame").message {
+        Message::StdinAck { id: of, bytes } => assert_eq!((of, bytes), (id, 7)),
+        other => panic!("expected stdin_ack, got {other:?}"),
+    }
+    // And what comes after it too (the pipe is closed now).
+    client.send_stdin(id, b"more").unwrap();
+    match client.read_frame(WAIT).expect("a frame").message {
+        Message::StdinAck { id: of, bytes } => assert_eq!((of, bytes), (id, 4)),
+        other => panic!("expected stdin_ack, got {other:?}"),
+    }
+    std::fs::write(&go, b"").unwrap();
+    let (out, _, status) = client.collect(id, WAIT);
+    assert_eq!(out, b"end\n");
+    assert_eq!(status, ExitStatus::Exited { code: 0 });
 }

@@ -374,6 +374,21 @@ fn a_client_timeout_below_the_server_maximum_applies() {
     assert_eq!(output_within(command, WAIT).status.code(), Some(3));
 }
 
+/// A command's timeout is its own: once it has finished, its deadline does not end the next
+/// command of the connection (which asked for no timeout).
+#[test]
+fn a_finished_commands_timeout_does_not_end_the_next_command() {
+    let server = TestServer::start(&[]);
+    let secret = load_secret(&server.secret.path);
+    let mut client = RawClient::authenticated(server.addr, &secret);
+    let (_, _, status) = client.run("true", Some(1));
+    assert_eq!(status, ExitStatus::Exited { code: 0 });
+    // Runs past the first command's deadline (which is due within a second of its start).
+    let (out, _, status) = client.run("sleep 2; echo survived", None);
+    assert_eq!(status, ExitStatus::Exited { code: 0 });
+    assert_eq!(out, b"survived\n");
+}
+
 #[test]
 fn commands_over_the_maximum_length_are_refused_with_command_too_long() {
     let server = TestServer::start(&["--max-command-len", "100"]);

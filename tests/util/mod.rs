@@ -15,6 +15,14 @@ pub fn rcmd_bin() -> &'static str {
     env!("CARGO_BIN_EXE_rcmd")
 }
 
+/// Whether `python3` runs here (tests that use it skip without it; `.ci/run` installs it).
+pub fn python3_available() -> bool {
+    Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
 /// A secret file in a temporary directory that lives as long as the value.
 pub struct SecretFile {
     pub dir: tempfile::TempDir,
