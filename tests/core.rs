@@ -456,23 +456,33 @@ fn a_lone_cd_only_the_shell_could_read_is_refused_not_silently_lost() {
     }
 }
 
-#[test]
-fn a_removed_working_directory_is_named_when_a_command_cannot_start() {
+/// At the prompt: `cd` into `root/gone/sub`, run `change` (a shell command, with `{gone}` and
+/// `{sub}` replaced by the paths) in that directory's place, then a command that cannot start
+/// there, and `cd` back to `root`: the error names the working directory and what became of it
+/// (`expected`), and the prompt goes on.
+fn cannot_start_after(change: &str, expected: &str) {
     let server = TestServer::start(&[]);
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().canonicalize().unwrap();
     let gone = root.join("gone");
-    std::fs::create_dir(&gone).unwrap();
+    let sub = gone.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    let fill = |text: &str| {
+        text.replace("{gone}", &gone.display().to_string())
+            .replace("{sub}", &sub.display().to_string())
+    };
     let script = format!(
-        "cd {gone}\nrmdir {gone}\necho unreachable\ncd {root}\npwd\nexit\n",
-        gone = gone.display(),
+        "cd {sub}\n{change}\necho unreachable\ncd {root}\npwd\nexit\n",
+        sub = sub.display(),
+        change = fill(change),
         root = root.display()
     );
     let output = at_the_prompt(&server, &script);
     assert_eq!(stdout_of(&output), format!("{}\n", root.display()));
     let expected = format!(
-        "cannot start the command: the working directory {} no longer exists (cd somewhere else)",
-        gone.display()
+        "cannot start the command: the working directory {} {} (cd somewhere else)",
+        sub.display(),
+        fill(expected)
     );
     assert!(
         stderr_of(&output).contains(&expected),
@@ -481,31 +491,22 @@ fn a_removed_working_directory_is_named_when_a_command_cannot_start() {
     );
 }
 
+#[test]
+fn a_removed_working_directory_is_named_when_a_command_cannot_start() {
+    cannot_start_after("rm -r {gone}", "no longer exists");
+}
+
 /// The same when the working directory was replaced by a file of the same name.
 #[test]
 fn a_working_directory_replaced_by_a_file_is_named_when_a_command_cannot_start() {
-    let server = TestServer::start(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().canonicalize().unwrap();
-    let gone = root.join("gone");
-    std::fs::create_dir(&gone).unwrap();
-    let script = format!(
-        "cd {gone}\nrmdir {gone} && touch {gone}\necho unreachable\ncd {root}\npwd\nexit\n",
-        gone = gone.display(),
-        root = root.display()
-    );
-    let output = at_the_prompt(&server, &script);
-    assert_eq!(stdout_of(&output), format!("{}\n", root.display()));
-    let expected = format!(
-        "cannot start the command: the working directory {} is no longer a directory \
-         (cd somewhere else)",
-        gone.display()
-    );
-    assert!(
-        stderr_of(&output).contains(&expected),
-        "{}",
-        stderr_of(&output)
-    );
+    cannot_start_after("rmdir {sub} && touch {sub}", "is no longer a directory");
+}
+
+/// The same when a directory above it was replaced by a file (the path then fails with "Not a
+/// directory", not "No such file or directory"): it no longer exists.
+#[test]
+fn a_working_directory_under_a_replaced_parent_is_named_when_a_command_cannot_start() {
+    cannot_start_after("rm -r {gone} && touch {gone}", "no longer exists");
 }
 
 #[test]

@@ -244,13 +244,21 @@ impl Connection {
     fn refuse_spawn(&mut self, id: u32, error: &io::Error) {
         warn!("{}: cannot start command {id}: {error}", self.peer);
         // The usual cause is a working directory removed since `cd`; the OS error alone
-        // ("No such file or directory") would read as if the shell were missing.
+        // ("No such file or directory") would read as if the shell were missing. A directory
+        // above it replaced by a file makes the path fail with "Not a directory" instead.
         let why = match std::fs::metadata(&self.cwd) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => format!(
-                "cannot start the command: the working directory {} no longer exists \
-                 (cd somewhere else)",
-                self.cwd.display()
-            ),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                format!(
+                    "cannot start the command: the working directory {} no longer exists \
+                     (cd somewhere else)",
+                    self.cwd.display()
+                )
+            }
             Ok(meta) if !meta.is_dir() => format!(
                 "cannot start the command: the working directory {} is no longer a directory \
                  (cd somewhere else)",
