@@ -764,3 +764,249 @@ fn serve_on_a_fresh_machine_creates_the_default_secret_and_serves() {
     assert!(created, "no default secret was created: {stderr}");
     assert!(still_serving, "the server did not stay up: {stderr}");
 }
+
+/// The server's side of one authenticated session, for a fake server that scripts what the
+/// server says after the handshake.
+struct FakeSession {
+    stream: TcpStream,
+    decoder: FrameDecoder,
+    encoder: FrameEncoder,
+}
+
+impl FakeSession {
+    /// Runs the server's half of the handshake (docs/protocol.md §6.1) with `secret`; from
+    /// then on frames are tagged and verified as a real server's.
+    fn accept(mut stream: TcpStream, secret: &[u8]) -> FakeSession {
+        let server_nonce = auth::new_nonce();
+        let hello = Message::Hello {
+            protocol: PROTOCOL_NAME.into(),
+            version: PROTOCOL_VERSION,
+            nonce: Bytes32(server_nonce),
+        };
+        let mut bytes = Vec::new();
+        FrameEncoder::new().encode(&hello, b"", &mut bytes);
+        stream.write_all(&bytes).unwrap();
+        let mut decoder = FrameDecoder::default();
+        let Message::Auth { nonce, .. } = read_frame(&mut stream, &mut decoder).message else {
+            panic!("expected auth");
+        };
+        let client_nonce = nonce.0;
+        let proof = auth::proof(secret, auth::Role::Server, &server_nonce, &client_nonce);
+        let welcome = Message::Welcome {
+            proof: Bytes32(proof),
+        };
+        bytes.clear();
+        FrameEncoder::new().encode(&welcome, b"", &mut bytes);
+        stream.write_all(&bytes).unwrap();
+        let keys = auth::SessionKeys::derive(secret, &server_nonce, &client_nonce);
+        let mut encoder = FrameEncoder::new();
+        encoder.start_tagging(auth::FrameMac::new(&keys.server_to_client));
+        decoder.start_verifying(auth::FrameMac::new(&keys.client_to_server));
+        FakeSession {
+            stream,
+            decoder,
+            encoder,
+        }
+    }
+
+    fn read(&mut self) -> Frame {
+        read_frame(&mut self.stream, &mut self.decoder)
+    }
+
+    fn send(&mut self, message: &Message, body: &[u8]) {
+        let mut bytes = Vec::new();
+        self.encoder.encode(message, body, &mut bytes);
+        self.stream.write_all(&bytes).unwrap();
+    }
+
+    /// Reads the client's `exec` and returns its id.
+    fn read_exec(&mut self) -> u32 {
+        match self.read().message {
+            Message::Exec { id, .. } => id,
+            other => panic!("expected exec, got {other:?}"),
+        }
+    }
+
+    fn exit(&mut self, id: u32, code: i32) {
+        let exit = Message::Exit {
+            id,
+            status: rcmd::protocol::ExitStatus::Exited { code },
+            duration_ms: 0,
+        };
+        self.send(&exit, b"");
+    }
+
+    /// Waits for the client to close the connection.
+    fn until_closed(mut self) {
+        let mut rest = Vec::new();
+        let _ = self.stream.read_to_end(&mut rest);
+    }
+}
+
+/// A fake server that authenticates with `secret` and then runs `serve`.
+fn fake_rcmd_server<T: Send + 'static>(
+    secret: &SecretFile,
+    serve: impl FnOnce(&mut FakeSession) -> T + Send + 'static,
+) -> (std::net::SocketAddr, std::thread::JoinHandle<T>) {
+    let secret = rcmd::secret::load(&secret.path).unwrap();
+    fake_server(move |stream| {
+        let mut session = FakeSession::accept(stream, &secret);
+        let result = serve(&mut session);
+        session.until_closed();
+        result
+    })
+}
+
+/// `rcmd SUBCOMMAND ADDR --secret-file SECRET` for a fake server.
+fn client_of(subcommand: &str, addr: std::net::SocketAddr, secret: &SecretFile) -> Command {
+    let mut command = Command::new(rcmd_bin());
+    command
+        .args([subcommand, &addr.to_string(), "--secret-file"])
+        .arg(&secret.path);
+    command
+}
+
+/// Frames about another command (leftovers of an earlier one, docs/protocol.md §5.13) are
+/// ignored: its output is not printed, its exit does not end the running command, its refusal
+/// does not refuse it.
+#[test]
+fn frames_about_another_command_are_ignored_not_taken_for_the_running_ones() {
+    let secret = SecretFile::new();
+    let (addr, server) = fake_rcmd_server(&secret, |session| {
+        let id = session.read_exec();
+        let earlier = id.wrapping_add(1000);
+        session.send(&Message::Stdout { id: earlier }, b"earlier stdout\n");
+        session.send(&Message::Stderr { id: earlier }, b"earlier stderr\n");
+        session.send(
+            &Message::StdinAck {
+                id: earlier,
+                bytes: 1,
+            },
+            b"",
+        );
+        let refusal = Message::command_error(earlier, ErrorCode::Busy, "earlier refusal");
+        session.send(&refusal, b"");
+        session.exit(earlier, 9);
+        session.send(&Message::Stdout { id }, b"own stdout\n");
+        session.send(&Message::Stderr { id }, b"own stderr\n");
+        session.exit(id, 3);
+    });
+    let mut command = client_of("run", addr, &secret);
+    command.args(["--", "true"]).stdin(Stdio::null());
+    let output = output_within(command, Duration::from_secs(30));
+    let stderr = stderr_of(&output);
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "own stdout\n");
+    assert!(stderr.contains("own stderr\n"), "{stderr}");
+    assert!(!stderr.contains("earlier"), "{stderr}");
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    server.join().unwrap();
+}
+
+/// The stdin window (docs/protocol.md §7.3) is widened only by the running command's own
+/// `stdin_ack`: an acknowledgement for another command does not let the client send more.
+#[test]
+fn only_the_running_commands_acknowledgements_widen_the_stdin_window() {
+    use rcmd::protocol::message::STDIN_WINDOW;
+    let secret = SecretFile::new();
+    let (addr, server) = fake_rcmd_server(&secret, |session| {
+        let id = session.read_exec();
+        // The command does not read yet: the client fills the window and waits.
+        let (mut sent, mut frames) = (0, 0);
+        while sent < STDIN_WINDOW {
+            match session.read() {
+                Frame {
+                    message: Message::Stdin { id: of },
+                    body,
+                } if of == id => (sent, frames) = (sent + body.len(), frames + 1),
+                other => panic!("expected stdin, got {other:?}"),
+            }
+        }
+        // In frames as large as the reads of the pipe, not byte by byte.
+        assert!(frames <= 1024, "{frames} frames for {sent} bytes");
+        let ack = |id, bytes| Message::StdinAck { id, bytes };
+        session.send(&ack(id.wrapping_add(1000), STDIN_WINDOW as u64), b"");
+        session.send(&ack(id, 1), b"");
+        // One byte acknowledged, so one byte more may come, and no more.
+        let next = match session.read() {
+            Frame {
+                message: Message::Stdin { id: of },
+                body,
+            } if of == id => body.len(),
+            other => panic!("expected stdin, got {other:?}"),
+        };
+        session.exit(id, 0);
+        (sent, next)
+    });
+    let mut command = client_of("run", addr, &secret);
+    command
+        .args(["--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut client = command.spawn().unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    // More than the window; the client leaves before taking it all.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&vec![b'x'; 4 * STDIN_WINDOW]);
+    });
+    let stderr = read_in_background(client.stderr.take().unwrap());
+    let _stdout = read_in_background(client.stdout.take().unwrap());
+    let status = wait_within(&mut client, Duration::from_secs(30)).unwrap_or_else(|| {
+        let _ = client.kill();
+        panic!("the client did not finish");
+    });
+    let stderr = String::from_utf8_lossy(&stderr.join().unwrap()).into_owned();
+    assert_eq!(server.join().unwrap(), (STDIN_WINDOW, 1), "{stderr}");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    writer.join().unwrap();
+}
+
+/// A command of exactly the largest frame body (1 MiB) fits in one frame, so the client sends
+/// it; only a longer one is refused before it is sent (see `limits.rs`).
+#[test]
+fn a_command_of_exactly_the_largest_body_is_sent() {
+    use rcmd::protocol::frame::MAX_BODY_LEN;
+    let secret = SecretFile::new();
+    let (addr, server) = fake_rcmd_server(&secret, |session| {
+        let exec = session.read();
+        let Message::Exec { id, .. } = exec.message else {
+            panic!("expected exec, got {:?}", exec.message);
+        };
+        session.exit(id, 0);
+        exec.body.len()
+    });
+    let mut command = client_of("run", addr, &secret);
+    // Arguments of at most 128 KiB each (the kernel's limit for one), joined with spaces.
+    let mut words = vec![":".to_owned()];
+    let mut length = 1;
+    while length < MAX_BODY_LEN {
+        let word_len = (MAX_BODY_LEN - length - 1).min(100_000);
+        words.push("y".repeat(word_len));
+        length += 1 + word_len;
+    }
+    assert_eq!(length, MAX_BODY_LEN);
+    command.arg("--").args(&words).stdin(Stdio::null());
+    let output = output_within(command, Duration::from_secs(30));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    assert_eq!(server.join().unwrap(), MAX_BODY_LEN);
+}
+
+/// Each command of a session gets a fresh id, 1, 2, 3, ... (docs/protocol.md §7.8): with a
+/// reused one, frames still in flight for an earlier command would be taken for the next one's.
+#[test]
+fn each_command_of_a_session_gets_a_fresh_id() {
+    let secret = SecretFile::new();
+    let (addr, server) = fake_rcmd_server(&secret, |session| {
+        let ids: Vec<u32> = (0..3)
+            .map(|_| {
+                let id = session.read_exec();
+                session.exit(id, 0);
+                id
+            })
+            .collect();
+        ids
+    });
+    let output = typed_into(client_of("connect", addr, &secret), "one\ntwo\nthree\n");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    assert_eq!(server.join().unwrap(), [1, 2, 3]);
+}

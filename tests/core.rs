@@ -654,6 +654,19 @@ fn a_command_ignoring_ctrl_c_is_killed_at_the_third_press_after_a_hint() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = client.spawn().unwrap();
+    // Collected as it comes: the hint must be there before the third press, not after it.
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let collector = {
+        let (stderr, source) = (stderr.clone(), child.stderr.take().unwrap());
+        thread::spawn(move || {
+            for line in BufReader::new(source).lines().map_while(Result::ok) {
+                let mut stderr = stderr.lock().unwrap();
+                stderr.push_str(&line);
+                stderr.push('\n');
+            }
+        })
+    };
+    let hint = "rcmd: press Ctrl-C once more to kill the command (SIGKILL)";
     assert!(eventually(Duration::from_secs(10), || !sleeps_matching(
         &marker
     )
@@ -668,6 +681,12 @@ fn a_command_ignoring_ctrl_c_is_killed_at_the_third_press_after_a_hint() {
             .count()
             == press));
     }
+    // The hint, after the second press: the third is the one that kills.
+    let hinted = eventually(Duration::from_secs(10), || {
+        stderr.lock().unwrap().contains(hint)
+    });
+    let so_far = stderr.lock().unwrap().clone();
+    assert!(hinted, "no hint after the second press: {so_far:?}");
     thread::sleep(Duration::from_millis(200));
     assert!(
         child.try_wait().unwrap().is_none(),
@@ -676,14 +695,9 @@ fn a_command_ignoring_ctrl_c_is_killed_at_the_third_press_after_a_hint() {
     signal(child.id(), "INT");
     let status = wait_within(&mut child, Duration::from_secs(10)).expect("killed at the third");
     assert_eq!(status.code(), Some(137));
-    let stderr = stderr_of_child(&mut child);
-    assert_eq!(
-        stderr
-            .matches("rcmd: press Ctrl-C once more to kill the command (SIGKILL)")
-            .count(),
-        1,
-        "{stderr}"
-    );
+    collector.join().unwrap();
+    let stderr = stderr.lock().unwrap();
+    assert_eq!(stderr.matches(hint).count(), 1, "{stderr}");
 }
 
 #[test]

@@ -178,3 +178,90 @@ fn a_nonblocking_stderr_gets_the_commands_errors_and_rcmds_own_lines() {
         "{own:?}"
     );
 }
+
+/// A stderr whose reader has gone (`rcmd run host cmd 2>&1 | head` after `head` left, or a
+/// log pipe that closed) ends the client as SIGPIPE ends a local program, as a closed stdout
+/// does: only other failures of stderr are outlived (above).
+#[test]
+fn a_stderr_whose_reader_left_ends_the_client_as_sigpipe_would() {
+    use std::os::unix::process::ExitStatusExt;
+    let server = TestServer::start(&[]);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut client = server.client("run");
+    client
+        .args(["--", "echo warning >&2; echo after; exit 3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(writer);
+    let mut child = client.spawn().unwrap();
+    drop(client);
+    let status = wait_within(&mut child, Duration::from_secs(30)).expect("client ended");
+    assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?}");
+}
+
+/// A stdin that fails to read (here a directory: `EISDIR`) ends the command's input, with a
+/// line saying why, as `cat` would; the client neither spins on the error nor hangs.
+#[test]
+fn a_stdin_that_cannot_be_read_ends_the_commands_input_with_a_message() {
+    let server = TestServer::start(&[]);
+    let mut client = server.client("run");
+    client
+        .args(["--", "wc -c; echo end"])
+        .stdin(File::open("/").unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let output = output_within(client, Duration::from_secs(30));
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.starts_with("rcmd: cannot read stdin: ")
+            && stderr.ends_with("; the command's input ends here\n"),
+        "{stderr}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["0", "end"]
+    );
+}
+
+/// Ctrl-C while the client waits for a slow reader of a non-blocking stdout: the signal
+/// interrupts that wait (`poll` is never restarted), which is no reason to give up on the output.
+/// As with a blocking stdout (`core.rs`), the client waits for the command's own end, here a
+/// trap that exits 3, and delivers all its output.
+#[test]
+fn ctrl_c_while_waiting_for_a_slow_reader_of_a_nonblocking_stdout_loses_nothing() {
+    let server = TestServer::start(&[]);
+    let (mut reader, writer) = pipe_nonblocking_at(End::Write);
+    let mut client = server.client("run");
+    client
+        .args([
+            "--",
+            "trap 'echo caught; exit 3' INT; dd if=/dev/zero bs=65536 count=3 2>/dev/null; sleep 30",
+        ])
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped());
+    let mut child = client.spawn().unwrap();
+    drop(client);
+    // 5 KiB every quarter second: the client's writes find the pipe full, and it waits.
+    let slow_reader = thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 5120];
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+            thread::sleep(Duration::from_millis(250));
+        }
+        got
+    });
+    thread::sleep(Duration::from_secs(1));
+    signal(child.id(), "INT");
+    let status = wait_within(&mut child, Duration::from_secs(60)).expect("client ended");
+    let stderr = stderr_of_child(&mut child);
+    let got = slow_reader.join().unwrap();
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert_eq!(got.len(), 3 * 65536 + "caught\n".len(), "{stderr}");
+    assert!(got.ends_with(b"caught\n"));
+}

@@ -317,6 +317,26 @@ fn ctrl_c_at_a_prompt_without_line_editing_does_not_end_the_session() {
     assert_eq!(exit_code(&mut client), Some(0));
 }
 
+/// The same after a command has run: once the command has ended, Ctrl-C at the prompt is the
+/// prompt's again (a fresh line), not sent to the command that is over.
+#[test]
+fn ctrl_c_at_a_prompt_after_a_command_starts_a_fresh_line() {
+    let server = TestServer::start(&[]);
+    let config = tempfile::tempdir().unwrap();
+    let mut terminal = Terminal::open();
+    let mut client = terminal.connect_as(&server, &config, "dumb");
+    terminal.wait_for(PROMPT, 1);
+    terminal.type_text("echo first-done\n");
+    terminal.wait_for("first-done\r\n", 2); // the echo of the typing, then the output
+    terminal.wait_for(PROMPT, 2);
+    signal(client.id(), "INT");
+    terminal.wait_for(PROMPT, 3);
+    terminal.type_text("echo still-here\n");
+    terminal.wait_for("still-here\r\n", 2);
+    terminal.type_text("exit\n");
+    assert_eq!(exit_code(&mut client), Some(0));
+}
+
 /// `rcmd demo` runs its server in the same process, so closing the terminal (SIGHUP) ends both.
 /// The command running at that moment must not be left behind: the demo ends the session first,
 /// the server kills the command's process tree, and only then the demo dies of the signal.

@@ -935,6 +935,15 @@ mod tests {
             resolve("[::1]x"),
             Err(ClientError::MalformedAddress(..))
         ));
+        // Said as what it is, not as a port that is not a number.
+        for after_bracket in ["[::1]x", "[::1]x:80"] {
+            assert_eq!(
+                resolve(after_bracket).unwrap_err().to_string(),
+                format!(
+                    "malformed address {after_bracket}: after [IPv6 address] comes :PORT or nothing"
+                )
+            );
+        }
         for bad_port in ["127.0.0.1:99999", "localhost:ssh", "[::1]:-1", "host:"] {
             assert!(
                 resolve(bad_port)
