@@ -184,10 +184,7 @@ fn stdin_a_command_has_no_pipe_for_is_acknowledged_and_dropped() {
     let command = format!("{}; cat; echo end", wait_for_file(&go));
     let id = client.exec_full(command.as_bytes(), false, None);
     client.send_stdin(id, b"lost").unwrap();
-    match client.read_frame(WAIT).expect("a frame").message {
-        Message::StdinAck { id: of, bytes } => assert_eq!((of, bytes), (id, 4)),
-        other => panic!("expected stdin_ack, got {other:?}"),
-    }
+    client.expect_stdin_ack(id, 4, WAIT);
     std::fs::write(&go, b"").unwrap();
     let (out, _, status) = client.collect(id, WAIT);
     assert_eq!(out, b"end\n", "cat reads /dev/null, not the stdin sent");
@@ -233,10 +230,7 @@ fn frames_for_another_command_id_do_not_reach_the_running_command() {
         .send(&Message::StdinClose { id: other }, b"")
         .unwrap();
     client.send(&Message::Stdin { id }, b"mine").unwrap();
-    match client.read_frame(WAIT).expect("a frame").message {
-        Message::StdinAck { id: of, bytes } => assert_eq!((of, bytes), (id, 4)),
-        other => panic!("expected stdin_ack, got {other:?}"),
-    }
+    client.expect_stdin_ack(id, 4, WAIT);
     std::fs::write(&go, b"").unwrap();
     client.send(&Message::StdinClose { id }, b"").unwrap();
     let (out, _, status) = client.collect(id, WAIT);
@@ -265,16 +259,10 @@ fn stdin_for_a_command_that_closed_its_stdin_is_acknowledged_and_dropped() {
         "the command did not start"
     );
     client.send_stdin(id, b"nowhere").unwrap();
-    match client.read_frame(WAIT).expect("a frame").message {
-        Message::StdinAck { id: of, bytes } => assert_eq!((of, bytes), (id, 7)),
-        other => panic!("expected stdin_ack, got {other:?}"),
-    }
+    client.expect_stdin_ack(id, 7, WAIT);
     // And what comes after it too (the pipe is closed now).
     client.send_stdin(id, b"more").unwrap();
-    match client.read_frame(WAIT).expect("a frame").message {
-        Message::StdinAck { id: of, bytes } => assert_eq!((of, bytes), (id, 4)),
-        other => panic!("expected stdin_ack, got {other:?}"),
-    }
+    client.expect_stdin_ack(id, 4, WAIT);
     std::fs::write(&go, b"").unwrap();
     let (out, _, status) = client.collect(id, WAIT);
     assert_eq!(out, b"end\n");

@@ -265,6 +265,18 @@ impl RawClient {
         }
     }
 
+    /// Asserts that the next frame is a `stdin_ack` of `bytes` for command `id`.
+    #[track_caller]
+    pub fn expect_stdin_ack(&mut self, id: u32, bytes: u64, timeout: Duration) {
+        match self.read_frame(timeout).expect("a frame").message {
+            Message::StdinAck {
+                id: of,
+                bytes: acked,
+            } => assert_eq!((of, acked), (id, bytes)),
+            other => panic!("expected stdin_ack, got {other:?}"),
+        }
+    }
+
     /// Asserts the server sends an error with `code` and then closes the connection.
     #[track_caller]
     pub fn expect_fatal(&mut self, code: ErrorCode, timeout: Duration) {
