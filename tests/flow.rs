@@ -165,6 +165,56 @@ fn a_signal_gets_through_while_output_is_backed_up() {
     assert_eq!(status, ExitStatus::Signaled { signal: 9 });
 }
 
+/// A client whose command's output is backed up to the server's soft limit, and that also has
+/// a reply waiting (a refused second `exec`), is still read: only a client whose unread
+/// replies pile up to twice that limit is not, so its `signal` gets through at once.
+#[test]
+fn a_signal_gets_through_behind_backed_up_output_and_a_reply() {
+    let server = TestServer::start(&[]);
+    let secret = load_secret(&server.secret.path);
+    let mut client = RawClient::authenticated(server.addr, &secret);
+    let marker = unique_marker("backedup");
+    let id = client.exec_full(format!("yes {marker}").as_bytes(), false, None);
+    assert!(
+        eventually(WAIT, || !processes_matching(&marker).is_empty()),
+        "the command did not start"
+    );
+    std::thread::sleep(Duration::from_millis(500)); // read nothing: the server's buffer fills
+    client.exec_bytes(b"true", None); // refused as busy: one more reply queued
+    std::thread::sleep(Duration::from_millis(200)); // read on its own, before the signal
+    client
+        .send(
+            &Message::Signal {
+                id,
+                signal: SignalName::Kill,
+            },
+            b"",
+        )
+        .unwrap();
+    assert!(
+        eventually(WAIT, || processes_matching(&marker).is_empty()),
+        "the signal waited for the client to read its output"
+    );
+}
+
+/// Output that backed up while the client read nothing all arrives once it reads: draining
+/// the queue below its limit resumes reading the command's pipes, though no new readiness
+/// event comes for them (the command is blocked on a full pipe).
+#[test]
+fn output_held_back_for_a_client_that_did_not_read_all_arrives() {
+    // No deadline of the connection's falls within the test to drive it again by chance.
+    let server = TestServer::start(&["--handshake-timeout", "3600"]);
+    let secret = load_secret(&server.secret.path);
+    let mut client = RawClient::authenticated(server.addr, &secret);
+    let id = client.exec_bytes(b"yes | head -c 8000000", None);
+    std::thread::sleep(Duration::from_millis(500)); // read nothing: the server's buffer fills
+    let (out, err, status) = client.collect(id, WAIT);
+    assert_eq!(out.len(), 8_000_000);
+    assert!(out.chunks(2).all(|pair| pair == b"y\n"));
+    assert_eq!(err, b"");
+    assert_eq!(status, ExitStatus::Exited { code: 0 });
+}
+
 /// A shell command that waits until `path` exists, so that a test can send it frames while
 /// it surely still runs.
 fn wait_for_file(path: &std::path::Path) -> String {

@@ -190,3 +190,104 @@ impl Pool {
         Pool { jobs, finished }
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use mio::{Events, Poll, Token};
+
+    use super::*;
+
+    fn request(conn: ConnId, serial: u64) -> SpawnRequest {
+        SpawnRequest {
+            conn,
+            serial,
+            command: "exit 0".to_owned(),
+            cwd: std::env::temp_dir(),
+            with_stdin: false,
+            tokens: PipeTokens {
+                stdout: Token(1),
+                stderr: Token(2),
+                stdin: Token(3),
+            },
+        }
+    }
+
+    /// What the pool has reported until `count` starts are in, waiting at most a minute.
+    fn finished(spawner: &mut Spawner, poll: &mut Poll, count: usize) -> Vec<Spawned> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut events = Events::with_capacity(8);
+        let mut done = Vec::new();
+        while done.len() < count {
+            assert!(Instant::now() < deadline, "the pool reported {done:?}");
+            poll.poll(&mut events, Some(Duration::from_millis(50)))
+                .unwrap();
+            done.extend(spawner.take_finished());
+        }
+        done
+    }
+
+    impl std::fmt::Debug for Spawned {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "conn {} serial {} ticket {}",
+                self.conn, self.serial, self.ticket
+            )
+        }
+    }
+
+    #[test]
+    fn a_lone_start_on_an_idle_loop_is_inline_and_leaves_nothing_outstanding() {
+        let poll = Poll::new().unwrap();
+        let mut spawner = Spawner::new(poll.registry(), Token(0)).unwrap();
+        let Start::Done(started) = spawner.start(request(7, 1), poll.registry(), false) else {
+            panic!("an idle loop with no start in flight starts inline");
+        };
+        let process = started.unwrap();
+        assert_eq!(spawner.in_flight(), 0);
+        assert_eq!(spawner.ticket_watermark(), None);
+        assert_eq!(spawner.oldest_outstanding(), 0);
+        // Reaped if it has ended, without waiting: an in-process server of another test in this
+        // binary may reap every child with `waitpid(-1)`.
+        let _ = process.try_reap();
+    }
+
+    /// A busy loop hands starts to the pool, and so does an idle one while a start is in
+    /// flight; the tickets count every start until its result is taken.
+    #[test]
+    fn starts_on_the_pool_are_counted_until_their_results_are_taken() {
+        let mut poll = Poll::new().unwrap();
+        let mut spawner = Spawner::new(poll.registry(), Token(0)).unwrap();
+        assert!(matches!(
+            spawner.start(request(7, 1), poll.registry(), true),
+            Start::Pending
+        ));
+        assert_eq!(spawner.in_flight(), 1);
+        assert_eq!(spawner.ticket_watermark(), Some(1));
+        assert_eq!(spawner.oldest_outstanding(), 0);
+        assert!(matches!(
+            spawner.start(request(8, 2), poll.registry(), false),
+            Start::Pending
+        ));
+        assert_eq!(spawner.in_flight(), 2);
+        assert_eq!(spawner.ticket_watermark(), Some(2));
+        assert_eq!(spawner.oldest_outstanding(), 0);
+
+        let mut done = finished(&mut spawner, &mut poll, 2);
+        done.sort_by_key(|spawned| spawned.ticket);
+        let seen: Vec<_> = done
+            .iter()
+            .map(|spawned| (spawned.conn, spawned.serial, spawned.ticket))
+            .collect();
+        assert_eq!(seen, [(7, 1, 0), (8, 2, 1)]);
+        assert_eq!(spawner.in_flight(), 0);
+        assert_eq!(spawner.ticket_watermark(), None);
+        assert_eq!(spawner.oldest_outstanding(), 2);
+        for spawned in done {
+            // Started; reaped here unless another test's in-process server reaped it.
+            let _ = spawned.result.unwrap().wait();
+        }
+    }
+}
