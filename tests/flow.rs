@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rcmd::protocol::message::STDIN_WINDOW;
 use rcmd::protocol::{ErrorCode, ExitStatus, Message, SignalName};
-use util::raw::{RawClient, load_secret};
+use util::raw::RawClient;
 use util::*;
 
 /// How long a test waits for a frame or a command's end before it fails.
@@ -58,8 +58,7 @@ fn a_client_leaving_with_unread_stdin_pending_kills_the_command() {
 #[test]
 fn stdin_beyond_the_window_is_a_flow_control_error() {
     let server = TestServer::start(&[]);
-    let secret = load_secret(&server.secret.path);
-    let mut client = RawClient::authenticated(server.addr, &secret);
+    let mut client = RawClient::authenticated_to(&server);
     let id = client.exec_full(b"sleep 5", true, None);
     let chunk = vec![b'x'; 64 * 1024];
     // The command reads nothing, but its stdin pipe absorbs up to a pipe buffer (64 KiB to
@@ -77,8 +76,7 @@ fn stdin_beyond_the_window_is_a_flow_control_error() {
 #[test]
 fn stdin_is_acknowledged_as_the_command_consumes_it() {
     let server = TestServer::start(&[]);
-    let secret = load_secret(&server.secret.path);
-    let mut client = RawClient::authenticated(server.addr, &secret);
+    let mut client = RawClient::authenticated_to(&server);
     let id = client.exec_full(b"wc -c", true, None);
     // Three windows' worth, sent only as acknowledgements allow.
     let total = 3 * STDIN_WINDOW;
@@ -110,8 +108,7 @@ fn stdin_is_acknowledged_as_the_command_consumes_it() {
 #[test]
 fn an_absurd_timeout_does_not_crash_the_server() {
     let server = TestServer::start(&[]);
-    let secret = load_secret(&server.secret.path);
-    let mut client = RawClient::authenticated(server.addr, &secret);
+    let mut client = RawClient::authenticated_to(&server);
     let id = client.exec_full(b"echo ok", false, Some(u64::MAX));
     let (out, _, status) = client.collect(id, Duration::from_secs(10));
     assert_eq!(out, b"ok\n");
@@ -125,8 +122,7 @@ fn an_absurd_timeout_does_not_crash_the_server() {
 #[test]
 fn a_stopped_command_ends_on_int_and_term() {
     let server = TestServer::start(&[]);
-    let secret = load_secret(&server.secret.path);
-    let mut client = RawClient::authenticated(server.addr, &secret);
+    let mut client = RawClient::authenticated_to(&server);
     for (signal, number) in [(SignalName::Int, 2), (SignalName::Term, 15)] {
         let marker = unique_marker("stopped");
         let command = format!(": {marker}; kill -STOP $$; echo resumed");
@@ -148,8 +144,7 @@ fn a_stopped_command_ends_on_int_and_term() {
 #[test]
 fn a_signal_gets_through_while_output_is_backed_up() {
     let server = TestServer::start(&[]);
-    let secret = load_secret(&server.secret.path);
-    let mut client = RawClient::authenticated(server.addr, &secret);
+    let mut client = RawClient::authenticated_to(&server);
     let id = client.exec_full(b"yes", false, None);
     std::thread::sleep(Duration::from_millis(500)); // read nothing: the server's buffer fills
     client
@@ -171,8 +166,7 @@ fn a_signal_gets_through_while_output_is_backed_up() {
 #[test]
 fn a_signal_gets_through_behind_backed_up_output_and_a_reply() {
     let server = TestServer::start(&[]);
-    let secret = load_secret(&server.secret.path);
-    let mut client = RawClient::authenticated(server.addr, &secret);
+    let mut client = RawClient::authenticated_to(&server);
     let marker = unique_marker("backedup");
     let id = client.exec_full(format!("yes {marker}").as_bytes(), false, None);
     assert!(
@@ -204,8 +198,7 @@ fn a_signal_gets_through_behind_backed_up_output_and_a_reply() {
 fn output_held_back_for_a_client_that_did_not_read_all_arrives() {
     // No deadline of the connection's falls within the test to drive it again by chance.
     let server = TestServer::start(&["--handshake-timeout", "3600"]);
-    let secret = load_secret(&server.secret.path);
-    let mut client = RawClient::authenticated(server.addr, &secret);
+    let mut client = RawClient::authenticated_to(&server);
     let id = client.exec_bytes(b"yes | head -c 8000000", None);
     std::thread::sleep(Duration::from_millis(500)); // read nothing: the server's buffer fills
     let (out, err, status) = client.collect(id, WAIT);
@@ -227,8 +220,7 @@ fn wait_for_file(path: &std::path::Path) -> String {
 #[test]
 fn stdin_a_command_has_no_pipe_for_is_acknowledged_and_dropped() {
     let server = TestServer::start(&[]);
-    let secret = load_secret(&server.secret.path);
-    let mut client = RawClient::authenticated(server.addr, &secret);
+    let mut client = RawClient::authenticated_to(&server);
     let dir = tempfile::tempdir().unwrap();
     let go = dir.path().join("go");
     let command = format!("{}; cat; echo end", wait_for_file(&go));
@@ -257,8 +249,7 @@ fn stdin_a_command_has_no_pipe_for_is_acknowledged_and_dropped() {
 #[test]
 fn frames_for_another_command_id_do_not_reach_the_running_command() {
     let server = TestServer::start(&[]);
-    let secret = load_secret(&server.secret.path);
-    let mut client = RawClient::authenticated(server.addr, &secret);
+    let mut client = RawClient::authenticated_to(&server);
     let dir = tempfile::tempdir().unwrap();
     let go = dir.path().join("go");
     let command = format!("{}; wc -c", wait_for_file(&go));
@@ -294,8 +285,7 @@ fn frames_for_another_command_id_do_not_reach_the_running_command() {
 #[test]
 fn stdin_for_a_command_that_closed_its_stdin_is_acknowledged_and_dropped() {
     let server = TestServer::start(&[]);
-    let secret = load_secret(&server.secret.path);
-    let mut client = RawClient::authenticated(server.addr, &secret);
+    let mut client = RawClient::authenticated_to(&server);
     let dir = tempfile::tempdir().unwrap();
     let (closed, go) = (dir.path().join("closed"), dir.path().join("go"));
     let command = format!(

@@ -320,8 +320,7 @@ fn the_server_command_timeout_kills_the_tree_and_reports_timed_out() {
     assert_eq!(output.status.code(), Some(7));
     assert!(!stderr_of(&output).contains("timed out"));
     // The exit message itself says timed_out.
-    let secret = load_secret(&server.secret.path);
-    let mut client = RawClient::authenticated(server.addr, &secret);
+    let mut client = RawClient::authenticated_to(&server);
     let (_, _, status) = client.run("sleep 30", None);
     assert_eq!(status, ExitStatus::TimedOut);
     // A client may ask for more; it gets the server's maximum.
@@ -379,8 +378,7 @@ fn a_client_timeout_below_the_server_maximum_applies() {
 #[test]
 fn a_finished_commands_timeout_does_not_end_the_next_command() {
     let server = TestServer::start(&[]);
-    let secret = load_secret(&server.secret.path);
-    let mut client = RawClient::authenticated(server.addr, &secret);
+    let mut client = RawClient::authenticated_to(&server);
     let (_, _, status) = client.run("true", Some(1));
     assert_eq!(status, ExitStatus::Exited { code: 0 });
     // Runs past the first command's deadline (which is due within a second of its start).
@@ -392,8 +390,7 @@ fn a_finished_commands_timeout_does_not_end_the_next_command() {
 #[test]
 fn commands_over_the_maximum_length_are_refused_with_command_too_long() {
     let server = TestServer::start(&["--max-command-len", "100"]);
-    let secret = load_secret(&server.secret.path);
-    let mut client = RawClient::authenticated(server.addr, &secret);
+    let mut client = RawClient::authenticated_to(&server);
     let marker = std::env::temp_dir().join(unique_marker("too-long"));
     let touch = format!("touch {}", marker.display());
     let at_limit = format!("{touch};{}", " ".repeat(100 - touch.len() - 1));
@@ -556,8 +553,7 @@ fn a_thousand_silent_connections_do_not_slow_an_authenticated_client() {
         "--handshake-timeout",
         &handshake_timeout.to_string(),
     ]);
-    let secret = load_secret(&server.secret.path);
-    let mut client = RawClient::authenticated(server.addr, &secret);
+    let mut client = RawClient::authenticated_to(&server);
     let (baseline_median, baseline_max) = latencies(&mut client, 20);
 
     let opened = Instant::now();

@@ -171,6 +171,11 @@ impl RawClient {
         frame
     }
 
+    /// A client that has passed the handshake with `server`, using its secret file.
+    pub fn authenticated_to(server: &super::TestServer) -> RawClient {
+        RawClient::authenticated(server.addr, &load_secret(&server.secret.path))
+    }
+
     /// Connects and authenticates.
     pub fn authenticated(addr: SocketAddr, secret: &[u8]) -> RawClient {
         let mut client = RawClient::connect(addr);
