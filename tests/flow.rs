@@ -133,7 +133,7 @@ fn a_stopped_command_ends_on_int_and_term() {
                 .any(|pid| proc_stat(pid).is_some_and(|stat| stat.state == 'T'))),
             "the command did not stop"
         );
-        client.send(&Message::Signal { id, signal }, b"").unwrap();
+        client.send_signal(id, signal).unwrap();
         let (out, _, status) = client.collect(id, Duration::from_secs(10));
         assert_eq!(status, ExitStatus::Signaled { signal: number });
         assert_eq!(out, b"", "it must end, not resume");
@@ -147,15 +147,7 @@ fn a_signal_gets_through_while_output_is_backed_up() {
     let mut client = RawClient::authenticated_to(&server);
     let id = client.exec_full(b"yes", false, None);
     std::thread::sleep(Duration::from_millis(500)); // read nothing: the server's buffer fills
-    client
-        .send(
-            &Message::Signal {
-                id,
-                signal: SignalName::Kill,
-            },
-            b"",
-        )
-        .unwrap();
+    client.send_signal(id, SignalName::Kill).unwrap();
     let (_, _, status) = client.collect(id, Duration::from_secs(20));
     assert_eq!(status, ExitStatus::Signaled { signal: 9 });
 }
@@ -176,15 +168,7 @@ fn a_signal_gets_through_behind_backed_up_output_and_a_reply() {
     std::thread::sleep(Duration::from_millis(500)); // read nothing: the server's buffer fills
     client.exec_bytes(b"true", None); // refused as busy: one more reply queued
     std::thread::sleep(Duration::from_millis(200)); // read on its own, before the signal
-    client
-        .send(
-            &Message::Signal {
-                id,
-                signal: SignalName::Kill,
-            },
-            b"",
-        )
-        .unwrap();
+    client.send_signal(id, SignalName::Kill).unwrap();
     assert!(
         eventually(WAIT, || processes_matching(&marker).is_empty()),
         "the signal waited for the client to read its output"
@@ -255,15 +239,7 @@ fn frames_for_another_command_id_do_not_reach_the_running_command() {
     let command = format!("{}; wc -c", wait_for_file(&go));
     let id = client.exec_full(command.as_bytes(), true, None);
     let other = id + 100;
-    client
-        .send(
-            &Message::Signal {
-                id: other,
-                signal: SignalName::Kill,
-            },
-            b"",
-        )
-        .unwrap();
+    client.send_signal(other, SignalName::Kill).unwrap();
     client
         .send(&Message::Stdin { id: other }, b"other")
         .unwrap();

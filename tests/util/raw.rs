@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use rcmd::auth::{self, FrameMac, Role, SessionKeys};
 use rcmd::protocol::message::{Bytes32, PROTOCOL_NAME};
 use rcmd::protocol::{
-    ErrorCode, ExitStatus, Frame, FrameDecoder, FrameEncoder, FrameError, Message, PROTOCOL_VERSION,
+    ErrorCode, ExitStatus, Frame, FrameDecoder, FrameEncoder, FrameError, Message,
+    PROTOCOL_VERSION, SignalName,
 };
 
 /// What reading a frame can end in, besides a frame.
@@ -217,6 +218,11 @@ impl RawClient {
         };
         self.send(&exec, command.as_bytes()).expect("send exec");
         id
+    }
+
+    /// Sends `signal` for command `id`.
+    pub fn send_signal(&mut self, id: u32, signal: SignalName) -> io::Result<()> {
+        self.send(&Message::Signal { id, signal }, b"")
     }
 
     /// Sends bytes to command `id`'s stdin (keep it small: the window is not tracked here).
