@@ -284,3 +284,28 @@ fn stdin_for_a_command_that_closed_its_stdin_is_acknowledged_and_dropped() {
     assert_eq!(out, b"end\n");
     assert_eq!(status, ExitStatus::Exited { code: 0 });
 }
+
+/// A server with nothing to do sleeps in `poll`, whether its client waits at the prompt or its
+/// command runs quietly with stdin open. A loop that kept finding progress where there is none
+/// (a connection driven again and again without an event) would still answer every other test
+/// correctly, only burning a core all the while: so the server's CPU time is measured. Waiting
+/// costs it milliseconds; a loop spinning through these three seconds costs a tenth of a second
+/// even on a machine busy enough to give it a fifth of a core (0.2-0.5 s measured so).
+#[test]
+fn a_server_waiting_for_its_client_or_a_command_uses_no_cpu() {
+    let server = TestServer::start(&[]);
+    let mut client = RawClient::authenticated_to(&server);
+    let before = cpu_seconds(server.pid());
+    std::thread::sleep(Duration::from_secs(1)); // at the prompt
+    let id = client.exec_full(b"sleep 2; echo done", true, None);
+    let (out, _, status) = client.collect(id, WAIT);
+    assert_eq!(
+        (out.as_slice(), status),
+        (&b"done\n"[..], ExitStatus::Exited { code: 0 })
+    );
+    let used = cpu_seconds(server.pid()) - before;
+    assert!(
+        used < 0.1,
+        "the server used {used:.2} s of CPU while waiting for 3 s"
+    );
+}

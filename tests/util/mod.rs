@@ -358,6 +358,18 @@ pub fn proc_stat(pid: u32) -> Option<ProcStat> {
     })
 }
 
+/// The CPU time a process has used so far (all its threads, user and system), in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("process exists");
+    let (_, rest) = stat.rsplit_once(") ").expect("a stat line");
+    // After the comm: state is field 3, utime field 14, stime field 15.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    ticks as f64 / per_second as f64
+}
+
 /// Every process on the machine, as far as it could be read.
 pub fn all_processes() -> Vec<ProcStat> {
     std::fs::read_dir("/proc")

@@ -590,6 +590,9 @@ mod tests {
         };
         let code = |body: &[u8]| check_command(body.to_vec(), &limits).map_err(|(code, _)| code);
         assert_eq!(code(b"ls"), Ok("ls".to_owned()));
+        // Exactly the limit is allowed; one byte more is not.
+        assert_eq!(code(b"echo 123"), Ok("echo 123".to_owned()));
+        assert_eq!(code(b"echo 1234"), Err(ErrorCode::CommandTooLong));
         assert_eq!(code(b"\xff ls"), Err(ErrorCode::BadCommand));
         assert_eq!(code(b"echo 123456"), Err(ErrorCode::CommandTooLong));
         assert_eq!(code(b"         "), Err(ErrorCode::CommandTooLong));
