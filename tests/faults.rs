@@ -283,6 +283,30 @@ fn a_client_killed_mid_output_takes_its_command_with_it() {
     watched.assert_clean();
 }
 
+/// A client whose connection is reset (a crashed host, a firewall, `SO_LINGER` 0) rather than
+/// closed: the reset comes as a read error, not an end of file, and must end the session and
+/// its command just the same, with the reason in the log, not leave both to the idle timeout.
+#[test]
+fn a_reset_connection_takes_its_command_with_it() {
+    let watched = Watched::start(&[]);
+    let mut client = RawClient::authenticated(watched.server.addr, &watched.secret);
+    let marker = unique_sleep_marker();
+    let id = client.exec_bytes(format!("echo started; sleep 300 {marker}").as_bytes(), None);
+    client.read_stdout_until(id, "started", WAIT);
+    assert!(eventually(WAIT, || !sleeps_matching(&marker).is_empty()));
+    socket2::SockRef::from(&client.stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(client); // closing with a zero linger time sends RST
+    assert!(
+        eventually(Duration::from_secs(10), || sleeps_matching(&marker)
+            .is_empty()),
+        "the command survived its reset connection"
+    );
+    watched.server.wait_for_log("connection lost: ", WAIT);
+    watched.assert_clean();
+}
+
 /// OpenSSH's broken-pipe.sh: `ssh host echo foo | true` must end quietly (not hang, crash or
 /// complain). rcmd then ends as a local program would: killed by SIGPIPE if it still had
 /// output to write, which `set -o pipefail` sees; `echo foo` may have been written before the

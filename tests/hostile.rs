@@ -221,6 +221,42 @@ fn unknown_message_types_are_refused_by_name() {
     }
 }
 
+/// After the handshake, a client sending what only a server sends (or a second `auth`) is
+/// broken or hostile: a fatal `unexpected_message`, tagged like every frame after `welcome`,
+/// and the connection closes (docs/protocol.md §8). A second `auth` in particular must not be
+/// taken as a new handshake, nor ignored.
+#[test]
+fn server_only_messages_after_the_handshake_are_refused() {
+    let target = Target::start(&[]);
+    let nonce = Bytes32([7; 32]);
+    for message in [
+        Message::Auth {
+            version: PROTOCOL_VERSION,
+            nonce,
+            proof: nonce,
+        },
+        Message::Hello {
+            protocol: "rcmd".into(),
+            version: PROTOCOL_VERSION,
+            nonce,
+        },
+        Message::Welcome { proof: nonce },
+        Message::StdinAck { id: 1, bytes: 1 },
+        Message::Stdout { id: 1 },
+        Message::Stderr { id: 1 },
+        Message::Exit {
+            id: 1,
+            status: ExitStatus::Exited { code: 0 },
+            duration_ms: 0,
+        },
+    ] {
+        let mut client = RawClient::authenticated_to(&target.server);
+        client.send(&message, b"").unwrap();
+        client.expect_fatal(ErrorCode::UnexpectedMessage, WAIT);
+    }
+    target.assert_serving();
+}
+
 #[test]
 fn nothing_but_auth_is_accepted_before_the_handshake() {
     let mut target = Target::start(&[]);

@@ -334,6 +334,25 @@ fn the_server_command_timeout_kills_the_tree_and_reports_timed_out() {
     .is_empty()));
 }
 
+/// The deadline heap is swept in bulk once it holds 1,024 entries: the deadlines of closed
+/// connections and finished commands are dropped then. A running command's time limit must
+/// survive the sweep. 1,100 connections that come and go while a command runs leave their
+/// handshake deadlines behind and so bring the sweep about; the command still times out.
+#[test]
+fn a_running_commands_time_limit_survives_the_sweep_of_the_deadline_heap() {
+    // Above the 1,100, in case the server falls behind and many wait in the handshake at once.
+    let server = TestServer::start(&["--max-handshakes", "2000"]);
+    let mut client = RawClient::authenticated_to(&server);
+    let id = client.exec_bytes(b"sleep 60", Some(3));
+    let started = Instant::now();
+    for _ in 0..1100 {
+        drop(TcpStream::connect(server.addr).unwrap());
+    }
+    let (_, _, status) = client.collect(id, Duration::from_secs(30));
+    assert_eq!(status, ExitStatus::TimedOut);
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
 #[test]
 fn a_client_timeout_below_the_server_maximum_applies() {
     let server = TestServer::start(&["--command-timeout", "60"]);
