@@ -418,6 +418,18 @@ def run_command(conn, cmd_id, command, stdin=None, timeout_secs=None,
 # `run`
 # --------------------------------------------------------------------------------------------
 
+def die_with_parent():
+    """Run in the self-test's server before it starts: on Linux the server is killed when this
+    script dies, rather than left running if the script itself is killed (a test's timeout)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+
+
 def parse_addr(addr):
     host, sep, port = addr.rpartition(":")
     if not sep:
@@ -532,7 +544,7 @@ class SelfTest:
         self.server = subprocess.Popen(
             [self.rcmd, "serve", "--listen", "127.0.0.1:0", "--secret-file", self.secret_file,
              "--workdir", self.tmp],
-            stdout=subprocess.PIPE, stderr=self.server_log)
+            stdout=subprocess.PIPE, stderr=self.server_log, preexec_fn=die_with_parent)
         # README: the first line on stdout is "listening on ADDR".
         line = self._readline_with_timeout(self.server.stdout, 10).decode().strip()
         addr = line.split()[-1]

@@ -30,6 +30,7 @@ fn a_client_written_from_the_specification_alone_passes_its_self_test() {
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/protocol-client.py");
     let mut command = Command::new("python3");
+    die_with_the_test(&mut command);
     command
         .arg(&script)
         .args(["self-test", "--rcmd", rcmd_bin()]);

@@ -107,6 +107,7 @@ impl TestServer {
         configure: impl FnOnce(&mut Command),
     ) -> TestServer {
         let mut command = Command::new(rcmd_bin());
+        die_with_the_test(&mut command);
         configure(&mut command);
         command.arg("serve");
         if !extra.contains(&"--listen") {
@@ -189,6 +190,30 @@ impl Drop for TestServer {
         }
         let _ = self.child.wait();
     }
+}
+
+/// Ties a test server's life to the test that started it: if the test process is killed (a
+/// harness's timeout, `cargo mutants` ending a test that hung), the server is killed too rather
+/// than left running, orphaned, with no one to stop it. (A mutant that made the loop spin left
+/// seven such servers burning a core between them through a whole mutation run.) The signal
+/// comes when the thread that started the server ends: each test's own thread, which outlives
+/// its `TestServer` anyway. `sh -c 'exec rcmd ...'` keeps it across the `exec`.
+pub fn die_with_the_test(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe and touches no memory shared with the parent.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
 }
 
 /// What a piped child wrote to stderr, read to the end (after it has exited, or it waits).
@@ -646,7 +671,9 @@ impl TestServer {
         for arg in extra {
             script.push_str(&format!(" '{arg}'"));
         }
-        let child = Command::new("sh")
+        let mut command = Command::new("sh");
+        die_with_the_test(&mut command);
+        let child = command
             .arg("-c")
             .arg(&script)
             .env("RUST_LOG", "debug")
