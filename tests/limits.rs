@@ -514,12 +514,20 @@ fn running_out_of_file_descriptors_at_accept_is_survived() {
         client.read_stdout_until(id, &format!("got line {n}"), WAIT);
         assert!(started.elapsed() < Duration::from_secs(5));
     }
-    // The last filler is still in the kernel's queue, not refused or lost.
+    // The last filler is still in the kernel's queue, not refused or lost. Meanwhile the server
+    // retries the accept every 100 ms, not in a loop that burns a core: a second of it costs
+    // milliseconds of CPU (a pause that ended at once would cost a spinning loop's worth).
+    let cpu_before = cpu_seconds(server.pid());
     let waiting = fillers.last_mut().unwrap();
     assert!(matches!(
-        waiting.read_frame(Duration::from_millis(500)),
+        waiting.read_frame(Duration::from_secs(1)),
         Err(ReadError::Timeout)
     ));
+    let used = cpu_seconds(server.pid()) - cpu_before;
+    assert!(
+        used < 0.1,
+        "the server used {used:.2} s of CPU in 1 s of failing accepts"
+    );
 
     // Others leave: the waiting connection is accepted and new clients get in.
     let mut waiting = fillers.pop().unwrap();
