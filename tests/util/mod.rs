@@ -364,6 +364,8 @@ pub struct ProcStat {
     pub state: char,
     pub ppid: u32,
     pub pgrp: u32,
+    /// CPU time used so far, user and system, all threads, in clock ticks.
+    pub cpu_ticks: u64,
 }
 
 /// Reads `/proc/<pid>/stat`; `None` if the process is gone.
@@ -371,25 +373,21 @@ pub fn proc_stat(pid: u32) -> Option<ProcStat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after the last ')'.
     let (_, rest) = stat.rsplit_once(") ")?;
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    let pgrp = fields.next()?.parse().ok()?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let number = |field: usize| fields.get(field - 3)?.parse::<u64>().ok();
     Some(ProcStat {
         pid,
-        state,
-        ppid,
-        pgrp,
+        // Fields counted from 1 as in proc(5); `rest` starts at field 3.
+        state: fields.first()?.chars().next()?,
+        ppid: number(4)? as u32,
+        pgrp: number(5)? as u32,
+        cpu_ticks: number(14)? + number(15)?, // utime + stime
     })
 }
 
 /// The CPU time a process has used so far (all its threads, user and system), in seconds.
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("process exists");
-    let (_, rest) = stat.rsplit_once(") ").expect("a stat line");
-    // After the comm: state is field 3, utime field 14, stime field 15.
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let ticks = proc_stat(pid).expect("process exists").cpu_ticks;
     // SAFETY: sysconf only reads a configuration value.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     ticks as f64 / per_second as f64
