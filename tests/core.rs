@@ -556,6 +556,52 @@ fn the_server_stops_cleanly_on_sigterm_and_kills_running_commands() {
 }
 
 #[test]
+fn a_shutdown_still_delivers_the_output_queued_for_a_slow_client_and_then_says_why() {
+    // docs/protocol.md §10: at shutdown each connection is closed "as after any fatal error",
+    // which means its queued frames are flushed first (within the closing grace). A client
+    // that has not been reading has output queued in the server, behind which the `shutdown`
+    // error waits; exiting at once would drop both, and the client would see only a cut.
+    let server = TestServer::start(&[]);
+    let mut client = util::raw::RawClient::authenticated_to(&server);
+    client.exec_bytes(b"head -c 50000000 /dev/zero", None);
+    // Time for the output to fill the socket buffers and the server's queue (the command then
+    // blocks on its full pipe).
+    thread::sleep(Duration::from_millis(500));
+    signal(server.pid(), "TERM");
+    client.expect_fatal(rcmd::protocol::ErrorCode::Shutdown, Duration::from_secs(10));
+}
+
+#[test]
+fn a_server_whose_clients_are_gone_exits_without_waiting_out_the_shutdown_grace() {
+    // The shutdown waits up to 3 s (SHUTDOWN_GRACE) for connections to close, and no longer
+    // than they take: with none open, SIGTERM ends the server at once.
+    let mut server = TestServer::start(&[]);
+    assert!(server.run("true").status.success());
+    let started = Instant::now();
+    assert_eq!(server.terminate().code(), Some(0));
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+#[test]
+fn a_shutdown_waiting_for_a_client_to_close_sleeps_rather_than_spins() {
+    // After SIGTERM the server has told this client and shut its side; it then waits for the
+    // client to close (up to the 2 s closing grace) with nothing to do but sleep until then.
+    let server = TestServer::start(&[]);
+    let client = util::raw::RawClient::authenticated_to(&server);
+    signal(server.pid(), "TERM");
+    thread::sleep(Duration::from_millis(300));
+    let before = cpu_seconds(server.pid());
+    thread::sleep(Duration::from_secs(1));
+    let used = cpu_seconds(server.pid()) - before;
+    drop(client);
+    assert!(
+        used < 0.2,
+        "the server used {used:.2} s of CPU in 1 s of waiting"
+    );
+}
+
+#[test]
 fn client_failures_exit_255_with_one_line() {
     // Nothing listens on a port we just freed.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
