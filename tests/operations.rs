@@ -70,6 +70,18 @@ fn sighup_puts_a_rotated_secret_in_use() {
     assert_eq!(server.terminate().code(), Some(0));
 }
 
+/// SIGHUP with the secret file as it was says so, rather than announcing a new secret that is
+/// not: the operator reading the log after a rotation needs to know whether it took.
+#[test]
+fn sighup_with_the_secret_unchanged_says_it_is_unchanged() {
+    let server = TestServer::start(&[]);
+    signal(server.pid(), "HUP");
+    server.wait_for_log("is unchanged", WAIT);
+    assert!(!server.log().contains("new secret"), "{}", server.log());
+    let output = server.run("echo still");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "still\n");
+}
+
 /// A secret file that cannot be used at SIGHUP time (here, too short) leaves the old secret in
 /// use, and says so; the server goes on.
 #[test]
