@@ -602,6 +602,38 @@ fn a_shutdown_waiting_for_a_client_to_close_sleeps_rather_than_spins() {
 }
 
 #[test]
+fn a_second_sigterm_exits_at_once_without_waiting_for_lingering_clients() {
+    // The first SIGTERM starts a graceful shutdown, which would wait for this client (it
+    // neither reads nor closes) until the 2 s closing grace ends; a second one means "now".
+    // (The server then waits only for commands its spawner threads are starting at that
+    // moment, none here: no 1 s wait for nothing.)
+    let mut server = TestServer::start(&[]);
+    let mut client = util::raw::RawClient::authenticated_to(&server);
+    let marker = unique_sleep_marker();
+    client.exec_bytes(format!("sleep 60 {marker}").as_bytes(), None);
+    assert!(eventually(Duration::from_secs(10), || !sleeps_matching(
+        &marker
+    )
+    .is_empty()));
+    signal(server.pid(), "TERM");
+    server.wait_for_log("shutting down", Duration::from_secs(10));
+    thread::sleep(Duration::from_millis(200));
+    let second = Instant::now();
+    signal(server.pid(), "TERM");
+    let status = wait_within(&mut server.child, Duration::from_secs(10)).expect("exited");
+    let took = second.elapsed();
+    assert_eq!(status.code(), Some(0));
+    assert!(took < Duration::from_millis(800), "took {took:?}");
+    assert!(
+        server.log().contains("second shutdown signal"),
+        "{}",
+        server.log()
+    );
+    assert!(sleeps_matching(&marker).is_empty());
+    drop(client);
+}
+
+#[test]
 fn client_failures_exit_255_with_one_line() {
     // Nothing listens on a port we just freed.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
