@@ -581,6 +581,10 @@ fn a_server_whose_clients_are_gone_exits_without_waiting_out_the_shutdown_grace(
     assert_eq!(server.terminate().code(), Some(0));
     let took = started.elapsed();
     assert!(took < Duration::from_secs(2), "took {took:?}");
+    // Its last line, after any about commands that would not die (the log is read from the
+    // server's stderr by a thread, which may not have all of it yet).
+    server.wait_for_log("shut down", Duration::from_secs(10));
+    assert!(!server.log().contains("did not exit"), "{}", server.log());
 }
 
 #[test]
@@ -624,11 +628,7 @@ fn a_second_sigterm_exits_at_once_without_waiting_for_lingering_clients() {
     let took = second.elapsed();
     assert_eq!(status.code(), Some(0));
     assert!(took < Duration::from_millis(800), "took {took:?}");
-    assert!(
-        server.log().contains("second shutdown signal"),
-        "{}",
-        server.log()
-    );
+    server.wait_for_log("second shutdown signal", Duration::from_secs(10));
     assert!(sleeps_matching(&marker).is_empty());
     drop(client);
 }

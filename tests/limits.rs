@@ -471,6 +471,23 @@ fn a_command_over_the_protocol_body_limit_gets_a_clear_error() {
     assert!(server.run("true").status.success());
 }
 
+/// Each connection can take four descriptors (its socket and a command's three pipes), so the
+/// server raises its soft limit on open files to the hard limit at start, as a system's
+/// default soft limit (often 1,024) would cap it at a few hundred clients.
+#[test]
+fn the_server_raises_its_open_file_limit_to_the_hard_limit() {
+    let server = TestServer::start_in_shell("ulimit -Sn 256", &[]);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("a line for open files");
+    let values: Vec<&str> = line["Max open files".len()..].split_whitespace().collect();
+    let (soft, hard) = (values[0], values[1]);
+    // (The shell lowered only the soft limit: the hard one is still the test's, above 256.)
+    assert_eq!(soft, hard, "{line}");
+}
+
 #[test]
 fn running_out_of_file_descriptors_at_accept_is_survived() {
     // The server raises its soft limit to the hard limit, so lower the hard one.
