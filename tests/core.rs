@@ -623,8 +623,7 @@ fn a_second_sigterm_exits_at_once_without_waiting_for_lingering_clients() {
     server.wait_for_log("shutting down", Duration::from_secs(10));
     thread::sleep(Duration::from_millis(200));
     let second = Instant::now();
-    signal(server.pid(), "TERM");
-    let status = wait_within(&mut server.child, Duration::from_secs(10)).expect("exited");
+    let status = server.terminate();
     let took = second.elapsed();
     assert_eq!(status.code(), Some(0));
     assert!(took < Duration::from_millis(800), "took {took:?}");
