@@ -14,6 +14,7 @@
 //! Per-connection behaviour lives in [`connection`]; running commands in [`process`].
 
 pub mod builtins;
+mod burst_trim;
 pub mod children;
 pub mod connection;
 pub mod deadlines;
@@ -35,6 +36,7 @@ use mio::{Events, Interest, Poll, Token};
 use crate::output::OutputEncoding;
 use crate::protocol::frame::MAX_CHUNK;
 use crate::protocol::{ErrorCode, FrameEncoder, Message};
+use burst_trim::BurstTrim;
 use children::{ChildTable, ExitRoute};
 use connection::{ConnId, Connection, Context, Drive, Source};
 use deadlines::{DeadlineKind, Deadlines};
@@ -132,11 +134,8 @@ pub struct Server {
     accept_paused_until: Option<Instant>,
     /// Refusals at the connection and handshake limits, logged at a bounded rate.
     refusals: RefusalLog,
-    /// The most connections open at once since freed memory was last handed back.
-    connections_peak: usize,
-    /// Memory was handed back while connections of the burst were still open: do it again as
-    /// they fall to a quarter of that (at most a few times, down to none).
-    trim_when_idle: bool,
+    /// When to hand freed memory back after a burst of connections.
+    burst_trim: BurstTrim,
     shutdown_started: Option<Instant>,
 }
 
@@ -209,8 +208,7 @@ impl Server {
             more_work: Vec::new(),
             accept_paused_until: None,
             refusals: RefusalLog::default(),
-            connections_peak: 0,
-            trim_when_idle: false,
+            burst_trim: BurstTrim::default(),
             shutdown_started: None,
         })
     }
@@ -366,25 +364,10 @@ impl Server {
     }
 
     /// After a burst of connections has mostly gone, returns the memory their buffers used to
-    /// the system. The allocator keeps freed memory for reuse, and after hundreds of clients
-    /// streaming at once (each may hold 256 KiB of queued output) that was 140 MiB a server
-    /// with no clients kept for ever; `malloc_trim` brought it back to 6 MiB. Checked once the
-    /// connections fall to a quarter of their peak, so its cost (a walk of the heap, some
-    /// milliseconds for a large one) is paid a few times per burst (again at each further
-    /// quarter of what was left), not per connection.
+    /// the system (`burst_trim` says when, and why it is worth it).
     fn hand_back_memory_after_a_burst(&mut self) {
-        /// Bursts smaller than this do not leave enough behind to be worth a trim.
-        const MIN_PEAK: usize = 64;
         let open = self.connections.len();
-        self.connections_peak = self.connections_peak.max(open);
-        let burst_mostly_gone =
-            self.connections_peak >= MIN_PEAK && open * 4 <= self.connections_peak;
-        // After a trim with connections still open, again as the rest goes: a server that
-        // always keeps one connection (a monitor) never reaches 0.
-        let rest_mostly_gone = self.trim_when_idle && open * 4 <= self.connections_peak;
-        if burst_mostly_gone || rest_mostly_gone {
-            self.connections_peak = open;
-            self.trim_when_idle = open > 0;
+        if self.burst_trim.should_trim(open) {
             #[cfg(all(target_os = "linux", target_env = "gnu"))]
             {
                 // SAFETY: malloc_trim only releases free memory of glibc's heap; it takes no
