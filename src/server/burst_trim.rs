@@ -86,7 +86,7 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_that_stays_for_ever_is_not_trimmed_for_over_and_over() {
+    fn a_connection_that_stays_for_ever_does_not_make_it_trim_again_and_again() {
         // One monitor stays: a trim at 1, then none while it stays alone.
         assert_eq!(trims([100, 1, 1, 1, 1]), vec![1]);
     }
