@@ -971,10 +971,27 @@ fn commands_of_a_nohup_server_can_still_be_hung_up() {
     );
     let output = server.run("kill -INT $$; echo survived");
     assert_eq!(output.status.code(), Some(128 + 2));
+    // SIGQUIT has no handler in the server, so it is the one that only the reset keeps from
+    // reaching commands ignored.
+    let output = server.run("kill -QUIT $$; echo survived");
+    assert_eq!(output.status.code(), Some(128 + 3));
     // The server's own SIGHUP is its handler's (re-read the secret), nohup or not.
     signal(server.pid(), "HUP");
     server.wait_for_log("received SIGHUP", Duration::from_secs(10));
     assert!(server.run("true").status.success());
+}
+
+/// Resetting ignored signals for commands changes nothing the server does with a signal it
+/// did not find ignored: SIGQUIT still ends it with the default action, as it ends `sshd`.
+#[cfg(unix)]
+#[test]
+fn a_server_started_normally_still_dies_of_sigquit() {
+    use std::os::unix::process::ExitStatusExt;
+    // No core file left behind by the test.
+    let mut server = TestServer::start_in_shell("ulimit -c 0", &[]);
+    assert!(server.run("true").status.success());
+    let status = server.stop_with("QUIT");
+    assert_eq!(status.signal(), Some(libc::SIGQUIT), "{status:?}");
 }
 
 /// A descriptor the server inherited from whoever started it (here a file on fd 7, as a

@@ -171,9 +171,15 @@ impl TestServer {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
-        signal(self.child.id(), "TERM");
+        self.stop_with("TERM")
+    }
+
+    /// Sends the signal `name` (as `kill -NAME`) and waits for the exit status.
+    #[track_caller]
+    pub fn stop_with(&mut self, name: &str) -> ExitStatus {
+        signal(self.child.id(), name);
         wait_within(&mut self.child, Duration::from_secs(10))
-            .expect("server did not stop after SIGTERM")
+            .unwrap_or_else(|| panic!("server did not stop after SIG{name}"))
     }
 }
 

@@ -529,6 +529,8 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
 
+    use mio::Poll;
+
     fn close_on_exec(fd: libc::c_int) -> bool {
         // SAFETY: F_GETFD only reads the descriptor's flags.
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
@@ -544,9 +546,129 @@ mod tests {
         let inherited = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD, 3) };
         assert!(inherited > 2);
         assert!(!close_on_exec(inherited));
+        // Only descriptors above stderr: the server's own stdin, stdout and stderr (its log)
+        // stay as they were, for whatever it starts with them inherited.
+        let stderr_before = close_on_exec(2);
         mark_close_on_exec_one_by_one();
         assert!(close_on_exec(inherited));
+        assert_eq!(close_on_exec(2), stderr_before, "stderr was marked too");
         // SAFETY: closes only the copy made above.
         unsafe { libc::close(inherited) };
+    }
+
+    /// A command whose pipes are the given ends (no process behind it: these tests only read,
+    /// write and close; its pid is never signalled or waited for).
+    fn with_pipes(stdout: Receiver, stderr: Receiver, stdin: Option<Sender>) -> ChildProcess {
+        ChildProcess {
+            pid: 0,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+            stdin,
+            ended: Vec::new(),
+            output_ready: [false; 2],
+        }
+    }
+
+    fn pipe() -> (Sender, Receiver) {
+        mio::unix::pipe::new().expect("pipe")
+    }
+
+    fn would_block(result: io::Result<usize>) -> bool {
+        matches!(result, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Readiness lasts until a read finds the pipe empty, not until the first read: a read
+    /// that takes only part of what is there leaves the rest to read with no new event, since
+    /// none will come (the command may have exited and written its last bytes long ago). Once
+    /// drained, the pipe is not read again (no `read` failing with `EAGAIN`) until its event.
+    #[test]
+    fn a_pipe_stays_ready_until_a_read_finds_it_empty() {
+        let (mut writer, stdout) = pipe();
+        let (_stderr_writer, stderr) = pipe();
+        let mut process = with_pipes(stdout, stderr, None);
+        writer.write_all(b"0123456789").unwrap();
+        let mut buf = [0; 4];
+        // Before its event: nothing is read (the event comes when it is registered).
+        assert!(would_block(
+            process.read_output(OutputStream::Stdout, &mut buf)
+        ));
+        process.output_ready_event(OutputStream::Stdout);
+        let mut read = Vec::new();
+        for expected in [4, 4, 2] {
+            let n = process
+                .read_output(OutputStream::Stdout, &mut buf)
+                .expect("ready output reads");
+            assert_eq!(n, expected);
+            read.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(read, b"0123456789");
+        assert!(would_block(
+            process.read_output(OutputStream::Stdout, &mut buf)
+        ));
+        // Drained: bytes written now wait for their event, without a read in between.
+        writer.write_all(b"x").unwrap();
+        assert!(would_block(
+            process.read_output(OutputStream::Stdout, &mut buf)
+        ));
+        process.output_ready_event(OutputStream::Stdout);
+        assert_eq!(
+            process.read_output(OutputStream::Stdout, &mut buf).unwrap(),
+            1
+        );
+        drop(writer);
+        assert_eq!(
+            process.read_output(OutputStream::Stdout, &mut buf).unwrap(),
+            0
+        );
+    }
+
+    /// The zero-copy read appends after what the buffer holds, takes at most `max`, and
+    /// reports end of file as `Ok(0)`, not as an error.
+    #[test]
+    fn appending_reads_extend_the_buffer_and_end_with_zero() {
+        let (_stdout_writer, stdout) = pipe();
+        let (mut writer, stderr) = pipe();
+        let mut process = with_pipes(stdout, stderr, None);
+        writer.write_all(b"hello").unwrap();
+        drop(writer);
+        process.output_ready_event(OutputStream::Stderr);
+        let mut out = b"> ".to_vec();
+        let read = |process: &mut ChildProcess, out: &mut Vec<u8>| {
+            process
+                .read_output_appending(OutputStream::Stderr, out, 3)
+                .expect("end of file is not an error")
+        };
+        assert_eq!(read(&mut process, &mut out), 3);
+        assert_eq!(out, b"> hel");
+        assert_eq!(read(&mut process, &mut out), 2);
+        assert_eq!(read(&mut process, &mut out), 0);
+        assert_eq!(out, b"> hello");
+    }
+
+    /// `release` closes every pipe of a finished command, those at end of file and those
+    /// still open: the command's writers see a broken pipe and its stdin reads end of file.
+    #[test]
+    fn release_closes_every_pipe() {
+        let poll = Poll::new().unwrap();
+        let (mut stdout_writer, stdout) = pipe();
+        let (mut stderr_writer, stderr) = pipe();
+        let (stdin, mut stdin_reader) = pipe();
+        let mut process = with_pipes(stdout, stderr, Some(stdin));
+        process.end_output(OutputStream::Stderr);
+        assert!(!process.awaiting_eof(OutputStream::Stderr));
+        assert!(process.awaiting_eof(OutputStream::Stdout));
+        assert!(process.has_stdin());
+        process.release(poll.registry());
+        assert!(!process.awaiting_eof(OutputStream::Stdout));
+        assert!(!process.has_stdin());
+        for writer in [&mut stdout_writer, &mut stderr_writer] {
+            let error = writer
+                .write(b"x")
+                .expect_err("nobody reads this pipe any more");
+            assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
+        }
+        assert_eq!(stdin_reader.read(&mut [0; 1]).unwrap(), 0);
+        let error = process.write_stdin(b"x").expect_err("stdin is closed");
+        assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
     }
 }
