@@ -95,6 +95,8 @@ pub enum ClientError {
     LocalOutput(io::Error),
     /// Our own stdin could not be read (the script of `connect`).
     LocalInput(io::Error),
+    /// The terminal of `connect`'s prompt could not be set up or read.
+    Terminal(io::Error),
     /// Any other network error.
     Io(io::Error),
 }
@@ -139,6 +141,7 @@ impl fmt::Display for ClientError {
             ClientError::ConnectionLost(e) => write!(f, "connection to the server lost: {e}"),
             ClientError::LocalOutput(e) => write!(f, "cannot write output: {e}"),
             ClientError::LocalInput(e) => write!(f, "cannot read the script on stdin: {e}"),
+            ClientError::Terminal(e) => write!(f, "cannot read from the terminal: {e}"),
             ClientError::Io(e) => write!(f, "network error: {e}"),
         }
     }

@@ -111,11 +111,12 @@ pub fn run_prompt(session: &mut Session, history: Option<PathBuf>) -> Result<i32
         // `HISTCONTROL=ignorespace`: the way to keep a secret on a command line out of it.
         let config = rustyline::Config::builder()
             .history_ignore_space(true)
+            .behavior(editor_behavior())
             .max_history_size(HISTORY_SIZE)
-            .map_err(|e| ClientError::Io(io::Error::other(e)))?
+            .map_err(|e| ClientError::Terminal(io::Error::other(e)))?
             .build();
-        let mut editor =
-            DefaultEditor::with_config(config).map_err(|e| ClientError::Io(io::Error::other(e)))?;
+        let mut editor = DefaultEditor::with_config(config)
+            .map_err(|e| ClientError::Terminal(io::Error::other(e)))?;
         // Ctrl-C outside a command and outside the line editor (just before or after a
         // command) must not end an interactive session.
         let _interactive = interrupt::interactive_session();
@@ -168,7 +169,9 @@ pub fn run_prompt(session: &mut Session, history: Option<PathBuf>) -> Result<i32
                     crate::say!("rcmd: the line is not valid UTF-8; not run");
                     last_status = NOT_RUN_STATUS;
                 }
-                Err(e) => return Err(ClientError::Io(io::Error::other(e))),
+                // Anything else will not go away by reading again (a terminal that is gone,
+                // a descriptor not open for reading): the session ends, as a shell's would.
+                Err(e) => return Err(ClientError::Terminal(io::Error::other(e))),
             }
         }
         save_history_to(&mut editor, history.as_deref());
@@ -194,6 +197,18 @@ pub fn run_prompt(session: &mut Session, history: Option<PathBuf>) -> Result<i32
         }
     }
     Ok(last_status)
+}
+
+/// Where the line editor reads and draws: stdin and stdout, as usual; but when stdout is
+/// redirected (`rcmd connect host > out.txt`) and stdin is the controlling terminal, on that
+/// terminal (`/dev/tty`), as bash draws its prompt on stderr: the file gets the commands' output
+/// and not the prompt and its escape sequences.
+fn editor_behavior() -> rustyline::Behavior {
+    #[cfg(unix)]
+    if !io::stdout().is_terminal() && super::terminal::stdin_is_the_controlling_terminal() {
+        return rustyline::Behavior::PreferTerm;
+    }
+    rustyline::Behavior::Stdio
 }
 
 /// Acts on one line: runs it, or says to leave (with `last_status` set to the status to leave

@@ -120,6 +120,14 @@ pub fn terminal_edits_lines() -> bool {
     terminal_settings().is_ok_and(|settings| settings.c_lflag & libc::ICANON != 0)
 }
 
+/// Whether stdin is this process's controlling terminal (what `/dev/tty` opens), not merely a
+/// terminal: a program given another terminal as stdin must not draw on its own.
+pub fn stdin_is_the_controlling_terminal() -> bool {
+    // SAFETY: tcgetsid has no preconditions. It fails (ENOTTY) unless the terminal on the
+    // descriptor is the caller's controlling terminal.
+    unsafe { libc::tcgetsid(libc::STDIN_FILENO) != -1 }
+}
+
 /// Whether the process is about to die of a termination signal (so the session's end that the
 /// main thread sees is ours, not the server's, and not worth a message).
 pub fn ending_by_signal() -> bool {
