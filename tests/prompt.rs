@@ -114,12 +114,21 @@ impl Terminal {
     /// Whether the terminal is in the line editor's raw mode (no canonical input, no echo).
     /// Turns off the echo of control characters (`stty -echoctl`): a typed Ctrl-C shows nothing.
     fn stop_echoing_control_characters(&self) {
+        self.turn_off(libc::ECHOCTL);
+    }
+
+    /// Turns off all echo (`stty -echo`), as a program reading a password does.
+    fn stop_echoing(&self) {
+        self.turn_off(libc::ECHO);
+    }
+
+    fn turn_off(&self, local_flag: libc::tcflag_t) {
         // SAFETY: tcgetattr fills the termios on success, checked before it is changed.
         unsafe {
             let mut settings: libc::termios = std::mem::zeroed();
             let fd = self.program_side.as_raw_fd();
             assert_eq!(libc::tcgetattr(fd, &mut settings), 0);
-            settings.c_lflag &= !libc::ECHOCTL;
+            settings.c_lflag &= !local_flag;
             assert_eq!(libc::tcsetattr(fd, libc::TCSANOW, &settings), 0);
         }
     }
@@ -191,6 +200,43 @@ fn output_without_a_final_newline_is_not_drawn_over_by_the_prompt() {
         Some(3),
         "exit keeps the last status"
     );
+}
+
+/// With stdout going to a file (`rcmd connect > out.txt`), output that does not end its line
+/// is the file's as it came: the newline that keeps the prompt off such a line is for a
+/// terminal, and the prompt is on stderr's terminal.
+#[test]
+fn output_to_a_file_is_kept_byte_for_byte() {
+    use std::os::unix::process::CommandExt;
+    let server = TestServer::start(&[]);
+    let config = tempfile::tempdir().unwrap();
+    let mut terminal = Terminal::open();
+    let out = config.path().join("out.txt");
+    let stdout = File::create(&out).unwrap();
+    let mut client = terminal.connect_with(&server, &config, "xterm", |command| {
+        command.stdout(stdout);
+        // The terminal is the client's controlling terminal, as a login's is.
+        // SAFETY: setsid and ioctl are async-signal-safe, as a `pre_exec` closure must be.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    terminal.wait_for(PROMPT, 1);
+    terminal.type_text("printf abc\r");
+    terminal.wait_for(PROMPT, 2);
+    terminal.type_text("printf def\r");
+    terminal.wait_for(PROMPT, 3);
+    terminal.type_text("exit\r");
+    assert_eq!(exit_code(&mut client), Some(0));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "abcdef");
+    // The commands were typed and shown on the terminal.
+    let screen = terminal.screen();
+    assert!(screen.contains("printf def"), "{screen:?}");
 }
 
 #[test]
@@ -294,6 +340,21 @@ fn the_prompt_says_at_once_when_the_server_ends_the_session() {
         "{:?}",
         terminal.screen()
     );
+}
+
+/// What is typed after that is not read as a line: even `exit 5` leaves as a session the
+/// server ended (255 and its reason, as ssh leaves when its connection is gone), not with the
+/// status typed, which a script's caller would take for the remote command's.
+#[test]
+fn exit_after_the_server_ended_the_session_reports_the_end() {
+    let server = TestServer::start(&["--idle-timeout", "1"]);
+    let config = tempfile::tempdir().unwrap();
+    let mut terminal = Terminal::open();
+    let mut client = terminal.connect(&server, &config);
+    terminal.wait_for("the server ended the session", 1);
+    terminal.type_text("exit 5\r");
+    assert_eq!(exit_code(&mut client), Some(255));
+    terminal.wait_for("idle", 1);
 }
 
 /// With `TERM=dumb` (Emacs' shell, for one) the line editor cannot take the terminal's keys
@@ -594,6 +655,24 @@ fn no_blank_line_after_ctrl_c_when_the_terminal_does_not_echo_it() {
     // The bare control character it echoes shows nothing.
     assert!(
         screen.contains("\r\nbefore\r\n\x03rcmd: killed by signal 2"),
+        "{screen:?}"
+    );
+}
+
+/// Nor does a terminal that echoes nothing at all (`stty -echo`), though it would echo control
+/// characters if it echoed.
+#[test]
+fn no_blank_line_after_ctrl_c_when_the_terminal_does_not_echo() {
+    let server = TestServer::start(&[]);
+    let config = tempfile::tempdir().unwrap();
+    let mut terminal = Terminal::open();
+    terminal.stop_echoing();
+    let client = terminal.connect(&server, &config);
+    terminal.wait_for(PROMPT, 1);
+    let command = "echo before; sleep 30 MARKER";
+    let screen = interrupt_at_the_prompt(&mut terminal, client, command, "killed by signal 2");
+    assert!(
+        screen.contains("\r\nbefore\r\nrcmd: killed by signal 2"),
         "{screen:?}"
     );
 }
