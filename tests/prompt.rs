@@ -644,14 +644,7 @@ fn the_status_after_ctrl_c_starts_on_a_line_of_its_own() {
 /// A terminal that does not echo `^C` (`stty -echoctl`) gets no blank line before the status.
 #[test]
 fn no_blank_line_after_ctrl_c_when_the_terminal_does_not_echo_it() {
-    let server = TestServer::start(&[]);
-    let config = tempfile::tempdir().unwrap();
-    let mut terminal = Terminal::open();
-    terminal.stop_echoing_control_characters();
-    let client = terminal.connect(&server, &config);
-    terminal.wait_for(PROMPT, 1);
-    let command = "echo before; sleep 30 MARKER";
-    let screen = interrupt_at_the_prompt(&mut terminal, client, command, "killed by signal 2");
+    let screen = sleep_interrupted_on_a_terminal_set_by(Terminal::stop_echoing_control_characters);
     // The bare control character it echoes shows nothing.
     assert!(
         screen.contains("\r\nbefore\r\n\x03rcmd: killed by signal 2"),
@@ -663,18 +656,24 @@ fn no_blank_line_after_ctrl_c_when_the_terminal_does_not_echo_it() {
 /// characters if it echoed.
 #[test]
 fn no_blank_line_after_ctrl_c_when_the_terminal_does_not_echo() {
-    let server = TestServer::start(&[]);
-    let config = tempfile::tempdir().unwrap();
-    let mut terminal = Terminal::open();
-    terminal.stop_echoing();
-    let client = terminal.connect(&server, &config);
-    terminal.wait_for(PROMPT, 1);
-    let command = "echo before; sleep 30 MARKER";
-    let screen = interrupt_at_the_prompt(&mut terminal, client, command, "killed by signal 2");
+    let screen = sleep_interrupted_on_a_terminal_set_by(Terminal::stop_echoing);
     assert!(
         screen.contains("\r\nbefore\r\nrcmd: killed by signal 2"),
         "{screen:?}"
     );
+}
+
+/// `echo before; sleep 30` at the prompt of a new terminal that `set_up` changed first,
+/// interrupted with Ctrl-C: the screen once the status is shown.
+fn sleep_interrupted_on_a_terminal_set_by(set_up: impl FnOnce(&Terminal)) -> String {
+    let server = TestServer::start(&[]);
+    let config = tempfile::tempdir().unwrap();
+    let mut terminal = Terminal::open();
+    set_up(&terminal);
+    let client = terminal.connect(&server, &config);
+    terminal.wait_for(PROMPT, 1);
+    let command = "echo before; sleep 30 MARKER";
+    interrupt_at_the_prompt(&mut terminal, client, command, "killed by signal 2")
 }
 
 /// Output that reaches the terminal after the press (here the command's own trap) comes after
