@@ -632,9 +632,7 @@ fn interrupt_at_the_prompt(
 /// line, as a shell starts a new line after an interrupted job: not `^Crcmd: killed by ...`.
 #[test]
 fn the_status_after_ctrl_c_starts_on_a_line_of_its_own() {
-    let (_server, _config, mut terminal, client) = connect_at_a_terminal();
-    let command = "echo before; sleep 30 MARKER";
-    let screen = interrupt_at_the_prompt(&mut terminal, client, command, "killed by signal 2");
+    let screen = sleep_interrupted_on_a_terminal_set_by(|_| {});
     assert!(
         screen.contains("before\r\n^C\r\nrcmd: killed by signal 2"),
         "{screen:?}"
